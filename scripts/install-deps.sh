@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages iceblk needs to build and test. Idempotent:
+# packages already present are skipped, so a second run does no network work.
+#   scripts/install-deps.sh          build + unit test dependencies
+#   scripts/install-deps.sh --e2e    also QEMU, busybox and cpio for the guest tests
+set -euo pipefail
+
+pkgs=(build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
+      libssl-dev openssl liburing-dev libexpected-dev libfmt-dev libspdlog-dev
+      libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev googletest
+      libbenchmark-dev e2fsprogs util-linux)
+if [[ "${1:-}" == "--e2e" ]]; then
+  pkgs+=(qemu-system-x86 qemu-utils busybox-static cpio gzip kmod)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}" >&2
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,34 @@
+// Logging through spdlog. Guest-caused errors are logged at debug level and
+// rate-limited (ICEBLK_GUEST_ERROR), so a guest cannot flood the host log.
+// Never log key bytes: SecretBytes has no formatter on purpose.
+#pragma once
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+
+namespace iceblk::log {
+
+// Set the global level from a string ("trace".."off"); unknown strings keep "info".
+void set_level(std::string_view level);
+
+// Allows at most `per_second` events per second; the rest are counted and dropped.
+class RateLimiter {
+ public:
+  explicit RateLimiter(unsigned per_second = 10) : per_second_(per_second) {}
+  bool allow();
+
+ private:
+  unsigned per_second_;
+  std::atomic<int64_t> window_start_{0};
+  std::atomic<unsigned> count_{0};
+};
+
+}  // namespace iceblk::log
+
+#define ICEBLK_GUEST_ERROR(...)                                  \
+  do {                                                           \
+    static ::iceblk::log::RateLimiter iceblk_rl_;                \
+    if (iceblk_rl_.allow()) ::spdlog::debug(__VA_ARGS__);        \
+  } while (0)

@@ -1,0 +1,97 @@
+// Guest memory as the device sees it: regions (guest address, size, front-end
+// user address, host mapping) from the vhost-user memory table, and translation
+// of guest (address, length) ranges into host iovecs.
+//
+// TRUST: every address and length here comes from the driver. translate() checks
+// the whole range with overflow-checked arithmetic and splits it across regions or
+// rejects it. Guest memory may change under us at any time: read_obj() copies
+// once (no double fetch), and nothing hands out typed pointers into guest memory.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "base/result.h"
+#include "base/strong_types.h"
+#include "base/unique_fd.h"
+
+namespace iceblk::memory {
+
+// An mmap'ed region of guest memory (owns the mapping).
+class Mapping {
+ public:
+  // mmap(fd, offset, size) shared read/write.
+  static Result<std::shared_ptr<Mapping>> map_fd(int fd, uint64_t mmap_offset, uint64_t size);
+  ~Mapping();
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  [[nodiscard]] uint8_t* data() const { return data_; }
+  [[nodiscard]] uint64_t size() const { return size_; }
+
+ private:
+  Mapping(void* base, uint64_t map_len, uint8_t* data, uint64_t size)
+      : base_(base), map_len_(map_len), data_(data), size_(size) {}
+  void* base_;
+  uint64_t map_len_;
+  uint8_t* data_;
+  uint64_t size_;
+};
+
+struct Region {
+  uint64_t guest_addr = 0;  // guest-physical start
+  uint64_t size = 0;
+  uint64_t user_addr = 0;   // front-end virtual address of the same memory
+  uint8_t* host = nullptr;  // our mapping of it
+  std::shared_ptr<Mapping> mapping;  // keeps `host` alive
+};
+
+// An immutable snapshot of the memory table. The vhost-user session builds a new
+// one on every table change and publishes it (shared_ptr) to the queue workers.
+class GuestMemory {
+ public:
+  GuestMemory() = default;
+  // Regions must not overlap in guest or user address space; kInvalidArgument otherwise.
+  static Result<GuestMemory> create(std::vector<Region> regions);
+
+  [[nodiscard]] const std::vector<Region>& regions() const { return regions_; }
+
+  // Split [addr, addr + len) into host iovecs appended to `out`. len 0 yields nothing.
+  // kOutOfRange if any byte is outside guest memory, kOverflow if addr + len wraps.
+  Status translate(GuestAddr addr, uint64_t len, std::vector<iovec>& out) const;
+
+  // A host pointer to [addr, addr + len) if it lies inside one region (for rings).
+  Result<uint8_t*> contiguous(GuestAddr addr, uint64_t len) const;
+
+  // Front-end virtual address -> guest address (vring addresses arrive as VAs).
+  Result<GuestAddr> user_to_guest(uint64_t user_addr) const;
+
+  // Copy guest bytes into `dst` / `src` into guest memory.
+  Status read(GuestAddr addr, std::span<uint8_t> dst) const;
+  Status write(GuestAddr addr, std::span<const uint8_t> src) const;
+
+  template <typename T>
+  Result<T> read_obj(GuestAddr addr) const {
+    T t;
+    ICEBLK_TRY(read(addr, {reinterpret_cast<uint8_t*>(&t), sizeof t}));
+    return t;
+  }
+  template <typename T>
+  Status write_obj(GuestAddr addr, const T& t) const {
+    return write(addr, {reinterpret_cast<const uint8_t*>(&t), sizeof t});
+  }
+
+ private:
+  explicit GuestMemory(std::vector<Region> r) : regions_(std::move(r)) {}
+  const Region* find(uint64_t guest_addr) const;
+  std::vector<Region> regions_;  // sorted by guest_addr
+};
+
+// Copy between an iovec list and a flat buffer.
+size_t copy_from_iovecs(std::span<const iovec> iov, std::span<uint8_t> dst);
+size_t copy_to_iovecs(std::span<const iovec> iov, std::span<const uint8_t> src);
+
+}  // namespace iceblk::memory

@@ -1,0 +1,113 @@
+// Device side of a VIRTIO split virtqueue (VIRTIO 1.3 §2.7): pops descriptor chains
+// from the available ring, pushes completions to the used ring, and decides whether
+// the driver needs a notification (EVENT_IDX, §2.7.7-2.7.10).
+//
+// TRUST: rings and descriptors live in guest memory. The chain walker is bounded by
+// the queue size and rejects: descriptor indexes >= queue size, loops, chains longer
+// than the queue (or an indirect table longer than its own length / 16), a readable
+// descriptor after a writable one, nested indirect tables, INDIRECT together with
+// NEXT, indirect table lengths that are 0 or not a multiple of 16, total length
+// overflow (> 4 GiB per direction), and any buffer outside guest memory.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <variant>
+#include <vector>
+
+#include "base/result.h"
+#include "base/strong_types.h"
+#include "memory/guest_memory.h"
+
+namespace iceblk::virtio {
+
+inline constexpr uint16_t kMaxQueueSize = 32768;
+
+// Ring addresses are guest-physical (already translated from front-end VAs).
+struct QueueConfig {
+  uint16_t size = 0;  // power of two, 1..32768
+  GuestAddr desc{0};
+  GuestAddr avail{0};
+  GuestAddr used{0};
+  bool event_idx = false;  // VIRTIO_F_EVENT_IDX negotiated
+  bool indirect = true;    // VIRTIO_F_INDIRECT_DESC negotiated
+};
+
+// One buffer of a chain, already checked to lie in guest memory.
+struct Segment {
+  GuestAddr addr{0};
+  uint32_t len = 0;
+};
+
+// A walked, validated descriptor chain: readable segments first, then writable.
+struct DescriptorChain {
+  uint16_t head = 0;
+  std::vector<Segment> readable;
+  std::vector<Segment> writable;
+  uint64_t readable_len = 0;
+  uint64_t writable_len = 0;
+};
+
+// A chain that failed validation: the device completes `head` with length 0
+// (the driver gets its descriptors back) and logs the reason.
+struct BadChain {
+  uint16_t head;
+  Error error;
+};
+
+class SplitQueue {
+ public:
+  // Validates size and that the three rings lie in guest memory with correct
+  // alignment (desc 16, avail 2, used 4).
+  static Result<SplitQueue> activate(const QueueConfig& cfg,
+                                     std::shared_ptr<const memory::GuestMemory> mem,
+                                     uint16_t next_avail = 0);
+
+  // Replace the memory snapshot (after a memory table change); re-resolves rings.
+  Status set_memory(std::shared_ptr<const memory::GuestMemory> mem);
+
+  // Next available chain. nullopt = ring empty. A returned BadChain must still be
+  // completed with push_used(head, 0). Error (kProtocol) = the ring itself is
+  // broken (avail idx more than `size` ahead): stop the queue.
+  Result<std::optional<std::variant<DescriptorChain, BadChain>>> pop();
+
+  // Publish one completion (ORDER: entry written before used->idx release).
+  Status push_used(uint16_t head, uint32_t written_len);
+
+  // Whether the driver wants an interrupt for completions published since the last
+  // call (EVENT_IDX used_event, or !VIRTQ_AVAIL_F_NO_INTERRUPT).
+  bool should_notify();
+
+  // EVENT_IDX: publish avail_event = next avail index so the driver kicks us only
+  // when there is new work. Call before re-checking the ring and sleeping.
+  void enable_notifications();
+
+  [[nodiscard]] uint16_t next_avail() const { return next_avail_; }
+  [[nodiscard]] uint16_t size() const { return cfg_.size; }
+  [[nodiscard]] const memory::GuestMemory& memory() const { return *mem_; }
+  [[nodiscard]] std::shared_ptr<const memory::GuestMemory> memory_ptr() const { return mem_; }
+
+  SplitQueue(SplitQueue&&) noexcept = default;
+  SplitQueue& operator=(SplitQueue&&) noexcept = default;
+
+ private:
+  SplitQueue() = default;
+  Status resolve();
+  Result<DescriptorChain> walk(uint16_t head) const;
+
+  QueueConfig cfg_;
+  std::shared_ptr<const memory::GuestMemory> mem_;
+  uint8_t* desc_ = nullptr;   // host pointers into guest memory; read with atomics/memcpy only
+  uint8_t* avail_ = nullptr;
+  uint8_t* used_ = nullptr;
+  uint16_t next_avail_ = 0;
+  uint16_t next_used_ = 0;
+  uint16_t signalled_used_ = 0;
+  bool signalled_used_valid_ = false;
+};
+
+}  // namespace iceblk::virtio
