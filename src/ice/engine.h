@@ -35,15 +35,49 @@ struct SlotRange {
   }
 };
 
+namespace detail {
+struct CipherSet;  // keyed OpenSSL contexts of one key (engine internals)
+
+// Idle keyed cipher contexts of one ProgrammedKey, reused by every worker that
+// crypts with the key, so the AES key schedule is computed once per key and worker,
+// never per request. The contexts (which hold expanded key material) live exactly as
+// long as the key: they are freed, and cleansed by OpenSSL, when the last reference
+// to the ProgrammedKey goes away, never lingering in a worker after eviction.
+// Thread-safe; acquire/release do not allocate in the steady state.
+class CipherPool {
+ public:
+  CipherPool() = default;
+  CipherPool(CipherPool&& o) noexcept;  // takes o's idle contexts
+  CipherPool& operator=(CipherPool&&) = delete;
+  CipherPool(const CipherPool&) = delete;
+  CipherPool& operator=(const CipherPool&) = delete;
+  ~CipherPool();
+
+  CipherSet* acquire();         // an idle set, or nullptr when none is idle
+  void release(CipherSet* s);   // give a set back for reuse
+  static void destroy(CipherSet* s);
+
+ private:
+  std::mutex mu_;
+  std::vector<CipherSet*> idle_;  // owned
+};
+}  // namespace detail
+
 // A key as programmed into a slot. Immutable; `generation` is unique per program
-// call so per-worker cipher caches can tell a reprogrammed slot apart.
+// call (Engine::program assigns it) so a reprogrammed slot can be told apart.
 struct ProgrammedKey {
+  ProgrammedKey(Key k, uint64_t gen) : key(std::move(k)), generation(gen) {}
+
   Key key;
   uint64_t generation;
+  // Internal to CryptContext: keyed cipher contexts for this key (see CipherPool).
+  mutable detail::CipherPool cipher_cache;
 };
 
-// Per-worker cipher state (OpenSSL EVP contexts, cached key schedules). Not
-// thread-safe: one per queue worker. No allocation per data unit.
+// Per-worker handle for the per-data-unit cipher. Not thread-safe: one per queue
+// worker. The keyed OpenSSL contexts themselves are cached in the ProgrammedKey
+// (see detail::CipherPool) so they die with the key; per data unit the engine only
+// sets the IV/tweak and runs the cipher, without allocating.
 class CryptContext {
  public:
   CryptContext();
@@ -56,6 +90,7 @@ class CryptContext {
   // AES-256_{SHA-256(key)}(that); ECB ignores the DUN).
   // Errors: kMisaligned (length not a multiple of the data unit size, or empty),
   // kOverflow (first + units - 1 > 2^64 - 1), kCrypto (OpenSSL failure).
+  // On an error after checks passed (kCrypto) `buf` holds partial output: discard it.
   Status crypt(const ProgrammedKey& key, Direction dir, Dun first, std::span<uint8_t> buf);
 
  private:
@@ -76,7 +111,7 @@ class Engine {
   [[nodiscard]] uint32_t num_slots() const;
   [[nodiscard]] bool allow_ecb() const;
 
-  // Register a VM (export) with its physical range. Errors: kInvalidArgument for an
+  // Register a VM (export) with its physical range; ids start at 1. Errors: kInvalidArgument for an
   // empty range or count > 255, kOutOfRange beyond num_slots, kInvalidArgument
   // naming both VMs when it overlaps an existing VM's range.
   Result<VmId> add_vm(std::string name, SlotRange range);
@@ -84,6 +119,7 @@ class Engine {
   Result<SlotRange> vm_range(VmId vm) const;
 
   // Physical slot operations. kOutOfRange for slot >= num_slots.
+  // kUnsupported for an AES-ECB key when the engine was not created with allow_ecb.
   Status program(PhysSlot slot, Key key);
   Status evict(PhysSlot slot);  // evicting an empty slot succeeds
   // kNotFound if the slot is empty.
