@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Prepares the Linux guest that the QEMU end-to-end tests and the demo boot:
+#   $ICEBLK_GUEST_DIR (default build/guest)/vmlinuz        Debian's kernel
+#   $ICEBLK_GUEST_DIR/initrd.gz                            busybox + modules + test scripts
+#   $ICEBLK_GUEST_DIR/iceblk-pattern                       the pattern tool, for host checks
+# Idempotent and cached: the kernel package is downloaded once (apt-get download of
+# the linux-image-6.1.0-*-amd64 that linux-image-amd64 depends on), the initramfs is
+# rebuilt only when one of its inputs changes. Packages come from
+# scripts/install-deps.sh --e2e; this script installs nothing itself.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${ICEBLK_GUEST_DIR:-$root/build/guest}
+guest_src=$root/tests/e2e/guest
+export PATH=$PATH:/usr/sbin:/sbin
+# Modules to load, with their dependencies (resolved with modprobe --show-depends).
+modules=(virtio_pci virtio_blk crc32c_generic ext4)
+
+log() { echo "prepare-guest: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for tool in apt-get apt-cache dpkg-deb depmod modprobe cpio gzip c++ flock sha256sum; do
+  command -v "$tool" >/dev/null || die "$tool not found (run scripts/install-deps.sh --e2e)"
+done
+[[ -x /bin/busybox ]] || die "/bin/busybox missing (busybox-static; run scripts/install-deps.sh --e2e)"
+[[ -x /sbin/mke2fs ]] || die "/sbin/mke2fs missing (e2fsprogs)"
+
+mkdir -p "$out"
+exec 9>"$out/.lock"
+flock 9  # one preparation at a time (test.sh and demo.sh may race)
+
+apt_update() {
+  local sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo=sudo
+  log "apt-get update"
+  $sudo apt-get update -qq
+}
+
+# --- 1. the kernel package ------------------------------------------------------
+resolve_kernel() {
+  apt-cache depends linux-image-amd64 2>/dev/null |
+    awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9].*-amd64$/ { print $2; exit }'
+}
+kpkg=$(resolve_kernel || true)
+if [[ -z "$kpkg" && ! -s "$out/kernel.pkg" ]]; then
+  apt_update
+  kpkg=$(resolve_kernel || true)
+fi
+if [[ -z "$kpkg" ]]; then
+  kpkg=$(cat "$out/kernel.pkg")  # offline: keep the kernel we already have
+  log "apt-cache cannot resolve linux-image-amd64; using cached $kpkg"
+fi
+kdir=$out/kernel/$kpkg
+
+if [[ ! -f "$kdir/done" ]]; then
+  log "fetching $kpkg"
+  rm -rf "$out/kernel"
+  mkdir -p "$out/deb" "$kdir/modules"
+  rm -f "$out"/deb/*.deb
+  # apt-get download writes into the current directory; _apt cannot write there
+  # when we are root, so it warns and downloads unsandboxed: harmless.
+  if ! (cd "$out/deb" && apt-get download -q "$kpkg" 2>/dev/null); then
+    apt_update
+    (cd "$out/deb" && apt-get download -q "$kpkg")
+  fi
+  deb=$(ls "$out"/deb/"$kpkg"_*.deb)
+  x=$out/extract
+  rm -rf "$x" && mkdir -p "$x"
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$x" ./boot ./lib/modules
+  kver=$(ls "$x/lib/modules")
+  [[ -n "$kver" && -f "$x/boot/vmlinuz-$kver" ]] || die "no vmlinuz in $deb"
+  depmod -b "$x" "$kver"
+  : >"$kdir/modules/load-order"
+  for m in "${modules[@]}"; do
+    # Lines are "insmod /path/x.ko" in load order; arch-accelerated crc32c is left
+    # out (it needs SSE4.2, which the default TCG CPU lacks; the generic one works).
+    modprobe -d "$x" -S "$kver" --show-depends "$m" |
+      awk '$1 == "insmod" { print $2 }' | grep -v crc32c-intel |
+      while read -r ko; do
+        b=$(basename "$ko")
+        if ! grep -qxF "$b" "$kdir/modules/load-order"; then
+          cp "$ko" "$kdir/modules/$b"
+          echo "$b" >>"$kdir/modules/load-order"
+        fi
+      done
+  done
+  cp "$x/boot/vmlinuz-$kver" "$kdir/vmlinuz"
+  echo "$kver" >"$kdir/version"
+  rm -rf "$x"
+  touch "$kdir/done"
+  log "kernel $kver, modules: $(tr '\n' ' ' <"$kdir/modules/load-order")"
+fi
+echo "$kpkg" >"$out/kernel.pkg"
+cp -f "$kdir/vmlinuz" "$out/vmlinuz.tmp" && mv -f "$out/vmlinuz.tmp" "$out/vmlinuz"
+
+# --- 2. the initramfs -----------------------------------------------------------
+stamp=$( {
+  echo "$kpkg"
+  sha256sum "$0" "$guest_src"/* /bin/busybox /sbin/mke2fs /etc/mke2fs.conf
+  c++ --version | head -1
+} | sha256sum | cut -d' ' -f1)
+if [[ -f "$out/initrd.gz" && -x "$out/iceblk-pattern" && "$(cat "$out/initrd.stamp" 2>/dev/null)" == "$stamp" ]]; then
+  exit 0
+fi
+
+log "building the initramfs"
+s=$out/initrd.d
+rm -rf "$s"
+mkdir -p "$s"/{bin,sbin,etc,dev,proc,sys,run,tmp,mnt,iceblk,lib/modules}
+cp /bin/busybox "$s/bin/busybox"
+# The pattern tool: static, so the same binary also runs on the host.
+c++ -std=c++20 -O2 -static -s -Wall -Wextra -o "$out/iceblk-pattern.tmp" "$guest_src/iceblk_pattern.cc"
+mv -f "$out/iceblk-pattern.tmp" "$out/iceblk-pattern"
+cp "$out/iceblk-pattern" "$s/bin/iceblk-pattern"
+# mke2fs from e2fsprogs (busybox's makes only ext2), with its shared libraries.
+cp /sbin/mke2fs "$s/sbin/mke2fs"
+cp /etc/mke2fs.conf "$s/etc/mke2fs.conf"
+ldd /sbin/mke2fs | awk '{ for (i = 1; i <= NF; ++i) if ($i ~ /^\//) print $i }' |
+  while read -r lib; do
+    mkdir -p "$s$(dirname "$lib")"
+    cp -L "$lib" "$s$lib"
+  done
+cp "$kdir"/modules/* "$s/lib/modules/"
+cp "$guest_src/init" "$s/init"
+cp "$guest_src/disk-test.sh" "$guest_src/demo.sh" "$s/iceblk/"
+chmod 755 "$s/init" "$s"/iceblk/*.sh
+(cd "$s" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -9 >"$out/initrd.gz.tmp"
+mv -f "$out/initrd.gz.tmp" "$out/initrd.gz"
+rm -rf "$s"
+echo "$stamp" >"$out/initrd.stamp"
+log "ready: $out/vmlinuz, $out/initrd.gz ($(du -k "$out/initrd.gz" | cut -f1) KiB)"

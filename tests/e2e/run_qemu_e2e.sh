@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# End-to-end test: a real Linux guest (QEMU, TCG) uses a vhost-user-blk disk.
+#   run_qemu_e2e.sh --device qsd|iceblkd [--iceblkd PATH] [--queues 1|2] [--verbose]
+# qsd is qemu-storage-daemon, the reference device, which proves the test itself.
+# The guest (tests/e2e/guest/disk-test.sh) writes a position-dependent pattern over
+# the whole disk with one direct-I/O writer per queue, reads it back three ways,
+# makes ext4 over the first half and checks its files after a remount. Then the host
+# stops the device with SIGTERM and checks the image on its own: the pattern in the
+# second half, e2fsck -fn, and the files' contents through debugfs.
+# Exit status: 0 pass, 1 fail, 77 skipped (guest not prepared: scripts/prepare-guest.sh).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+device="" iceblkd="" queues=1 verbose=""
+size=$((64 << 20))
+timeout_s=${ICEBLK_E2E_TIMEOUT:-300}
+while (($#)); do
+  case "$1" in
+    --device) device=$2; shift 2 ;;
+    --iceblkd) iceblkd=$2; shift 2 ;;
+    --queues) queues=$2; shift 2 ;;
+    --verbose) verbose=follow; shift ;;
+    *) echo "usage: $0 --device qsd|iceblkd [--iceblkd PATH] [--queues N] [--verbose]" >&2; exit 2 ;;
+  esac
+done
+[[ $device == qsd || $device == iceblkd ]] || { echo "$0: --device qsd|iceblkd" >&2; exit 2; }
+[[ $queues =~ ^[1-8]$ ]] || { echo "$0: --queues 1..8" >&2; exit 2; }
+if [[ $device == iceblkd && -z $iceblkd ]]; then
+  iceblkd=$E2E_ROOT/build/test/tools/iceblkd/iceblkd
+fi
+if ! e2e_guest_ready; then
+  echo "SKIP: no guest in $E2E_GUEST_DIR; run scripts/prepare-guest.sh" >&2
+  exit 77
+fi
+for tool in qemu-system-x86_64 qemu-storage-daemon e2fsck debugfs timeout; do
+  command -v "$tool" >/dev/null || { echo "FAIL: $tool not found (scripts/install-deps.sh --e2e)" >&2; exit 1; }
+done
+
+E2E_TMP=$(mktemp -d "${TMPDIR:-/tmp}/iceblk-e2e.XXXXXX")
+finish() {
+  local rc=$?
+  e2e_cleanup
+  if [[ $rc -ne 0 && -n ${ICEBLK_E2E_KEEP:-} ]]; then
+    echo "kept $E2E_TMP" >&2
+  else
+    rm -rf "$E2E_TMP"
+  fi
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+img=$E2E_TMP/disk.img
+sock=$E2E_TMP/dev.sock
+serial=$E2E_TMP/serial.log
+devlog=$E2E_TMP/device.log
+pattern=$E2E_GUEST_DIR/iceblk-pattern
+seed=$((1000000 + RANDOM * 32768 + RANDOM))  # fresh per run: no stale data can pass
+name="e2e[$device, $queues queue(s)]"
+start=$SECONDS
+
+failed=0
+fail() {
+  echo "FAIL $name: $*"
+  failed=1
+}
+show_logs() {
+  echo "--- last serial lines ($serial) ---"
+  tail -n 40 "$serial" 2>/dev/null || true
+  echo "--- device log ---"
+  tail -n 20 "$devlog" 2>/dev/null || true
+}
+
+truncate -s "$size" "$img"
+pattern_md5=$("$pattern" gen "$seed" 0 "$size" | md5sum | cut -d' ' -f1)
+e2e_start_device "$device" "$sock" "$img" "$queues" "$devlog" "$iceblkd" ||
+  { echo "FAIL $name: device did not start"; exit 1; }
+
+rc=0
+e2e_boot_guest "$sock" "$queues" "iceblk.test=disk iceblk.seed=$seed iceblk.size=$size iceblk.queues=$queues iceblk.md5=$pattern_md5" \
+  "$serial" "$timeout_s" "$verbose" || rc=$?
+boot_s=$((SECONDS - start))
+if [[ $rc -eq 124 || $rc -eq 137 ]]; then
+  fail "guest did not power off within ${timeout_s}s"
+elif [[ $rc -ne 0 ]]; then
+  fail "qemu exited with status $rc"
+fi
+e2e_stop_device || fail "device did not stop cleanly on SIGTERM"
+
+# --- the guest's verdict --------------------------------------------------------
+# Serial lines end in \r\n.
+tr -d '\r' <"$serial" >"$serial.txt"
+if grep -q '^ICEBLK-E2E: FAIL' "$serial.txt"; then
+  fail "guest: $(grep -m1 '^ICEBLK-E2E: FAIL' "$serial.txt" | cut -d' ' -f3-)"
+elif ! grep -qx 'ICEBLK-E2E: PASS' "$serial.txt"; then
+  fail "no ICEBLK-E2E marker on the serial console"
+fi
+
+# --- the host's own checks of the image -----------------------------------------
+if [[ $failed -eq 0 ]]; then
+  got=$(awk '$1 == "ICEBLK-E2E:" && $2 == "PATTERN-MD5" { print $3 }' "$serial.txt")
+  [[ $got == "$pattern_md5" ]] || fail "guest read pattern md5 '$got', host computes $pattern_md5"
+  half=$((size / 2))
+  if ! out=$("$pattern" verify "$seed" "$half" "$half" "$img" 2>&1); then
+    fail "image: pattern in the second half: $out"
+  fi
+  if ! out=$(e2fsck -fn "$img" 2>&1); then
+    fail "image: e2fsck -fn found problems:"$'\n'"$out"
+  fi
+  want=$("$pattern" gen $((seed + 1)) 0 4M | sha256sum | cut -d' ' -f1)
+  got=$(debugfs -R 'cat /dir/data.bin' "$img" 2>/dev/null | sha256sum | cut -d' ' -f1)
+  [[ $got == "$want" ]] || fail "image: /dir/data.bin sha256 $got, expected $want"
+  got=$(debugfs -R 'cat /hello.txt' "$img" 2>/dev/null)
+  [[ $got == "hello from the iceblk e2e guest, seed $seed" ]] || fail "image: /hello.txt is '$got'"
+  got=$(debugfs -R 'cat /dir/f17' "$img" 2>/dev/null)
+  [[ $got == "file 17 of seed $seed" ]] || fail "image: /dir/f17 is '$got'"
+fi
+
+if [[ $failed -ne 0 ]]; then
+  show_logs
+  echo "RESULT $name: FAIL (${boot_s}s)"
+  exit 1
+fi
+grep '^ICEBLK-E2E: step' "$serial.txt" | sed 's/^ICEBLK-E2E: step /  guest: /'
+echo "  host: pattern md5, second-half pattern, e2fsck -fn, debugfs file contents OK"
+echo "RESULT $name: PASS (guest ${boot_s}s, total $((SECONDS - start))s)"
