@@ -1,0 +1,494 @@
+#include "vhost_user/session.h"
+
+#include <linux/virtio_config.h>
+
+#include <cstring>
+
+#include "base/checked.h"
+#include "base/log.h"
+
+namespace iceblk::vhost_user {
+
+namespace {
+
+constexpr uint64_t bit(unsigned b) { return 1ull << b; }
+
+// <linux/virtio_ring.h> is not valid C++; its two feature bits:
+constexpr unsigned kVirtioRingFIndirectDesc = 28;  // VIRTIO_RING_F_INDIRECT_DESC
+constexpr unsigned kVirtioRingFEventIdx = 29;      // VIRTIO_RING_F_EVENT_IDX
+
+// Features the session can never honour whatever the device says.
+constexpr uint64_t kUnsupportedVirtioFeatures = bit(kFLogAll) | bit(VIRTIO_F_RING_PACKED);
+
+std::vector<uint8_t> u64_bytes(uint64_t v) {
+  std::vector<uint8_t> out(sizeof v);
+  std::memcpy(out.data(), &v, sizeof v);
+  return out;
+}
+
+Reply u64_reply(Request r, uint64_t v) { return Reply{static_cast<uint32_t>(r), u64_bytes(v)}; }
+
+bool has_own_reply(Request r) {
+  switch (r) {
+    case Request::kGetFeatures:
+    case Request::kGetProtocolFeatures:
+    case Request::kGetVringBase:
+    case Request::kGetQueueNum:
+    case Request::kGetConfig:
+    case Request::kGetMaxMemSlots:
+    case Request::kGetStatus:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Peer-caused warnings are rate limited so a front-end cannot flood the log.
+#define ICEBLK_PEER_WARN(...)                                   \
+  do {                                                          \
+    static ::iceblk::log::RateLimiter iceblk_peer_rl_;          \
+    if (iceblk_peer_rl_.allow()) ::spdlog::warn(__VA_ARGS__);   \
+  } while (0)
+
+}  // namespace
+
+Session::Session(Device& device) : device_(device), vrings_(device.num_queues()) {}
+
+Session::~Session() { stop_all(); }
+
+uint64_t Session::offered_features() const {
+  return (device_.features() & ~kUnsupportedVirtioFeatures) | kProtocolFeaturesBit;
+}
+
+uint64_t Session::offered_protocol_features() const {
+  return kSessionProtocolFeatures | (device_.protocol_features() & kSessionOptionalProtocolFeatures);
+}
+
+bool Session::ring_started(uint16_t q) const { return q < vrings_.size() && vrings_[q].worker != nullptr; }
+bool Session::ring_enabled(uint16_t q) const { return q < vrings_.size() && effective_enabled(vrings_[q]); }
+
+bool Session::effective_enabled(const Vring& v) const {
+  // Spec: without VHOST_USER_F_PROTOCOL_FEATURES rings are enabled from the start.
+  return v.enabled || (acked_features_ & kProtocolFeaturesBit) == 0;
+}
+
+bool Session::any_started() const {
+  for (const auto& v : vrings_)
+    if (v.worker) return true;
+  return false;
+}
+
+void Session::stop_ring(Vring& v) {
+  if (!v.worker) return;
+  v.base = v.worker->stop();
+  v.worker.reset();
+}
+
+void Session::stop_all() {
+  for (auto& v : vrings_) stop_ring(v);
+}
+
+void Session::reset_rings() {
+  stop_all();
+  for (auto& v : vrings_) v = Vring{};
+}
+
+void Session::close() {
+  if (closed_) return;
+  closed_ = true;
+  stop_all();
+  device_.reset();
+}
+
+Result<Session::Vring*> Session::vring(uint32_t index, Request req) {
+  // TRUST: the queue index comes from the front-end.
+  if (index >= vrings_.size()) {
+    return fail(Errc::kProtocol, "{}: queue index {} out of range (device has {} queues)", request_name(req), index,
+                vrings_.size());
+  }
+  return &vrings_[index];
+}
+
+Result<std::optional<Reply>> Session::handle(Message msg) {
+  const Request req = msg.request;
+  const bool ack_wanted =
+      msg.need_reply() && (acked_protocol_features_ & pf_bit(kPfReplyAck)) != 0 && !has_own_reply(req);
+  auto r = dispatch(msg);
+  if (!r) {
+    if (r.error().code == Errc::kProtocol || has_own_reply(req)) {
+      return fail(Errc::kProtocol, "{}", r.error().message);
+    }
+    ICEBLK_PEER_WARN("vhost-user {} refused: {}", request_name(req), r.error().to_string());
+    if (ack_wanted) return std::optional<Reply>(u64_reply(req, 1));
+    return std::optional<Reply>();
+  }
+  if (!*r && ack_wanted) return std::optional<Reply>(u64_reply(req, 0));
+  return r;
+}
+
+Result<std::optional<Reply>> Session::dispatch(Message& msg) {
+  using R = std::optional<Reply>;
+  const Request req = msg.request;
+  auto& body = msg.body;
+  switch (req) {
+    case Request::kGetFeatures:
+      return R(u64_reply(req, offered_features()));
+    case Request::kSetFeatures:
+      ICEBLK_TRY(on_set_features(std::get<U64Payload>(body).value));
+      return R();
+    case Request::kGetProtocolFeatures:
+      return R(u64_reply(req, offered_protocol_features()));
+    case Request::kSetProtocolFeatures:
+      ICEBLK_TRY(on_set_protocol_features(std::get<U64Payload>(body).value));
+      return R();
+    case Request::kSetOwner:
+      owner_ = true;
+      return R();
+    case Request::kResetOwner:
+      // Deprecated; treated as a full reset that also gives up ownership.
+      reset_rings();
+      acked_features_ = 0;
+      owner_ = false;
+      device_.reset();
+      return R();
+    case Request::kSetMemTable:
+      ICEBLK_TRY(on_set_mem_table(std::get<MemTableMsg>(body)));
+      return R();
+    case Request::kGetMaxMemSlots:
+      return R(u64_reply(req, kMaxMemSlots));
+    case Request::kAddMemReg:
+      ICEBLK_TRY(on_add_mem_reg(std::get<MemRegMsg>(body)));
+      return R();
+    case Request::kRemMemReg:
+      ICEBLK_TRY(on_rem_mem_reg(std::get<MemRegMsg>(body)));
+      return R();
+    case Request::kSetVringNum:
+      ICEBLK_TRY(on_set_vring_num(std::get<VringStateMsg>(body).state));
+      return R();
+    case Request::kSetVringAddr:
+      ICEBLK_TRY(on_set_vring_addr(std::get<VringAddrMsg>(body).addr));
+      return R();
+    case Request::kSetVringBase:
+      ICEBLK_TRY(on_set_vring_base(std::get<VringStateMsg>(body).state));
+      return R();
+    case Request::kGetVringBase: {
+      ICEBLK_ASSIGN_OR_RETURN(Reply rep, on_get_vring_base(std::get<VringStateMsg>(body).state));
+      return R(std::move(rep));
+    }
+    case Request::kSetVringKick:
+      ICEBLK_TRY(on_set_vring_kick(std::get<VringFdMsg>(body)));
+      return R();
+    case Request::kSetVringCall:
+    case Request::kSetVringErr:
+      ICEBLK_TRY(on_set_vring_call_err(req, std::get<VringFdMsg>(body)));
+      return R();
+    case Request::kSetVringEnable:
+      ICEBLK_TRY(on_set_vring_enable(std::get<VringStateMsg>(body).state));
+      return R();
+    case Request::kGetQueueNum:
+      return R(u64_reply(req, vrings_.size()));
+    case Request::kGetConfig:
+      return R(on_get_config(std::get<ConfigMsg>(body)));
+    case Request::kSetConfig: {
+      const auto& c = std::get<ConfigMsg>(body);
+      if ((acked_protocol_features_ & pf_bit(kPfConfig)) == 0) {
+        return fail(Errc::kProtocol, "SET_CONFIG without VHOST_USER_PROTOCOL_F_CONFIG");
+      }
+      ICEBLK_TRY(device_.set_config(c.offset, c.data, c.flags));
+      return R();
+    }
+    case Request::kResetDevice:
+      ICEBLK_TRY(on_reset_device());
+      return R();
+    case Request::kSetStatus:
+      ICEBLK_TRY(on_set_status(std::get<U64Payload>(body).value));
+      return R();
+    case Request::kGetStatus:
+      if ((acked_protocol_features_ & pf_bit(kPfStatus)) == 0) {
+        return fail(Errc::kProtocol, "GET_STATUS without VHOST_USER_PROTOCOL_F_STATUS");
+      }
+      return R(u64_reply(req, status_));
+    default:
+      // decode() only produces the requests above.
+      return fail(Errc::kProtocol, "{}: not supported", request_name(req));
+  }
+}
+
+Status Session::on_set_features(uint64_t v) {
+  const uint64_t offered = offered_features();
+  if ((v & ~offered) != 0) {
+    return fail(Errc::kProtocol, "SET_FEATURES: acks features never offered (0x{:x})", v & ~offered);
+  }
+  if (v == acked_features_) return {};
+  if (any_started()) {
+    return fail(Errc::kBusy, "SET_FEATURES: cannot change features (0x{:x} -> 0x{:x}) while rings run",
+                acked_features_, v);
+  }
+  ICEBLK_TRY(device_.set_features(v & ~kProtocolFeaturesBit));
+  acked_features_ = v;
+  return {};
+}
+
+Status Session::on_set_protocol_features(uint64_t v) {
+  const uint64_t offered = offered_protocol_features();
+  if ((v & ~offered) != 0) {
+    return fail(Errc::kProtocol, "SET_PROTOCOL_FEATURES: acks protocol features never offered (0x{:x})",
+                v & ~offered);
+  }
+  acked_protocol_features_ = v;
+  return {};
+}
+
+Result<Session::MemSlot> Session::map_region(const MemRegionDesc& d, int fd) const {
+  // TRUST: region geometry comes from the front-end; reject wrapping ranges here,
+  // overlaps are rejected by GuestMemory::create.
+  if (!checked_add(d.guest_phys_addr, d.memory_size - 1) || !checked_add(d.userspace_addr, d.memory_size - 1) ||
+      !checked_add(d.mmap_offset, d.memory_size)) {
+    return fail(Errc::kOverflow, "memory region gpa 0x{:x} size 0x{:x} wraps the address space", d.guest_phys_addr,
+                d.memory_size);
+  }
+  ICEBLK_ASSIGN_OR_RETURN(auto mapping, memory::Mapping::map_fd(fd, d.mmap_offset, d.memory_size));
+  return MemSlot{d, std::move(mapping)};
+}
+
+Status Session::install_memory(std::vector<MemSlot> slots) {
+  std::vector<memory::Region> regions;
+  regions.reserve(slots.size());
+  for (const auto& s : slots) {
+    memory::Region r;
+    r.guest_addr = s.desc.guest_phys_addr;
+    r.size = s.desc.memory_size;
+    r.user_addr = s.desc.userspace_addr;
+    r.host = s.mapping->data();
+    r.mapping = s.mapping;
+    regions.push_back(std::move(r));
+  }
+  ICEBLK_ASSIGN_OR_RETURN(auto gm, memory::GuestMemory::create(std::move(regions)));
+  slots_ = std::move(slots);
+  mem_ = std::make_shared<const memory::GuestMemory>(std::move(gm));
+  // Publish the new snapshot; running workers switch before their next pass. Old
+  // mappings stay alive until the last worker drops the previous snapshot.
+  for (auto& v : vrings_)
+    if (v.worker) v.worker->set_memory(mem_);
+  return {};
+}
+
+Status Session::on_set_mem_table(MemTableMsg& m) {
+  std::vector<MemSlot> slots;
+  for (size_t i = 0; i < m.regions.size(); ++i) {
+    ICEBLK_ASSIGN_OR_RETURN(auto s, map_region(m.regions[i], m.fds[i].get()));
+    slots.push_back(std::move(s));
+  }
+  return install_memory(std::move(slots));
+}
+
+Status Session::on_add_mem_reg(MemRegMsg& m) {
+  if (slots_.size() >= kMaxMemSlots) {
+    return fail(Errc::kBusy, "ADD_MEM_REG: all {} memory slots in use", kMaxMemSlots);
+  }
+  ICEBLK_ASSIGN_OR_RETURN(auto s, map_region(m.region, m.fd.get()));
+  auto slots = slots_;
+  slots.push_back(std::move(s));
+  return install_memory(std::move(slots));
+}
+
+Status Session::on_rem_mem_reg(const MemRegMsg& m) {
+  auto slots = slots_;
+  for (auto it = slots.begin(); it != slots.end(); ++it) {
+    if (it->desc.guest_phys_addr == m.region.guest_phys_addr && it->desc.memory_size == m.region.memory_size) {
+      slots.erase(it);
+      if (slots.empty()) {
+        // GuestMemory with no regions is valid; rings that still use it will park.
+        slots_.clear();
+        mem_ = std::make_shared<const memory::GuestMemory>();
+        for (auto& v : vrings_)
+          if (v.worker) v.worker->set_memory(mem_);
+        return {};
+      }
+      return install_memory(std::move(slots));
+    }
+  }
+  return fail(Errc::kNotFound, "REM_MEM_REG: no region at gpa 0x{:x} size 0x{:x}", m.region.guest_phys_addr,
+              m.region.memory_size);
+}
+
+Status Session::on_set_vring_num(const VringState& s) {
+  ICEBLK_ASSIGN_OR_RETURN(Vring * v, vring(s.index, Request::kSetVringNum));
+  if (v->worker) return fail(Errc::kBusy, "SET_VRING_NUM: vring {} is started", s.index);
+  if (s.num == 0 || s.num > device_.max_queue_size() || !is_power_of_two(s.num)) {
+    return fail(Errc::kInvalidArgument, "SET_VRING_NUM: vring {} size {} (must be a power of two <= {})", s.index,
+                s.num, device_.max_queue_size());
+  }
+  v->size = static_cast<uint16_t>(s.num);
+  return {};
+}
+
+Status Session::on_set_vring_addr(const VringAddr& a) {
+  ICEBLK_ASSIGN_OR_RETURN(Vring * v, vring(a.index, Request::kSetVringAddr));
+  if (v->worker) return fail(Errc::kBusy, "SET_VRING_ADDR: vring {} is started", a.index);
+  if ((a.flags & kVringFLog) != 0) {
+    return fail(Errc::kUnsupported, "SET_VRING_ADDR: vring {}: dirty logging (VHOST_VRING_F_LOG) not supported",
+                a.index);
+  }
+  if (a.flags != 0) return fail(Errc::kInvalidArgument, "SET_VRING_ADDR: unknown flags 0x{:x}", a.flags);
+  v->addr = a;
+  v->addr_set = true;
+  return {};
+}
+
+Status Session::on_set_vring_base(const VringState& s) {
+  ICEBLK_ASSIGN_OR_RETURN(Vring * v, vring(s.index, Request::kSetVringBase));
+  if (v->worker) return fail(Errc::kBusy, "SET_VRING_BASE: vring {} is started", s.index);
+  // Split rings: bits 16-31 are reserved (packed rings are not offered).
+  if (s.num > 0xffff) return fail(Errc::kInvalidArgument, "SET_VRING_BASE: base 0x{:x} has reserved bits", s.num);
+  v->base = static_cast<uint16_t>(s.num);
+  return {};
+}
+
+Result<Reply> Session::on_get_vring_base(const VringState& s) {
+  ICEBLK_ASSIGN_OR_RETURN(Vring * v, vring(s.index, Request::kGetVringBase));
+  // Stops the ring: the worker drains in-flight requests first (Device::drain_queue).
+  stop_ring(*v);
+  VringState out{s.index, v->base};
+  return Reply{static_cast<uint32_t>(Request::kGetVringBase), std::vector<uint8_t>(as_bytes_of(out).begin(),
+                                                                                   as_bytes_of(out).end())};
+}
+
+Status Session::start_ring(uint16_t index, Vring& v, UniqueFd kick) {
+  if (!mem_ || mem_->regions().empty()) {
+    return fail(Errc::kInvalidArgument, "vring {}: cannot start before SET_MEM_TABLE", index);
+  }
+  if (v.size == 0) return fail(Errc::kInvalidArgument, "vring {}: cannot start before SET_VRING_NUM", index);
+  if (!v.addr_set) return fail(Errc::kInvalidArgument, "vring {}: cannot start before SET_VRING_ADDR", index);
+  // Ring addresses are front-end virtual addresses: translate to guest addresses.
+  ICEBLK_ASSIGN_OR_RETURN(GuestAddr desc, mem_->user_to_guest(v.addr.desc_user_addr));
+  ICEBLK_ASSIGN_OR_RETURN(GuestAddr avail, mem_->user_to_guest(v.addr.avail_user_addr));
+  ICEBLK_ASSIGN_OR_RETURN(GuestAddr used, mem_->user_to_guest(v.addr.used_user_addr));
+  virtio::QueueConfig cfg;
+  cfg.size = v.size;
+  cfg.desc = desc;
+  cfg.avail = avail;
+  cfg.used = used;
+  cfg.event_idx = (acked_features_ & bit(kVirtioRingFEventIdx)) != 0;
+  cfg.indirect = (acked_features_ & bit(kVirtioRingFIndirectDesc)) != 0;
+  ICEBLK_ASSIGN_OR_RETURN(auto queue, virtio::SplitQueue::activate(cfg, mem_, v.base));
+  ICEBLK_ASSIGN_OR_RETURN(v.worker, VringWorker::start(index, device_, std::move(queue), std::move(kick),
+                                                       *v.notifier, effective_enabled(v)));
+  return {};
+}
+
+Status Session::on_set_vring_kick(VringFdMsg& m) {
+  ICEBLK_ASSIGN_OR_RETURN(Vring * v, vring(m.index, Request::kSetVringKick));
+  if (m.no_fd) {
+    return fail(Errc::kUnsupported,
+                "SET_VRING_KICK: vring {}: polling mode (no kick fd, VHOST_USER_VRING_NOFD_MASK) is not supported",
+                m.index);
+  }
+  // A new kick fd for a running ring: restart it (state kept in v->base).
+  stop_ring(*v);
+  return start_ring(m.index, *v, std::move(m.fd));
+}
+
+Status Session::on_set_vring_call_err(Request req, VringFdMsg& m) {
+  ICEBLK_ASSIGN_OR_RETURN(Vring * v, vring(m.index, req));
+  // No fd (bit 8) = no notifications / errors reported for this ring.
+  if (req == Request::kSetVringCall) {
+    v->notifier->set_call(std::move(m.fd));
+  } else {
+    v->notifier->set_err(std::move(m.fd));
+  }
+  return {};
+}
+
+Status Session::on_set_vring_enable(const VringState& s) {
+  ICEBLK_ASSIGN_OR_RETURN(Vring * v, vring(s.index, Request::kSetVringEnable));
+  if (s.num > 1) return fail(Errc::kInvalidArgument, "SET_VRING_ENABLE: vring {}: value {}", s.index, s.num);
+  v->enabled = s.num == 1;
+  if (v->worker) v->worker->set_enabled(effective_enabled(*v));
+  return {};
+}
+
+Reply Session::on_get_config(const ConfigMsg& m) {
+  Reply rep{static_cast<uint32_t>(Request::kGetConfig), {}};
+  if ((acked_protocol_features_ & pf_bit(kPfConfig)) == 0) {
+    ICEBLK_PEER_WARN("vhost-user GET_CONFIG without VHOST_USER_PROTOCOL_F_CONFIG negotiated: error reply");
+    return rep;
+  }
+  auto r = device_.get_config(m.offset, m.size);
+  if (!r || r->size() != m.size) {
+    // Spec: a zero-length payload tells the front-end the request failed.
+    ICEBLK_GUEST_ERROR("GET_CONFIG offset {} size {} refused: {}", m.offset, m.size,
+                       r ? std::string("wrong size from device") : r.error().to_string());
+    return rep;
+  }
+  ConfigHeader h{m.offset, m.size, m.flags};
+  rep.payload.resize(sizeof h + r->size());
+  std::memcpy(rep.payload.data(), &h, sizeof h);
+  if (!r->empty()) std::memcpy(rep.payload.data() + sizeof h, r->data(), r->size());
+  return rep;
+}
+
+Status Session::on_reset_device() {
+  if ((acked_protocol_features_ & pf_bit(kPfResetDevice)) == 0) {
+    return fail(Errc::kProtocol, "RESET_DEVICE without VHOST_USER_PROTOCOL_F_RESET_DEVICE");
+  }
+  // Spec: disable all rings and reset internal state; ownership is retained.
+  reset_rings();
+  acked_features_ = 0;
+  status_ = 0;
+  device_.reset();
+  return {};
+}
+
+Status Session::on_set_status(uint64_t v) {
+  if ((acked_protocol_features_ & pf_bit(kPfStatus)) == 0) {
+    return fail(Errc::kProtocol, "SET_STATUS without VHOST_USER_PROTOCOL_F_STATUS");
+  }
+  if (v > 0xff) return fail(Errc::kInvalidArgument, "SET_STATUS: 0x{:x} is not a status byte", v);
+  status_ = static_cast<uint8_t>(v);
+  if (status_ == 0) {
+    stop_all();
+    device_.reset();
+  }
+  return {};
+}
+
+Status serve_connection(Device& device, Connection& conn, int cancel_fd) {
+  Session session(device);
+  Status why;
+  for (;;) {
+    auto raw = conn.receive(cancel_fd);
+    if (!raw) {
+      why = tl::unexpected(raw.error());
+      break;
+    }
+    const std::string name = request_name_of(raw->header.request);
+    auto msg = decode(std::move(*raw));
+    if (!msg) {
+      why = tl::unexpected(msg.error());
+      break;
+    }
+    auto reply = session.handle(std::move(*msg));
+    if (!reply) {
+      why = tl::unexpected(reply.error());
+      break;
+    }
+    if (*reply) {
+      auto s = conn.send((*reply)->request, kVersion | kFlagReply, (*reply)->payload);
+      if (!s) {
+        why = tl::unexpected(make_error(s.error().code, "sending {} reply: {}", name, s.error().message));
+        break;
+      }
+    }
+  }
+  session.close();
+  conn.close();
+  if (why.error().code == Errc::kClosed) {
+    spdlog::info("vhost-user front-end disconnected ({})", why.error().message);
+  } else {
+    ICEBLK_PEER_WARN("vhost-user connection closed: {}", why.error().to_string());
+  }
+  return why;
+}
+
+}  // namespace iceblk::vhost_user

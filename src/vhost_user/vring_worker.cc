@@ -1,0 +1,209 @@
+#include "vhost_user/vring_worker.h"
+
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
+#include <cerrno>
+
+#include "base/log.h"
+
+namespace iceblk::vhost_user {
+
+namespace {
+
+void write_eventfd(int fd) {
+  if (fd < 0) return;
+  const uint64_t one = 1;
+  // A full eventfd counter (EAGAIN) already means "signalled"; nothing else to do.
+  [[maybe_unused]] ssize_t n = ::write(fd, &one, sizeof one);
+}
+
+enum Tag : uint64_t { kTagKick = 0, kTagCtl = 1, kTagDevice = 2 };
+
+}  // namespace
+
+void VringNotifier::set_call(UniqueFd fd) {
+  std::lock_guard lk(mu_);
+  call_ = std::move(fd);
+}
+void VringNotifier::set_err(UniqueFd fd) {
+  std::lock_guard lk(mu_);
+  err_ = std::move(fd);
+}
+void VringNotifier::signal_call() {
+  std::lock_guard lk(mu_);
+  write_eventfd(call_.get());
+}
+void VringNotifier::signal_err() {
+  std::lock_guard lk(mu_);
+  write_eventfd(err_.get());
+}
+bool VringNotifier::has_call() const {
+  std::lock_guard lk(mu_);
+  return call_.valid();
+}
+
+Result<std::unique_ptr<VringWorker>> VringWorker::start(uint16_t index, Device& device, virtio::SplitQueue queue,
+                                                        UniqueFd kick, VringNotifier& notifier, bool enabled) {
+  UniqueFd ctl(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!ctl) return tl::unexpected(errno_error(Errc::kIo, "eventfd", errno));
+  std::unique_ptr<VringWorker> w(
+      new VringWorker(index, device, std::move(queue), std::move(kick), notifier, enabled, std::move(ctl)));
+  w->thread_ = std::thread([p = w.get()] { p->run(); });
+  return w;
+}
+
+VringWorker::~VringWorker() { stop(); }
+
+void VringWorker::wake() { write_eventfd(ctl_.get()); }
+
+uint16_t VringWorker::stop() {
+  if (!joined_) {
+    {
+      std::lock_guard lk(mu_);
+      stop_requested_ = true;
+    }
+    wake();
+    if (thread_.joinable()) thread_.join();
+    joined_ = true;
+  }
+  std::lock_guard lk(mu_);
+  return final_next_avail_;
+}
+
+void VringWorker::set_enabled(bool enabled) {
+  {
+    std::lock_guard lk(mu_);
+    enabled_ = enabled;
+  }
+  wake();
+}
+
+void VringWorker::set_memory(std::shared_ptr<const memory::GuestMemory> mem) {
+  {
+    std::lock_guard lk(mu_);
+    pending_mem_ = std::move(mem);
+  }
+  wake();
+}
+
+bool VringWorker::broken() const {
+  std::lock_guard lk(mu_);
+  return broken_;
+}
+
+void VringWorker::run() {
+  device_.queue_started(index_);
+  const int dev_fd = device_.queue_event_fd(index_);
+
+  UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
+  auto add = [&](int fd, Tag tag) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = tag;
+    return ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
+  };
+  const bool setup_ok =
+      ep && add(ctl_.get(), kTagCtl) && add(kick_.get(), kTagKick) && (dev_fd < 0 || add(dev_fd, kTagDevice));
+  const int setup_errno = errno;
+
+  bool broken = false;
+  auto park = [&](const Error& e, std::string_view what) {
+    spdlog::warn("vring {}: {} failed, queue parked until it is restarted: {}", index_, what, e.to_string());
+    broken = true;
+    {
+      std::lock_guard lk(mu_);
+      broken_ = true;
+    }
+    // Stop watching the device fd: nobody will consume its events any more.
+    if (ep && dev_fd >= 0) ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, dev_fd, nullptr);
+    notifier_.signal_err();
+  };
+  auto pass = [&] {
+    if (broken) return;
+    auto r = device_.process_queue(index_, queue_);
+    if (!r) {
+      park(r.error(), "process_queue");
+    } else if (*r) {
+      notifier_.signal_call();
+    }
+  };
+
+  bool enabled;
+  {
+    std::lock_guard lk(mu_);
+    enabled = enabled_;
+  }
+
+  auto wait_for_stop = [&] {
+    for (;;) {
+      {
+        std::lock_guard lk(mu_);
+        if (stop_requested_) return;
+      }
+      pollfd p{ctl_.get(), POLLIN, 0};
+      ::poll(&p, 1, -1);
+      uint64_t v;
+      [[maybe_unused]] ssize_t r = ::read(ctl_.get(), &v, sizeof v);
+    }
+  };
+
+  if (!setup_ok) {
+    park(errno_error(Errc::kIo, "epoll setup", setup_errno), "start");
+    wait_for_stop();
+  } else {
+    // Front-ends need not kick after SET_VRING_KICK (newest spec): look once now.
+    if (enabled) pass();
+    for (;;) {
+      epoll_event evs[3];
+      const int n = ::epoll_wait(ep.get(), evs, 3, -1);
+      if (n < 0 && errno != EINTR) {
+        park(errno_error(Errc::kIo, "epoll_wait", errno), "wait");
+        wait_for_stop();
+        break;
+      }
+      bool kicked = false;
+      bool device_event = false;
+      for (int i = 0; i < n; ++i) {
+        uint64_t v = 0;
+        if (evs[i].data.u64 == kTagKick) {
+          if (::read(kick_.get(), &v, sizeof v) == 0) {
+            // A pipe-style kick fd whose writer went away: stop watching it.
+            ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, kick_.get(), nullptr);
+          } else {
+            kicked = true;
+          }
+        } else if (evs[i].data.u64 == kTagCtl) {
+          [[maybe_unused]] ssize_t r = ::read(ctl_.get(), &v, sizeof v);
+        } else {
+          device_event = true;
+        }
+      }
+      std::shared_ptr<const memory::GuestMemory> mem;
+      const bool was_enabled = enabled;
+      {
+        std::lock_guard lk(mu_);
+        if (stop_requested_) break;
+        mem = std::move(pending_mem_);
+        pending_mem_.reset();
+        enabled = enabled_;
+      }
+      if (mem && !broken) {
+        auto r = queue_.set_memory(std::move(mem));
+        if (!r) park(r.error(), "memory table update");
+      }
+      // Disabled rings are not processed on kicks (the kick is consumed; enabling
+      // later triggers a pass), but device completions are always handled so
+      // in-flight requests finish.
+      if ((enabled && (kicked || !was_enabled)) || device_event) pass();
+    }
+  }
+
+  if (!broken && device_.drain_queue(index_, queue_)) notifier_.signal_call();
+  device_.queue_stopped(index_);
+  std::lock_guard lk(mu_);
+  final_next_avail_ = queue_.next_avail();
+}
+
+}  // namespace iceblk::vhost_user

@@ -1,0 +1,84 @@
+// One thread per started vring: waits (epoll) on the kick eventfd, the device's
+// queue event fd and an internal control eventfd, runs Device::process_queue and
+// signals the call eventfd when the device asks for it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "base/result.h"
+#include "base/unique_fd.h"
+#include "memory/guest_memory.h"
+#include "vhost_user/device.h"
+#include "virtio/split_queue.h"
+
+namespace iceblk::vhost_user {
+
+// The call and error eventfds of one vring. The front-end may replace them at any
+// time (QEMU swaps the call fd while the ring runs), so the session and the worker
+// share this object; the mutex makes a swap and a signal never overlap (a signal
+// after the swap goes to the new fd; the old fd is closed only when no one uses it).
+class VringNotifier {
+ public:
+  void set_call(UniqueFd fd);
+  void set_err(UniqueFd fd);
+  void signal_call();
+  void signal_err();
+  [[nodiscard]] bool has_call() const;
+
+ private:
+  mutable std::mutex mu_;
+  UniqueFd call_;
+  UniqueFd err_;
+};
+
+class VringWorker {
+ public:
+  // Spawns the worker thread. `notifier` and `device` must outlive the worker.
+  static Result<std::unique_ptr<VringWorker>> start(uint16_t index, Device& device, virtio::SplitQueue queue,
+                                                     UniqueFd kick, VringNotifier& notifier, bool enabled);
+  ~VringWorker();  // stop()
+  VringWorker(const VringWorker&) = delete;
+  VringWorker& operator=(const VringWorker&) = delete;
+
+  // Ask the thread to drain (Device::drain_queue) and exit; join it. Returns the
+  // next available index the back-end would process (for GET_VRING_BASE).
+  // Idempotent.
+  uint16_t stop();
+
+  // Thread-safe; takes effect before the worker's next processing pass.
+  void set_enabled(bool enabled);
+  void set_memory(std::shared_ptr<const memory::GuestMemory> mem);
+
+  // True once process_queue (or a memory update) failed and the queue was parked.
+  [[nodiscard]] bool broken() const;
+
+ private:
+  VringWorker(uint16_t index, Device& device, virtio::SplitQueue queue, UniqueFd kick, VringNotifier& notifier,
+              bool enabled, UniqueFd ctl)
+      : index_(index), device_(device), queue_(std::move(queue)), kick_(std::move(kick)),
+        notifier_(notifier), ctl_(std::move(ctl)), enabled_(enabled) {}
+  void run();
+  void wake();
+
+  const uint16_t index_;
+  Device& device_;
+  virtio::SplitQueue queue_;  // touched only by the worker thread while it runs
+  UniqueFd kick_;
+  VringNotifier& notifier_;
+  UniqueFd ctl_;  // eventfd: stop / enable / memory changes
+
+  mutable std::mutex mu_;
+  bool stop_requested_ = false;
+  bool enabled_;
+  bool broken_ = false;
+  std::shared_ptr<const memory::GuestMemory> pending_mem_;
+  uint16_t final_next_avail_ = 0;
+
+  std::thread thread_;
+  bool joined_ = false;
+};
+
+}  // namespace iceblk::vhost_user
