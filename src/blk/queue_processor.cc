@@ -1,0 +1,348 @@
+#include "blk/queue_processor.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "base/log.h"
+#include "blk/device.h"
+#include "blk/wire.h"
+
+namespace iceblk::blk {
+
+namespace {
+
+constexpr size_t kBounceAlign = 4096;
+constexpr size_t kMaxIdleBounce = 16;
+
+// Copy between a flat buffer and bytes [off, off + buf.size()) of an iovec list.
+void iov_copy(std::span<const iovec> iov, uint64_t off, std::span<uint8_t> buf, bool to_iov) {
+  size_t done = 0;
+  for (const auto& v : iov) {
+    if (done == buf.size()) break;
+    if (off >= v.iov_len) {
+      off -= v.iov_len;
+      continue;
+    }
+    const size_t n = std::min<size_t>(v.iov_len - off, buf.size() - done);
+    auto* p = static_cast<uint8_t*>(v.iov_base) + off;
+    if (to_iov) {
+      std::memcpy(p, buf.data() + done, n);
+    } else {
+      std::memcpy(buf.data() + done, p, n);
+    }
+    done += n;
+    off = 0;
+  }
+}
+
+}  // namespace
+
+struct QueueProcessor::InFlight {
+  Request req;
+  std::shared_ptr<const memory::GuestMemory> mem;  // keeps the request's host pointers alive
+  uint8_t* bounce = nullptr;
+  uint64_t chunk_off = 0;  // encrypted: bytes of the request finished
+  uint64_t chunk_len = 0;  // encrypted: bytes of the chunk in flight
+  unsigned outstanding = 0;
+  std::optional<Error> error;
+  bool flushed = false;  // writethrough flush issued
+
+  void clear() {
+    req = Request{};
+    mem.reset();
+    bounce = nullptr;
+    chunk_off = chunk_len = 0;
+    outstanding = 0;
+    error.reset();
+    flushed = false;
+  }
+};
+
+QueueProcessor::QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<backend::IoQueue> io)
+    : dev_(dev), env_(dev.parse_env()), engine_(dev.config().engine.get()), index_(index), io_(std::move(io)) {}
+
+QueueProcessor::~QueueProcessor() {
+  if (io_) {
+    io_->drain();  // callbacks only touch our own state, which is still alive
+    io_.reset();
+  }
+  for (auto* b : bounce_free_) std::free(b);
+  for (auto& f : free_) {
+    if (f->bounce) std::free(f->bounce);
+  }
+}
+
+int QueueProcessor::completion_fd() const { return io_->completion_fd(); }
+
+QueueProcessor::InFlight* QueueProcessor::acquire() {
+  ++in_flight_;
+  if (free_.empty()) return new InFlight();
+  InFlight* f = free_.back().release();
+  free_.pop_back();
+  return f;
+}
+
+void QueueProcessor::release(InFlight* f) {
+  --in_flight_;
+  if (f->bounce) release_bounce(f->bounce);
+  f->clear();
+  free_.emplace_back(f);
+}
+
+uint8_t* QueueProcessor::acquire_bounce() {
+  if (!bounce_free_.empty()) {
+    uint8_t* b = bounce_free_.back();
+    bounce_free_.pop_back();
+    return b;
+  }
+  return static_cast<uint8_t*>(std::aligned_alloc(kBounceAlign, kCryptChunk));
+}
+
+void QueueProcessor::release_bounce(uint8_t* b) {
+  if (bounce_free_.size() < kMaxIdleBounce) {
+    bounce_free_.push_back(b);
+  } else {
+    std::free(b);
+  }
+}
+
+void QueueProcessor::complete(virtio::SplitQueue& q, uint16_t head, uint32_t used_len) {
+  if (auto s = q.push_used(head, used_len); !s) {
+    if (!ring_error_) ring_error_ = std::move(s).error();
+    return;
+  }
+  ++pushed_;
+}
+
+void QueueProcessor::finish(InFlight* f, virtio::SplitQueue& q, uint8_t status, uint32_t used_len) {
+  // ORDER: the status byte is stored before push_used's release of used->idx.
+  std::memcpy(f->req.status, &status, 1);
+  complete(q, f->req.head, used_len);
+  release(f);
+}
+
+void QueueProcessor::submit(InFlight* f, backend::IoRequest req) {
+  ++f->outstanding;
+  req.done = [this, f](Result<uint64_t> r) {
+    if (!r && !f->error) f->error = std::move(r).error();
+    if (--f->outstanding == 0) ready_.push_back(f);
+  };
+  io_->submit(std::move(req));
+}
+
+bool QueueProcessor::submit_crypt_chunk(InFlight* f) {
+  const Request& r = f->req;
+  const uint64_t len = std::min<uint64_t>(kCryptChunk, r.length - f->chunk_off);
+  f->chunk_len = len;
+  if (f->bounce == nullptr) f->bounce = acquire_bounce();
+  if (f->bounce == nullptr) {
+    f->error = make_error(Errc::kIo, "out of memory for a bounce buffer");
+    return false;
+  }
+  std::span<uint8_t> buf(f->bounce, len);
+  backend::IoRequest io;
+  io.offset = r.offset + f->chunk_off;
+  io.length = len;
+  io.iov = {{f->bounce, len}};
+  if (r.kind == RequestKind::kOut) {
+    // TRUST: the guest's plaintext is copied once into our private buffer and
+    // encrypted there; the driver's buffer is never modified.
+    iov_copy(r.data, f->chunk_off, buf, /*to_iov=*/false);
+    const uint32_t dus = r.key->key.mode().data_unit_size;
+    const Dun dun(r.first_dun.value + f->chunk_off / dus);  // no overflow: checked by the parser
+    if (auto s = crypt_.crypt(*r.key, ice::Direction::kEncrypt, dun, buf); !s) {
+      f->error = std::move(s).error();
+      return false;
+    }
+    io.op = backend::IoOp::kWrite;
+  } else {
+    io.op = backend::IoOp::kRead;
+  }
+  submit(f, std::move(io));
+  return true;
+}
+
+void QueueProcessor::start(InFlight* f, virtio::SplitQueue& q) {
+  Request& r = f->req;
+  switch (r.kind) {
+    case RequestKind::kIn:
+    case RequestKind::kOut:
+      if (r.length == 0) return finish(f, q, kStatusOk, 1);
+      if (r.encrypted()) {
+        if (!submit_crypt_chunk(f)) {
+          ICEBLK_GUEST_ERROR("queue {}: request {}: {}", index_, r.head, f->error->to_string());
+          return finish(f, q, status_for(*f->error), 1);
+        }
+        return;
+      }
+      return submit(f, backend::IoRequest{r.kind == RequestKind::kIn ? backend::IoOp::kRead : backend::IoOp::kWrite,
+                                          r.offset, r.length, r.data, false, {}});
+    case RequestKind::kFlush:
+      return submit(f, backend::IoRequest{backend::IoOp::kFlush, 0, 0, {}, false, {}});
+    case RequestKind::kGetId: {
+      std::array<uint8_t, kIdBytes> id{};
+      const auto& serial = dev_.config().serial;
+      std::memcpy(id.data(), serial.data(), std::min<size_t>(serial.size(), id.size()));
+      iov_copy(r.data, 0, std::span<uint8_t>(id.data(), r.length), /*to_iov=*/true);
+      return finish(f, q, kStatusOk, static_cast<uint32_t>(r.length + 1));
+    }
+    case RequestKind::kDiscard:
+    case RequestKind::kWriteZeroes: {
+      const auto op = r.kind == RequestKind::kDiscard ? backend::IoOp::kDiscard : backend::IoOp::kWriteZeroes;
+      // Count every segment first so a synchronous completion cannot finish the
+      // request while later segments are still being submitted.
+      ++f->outstanding;
+      for (const auto& range : r.ranges) {
+        if (range.length == 0) continue;
+        submit(f, backend::IoRequest{op, range.offset, range.length, {}, range.unmap, {}});
+      }
+      if (--f->outstanding == 0) ready_.push_back(f);
+      return;
+    }
+    case RequestKind::kGetCryptoCaps: {
+      std::vector<CryptoCap> caps;
+      caps.reserve(env_.caps->size());
+      for (const auto& c : *env_.caps) {
+        caps.push_back({static_cast<uint8_t>(c.alg), c.data_unit_size_exp, static_cast<uint8_t>(c.key_size), 0});
+      }
+      iov_copy(r.data, 0, {reinterpret_cast<uint8_t*>(caps.data()), caps.size() * sizeof(CryptoCap)},
+               /*to_iov=*/true);
+      return finish(f, q, kStatusOk, static_cast<uint32_t>(r.length + 1));
+    }
+    case RequestKind::kProgramKey: {
+      auto s = engine_->program(r.slot, std::move(*r.new_key));
+      r.new_key.reset();
+      if (!s) {
+        ICEBLK_GUEST_ERROR("queue {}: PROGRAM_KEY: {}", index_, s.error().to_string());
+        return finish(f, q, status_for(s.error()), 1);
+      }
+      return finish(f, q, kStatusOk, 1);
+    }
+    case RequestKind::kEvictKey: {
+      auto s = engine_->evict(r.slot);
+      return finish(f, q, s ? kStatusOk : status_for(s.error()), 1);
+    }
+  }
+}
+
+void QueueProcessor::advance(InFlight* f, virtio::SplitQueue& q) {
+  Request& r = f->req;
+  if (f->error) {
+    ICEBLK_GUEST_ERROR("queue {}: request {} failed: {}", index_, r.head, f->error->to_string());
+    return finish(f, q, status_for(*f->error), 1);
+  }
+  if (r.encrypted()) {
+    if (r.kind == RequestKind::kIn) {
+      std::span<uint8_t> buf(f->bounce, f->chunk_len);
+      const uint32_t dus = r.key->key.mode().data_unit_size;
+      const Dun dun(r.first_dun.value + f->chunk_off / dus);
+      if (auto s = crypt_.crypt(*r.key, ice::Direction::kDecrypt, dun, buf); !s) {
+        ICEBLK_GUEST_ERROR("queue {}: decrypt: {}", index_, s.error().to_string());
+        return finish(f, q, status_for(s.error()), 1);
+      }
+      iov_copy(r.data, f->chunk_off, buf, /*to_iov=*/true);
+    }
+    f->chunk_off += f->chunk_len;
+    if (f->chunk_off < r.length) {
+      if (!submit_crypt_chunk(f)) return finish(f, q, status_for(*f->error), 1);
+      return;
+    }
+  }
+  if (r.kind == RequestKind::kOut && !f->flushed && !dev_.writeback()) {
+    f->flushed = true;  // writethrough: make the write stable before completing
+    return submit(f, backend::IoRequest{backend::IoOp::kFlush, 0, 0, {}, false, {}});
+  }
+  const uint32_t used = r.kind == RequestKind::kIn ? static_cast<uint32_t>(r.length + 1) : 1;
+  finish(f, q, kStatusOk, used);
+}
+
+void QueueProcessor::handle_ready(virtio::SplitQueue& q) {
+  while (!ready_.empty()) {
+    batch_.swap(ready_);
+    for (InFlight* f : batch_) advance(f, q);
+    batch_.clear();
+  }
+}
+
+void QueueProcessor::handle_chain(const virtio::DescriptorChain& chain, virtio::SplitQueue& q) {
+  const memory::GuestMemory& mem = q.memory();
+  auto status = locate_status(chain, mem);
+  if (!status) {
+    ICEBLK_GUEST_ERROR("queue {}: chain {}: {}", index_, chain.head, status.error().to_string());
+    return complete(q, chain.head, 0);
+  }
+  auto req = parse_request(chain, mem, env_);
+  if (!req) {
+    const uint8_t st = status_for(req.error());
+    ICEBLK_GUEST_ERROR("queue {}: request {}: {}", index_, chain.head, req.error().to_string());
+    std::memcpy(*status, &st, 1);
+    return complete(q, chain.head, 1);
+  }
+  InFlight* f = acquire();
+  f->req = std::move(*req);
+  f->mem = q.memory_ptr();
+  start(f, q);
+}
+
+Result<bool> QueueProcessor::process(virtio::SplitQueue& q) {
+  if (const int fd = io_->completion_fd(); fd >= 0) {
+    uint64_t v;
+    (void)!::read(fd, &v, sizeof v);  // non-blocking eventfd: clear before reaping
+  }
+  io_->reap();
+  handle_ready(q);
+  for (;;) {
+    for (;;) {
+      auto c = q.pop();
+      if (!c) return tl::unexpected(std::move(c).error());
+      if (!*c) break;
+      if (auto* bad = std::get_if<virtio::BadChain>(&**c)) {
+        ICEBLK_GUEST_ERROR("queue {}: bad chain {}: {}", index_, bad->head, bad->error.to_string());
+        complete(q, bad->head, 0);
+      } else {
+        handle_chain(std::get<virtio::DescriptorChain>(**c), q);
+      }
+      if (ring_error_) break;
+    }
+    io_->flush_submissions();
+    io_->reap();
+    handle_ready(q);
+    io_->flush_submissions();
+    if (ring_error_) break;
+    // EVENT_IDX: publish avail_event, then re-check so a chain added meanwhile is
+    // not left waiting for a kick that will not come.
+    q.enable_notifications();
+    auto c = q.pop();
+    if (!c) return tl::unexpected(std::move(c).error());
+    if (!*c) break;
+    if (auto* bad = std::get_if<virtio::BadChain>(&**c)) {
+      complete(q, bad->head, 0);
+    } else {
+      handle_chain(std::get<virtio::DescriptorChain>(**c), q);
+    }
+  }
+  if (ring_error_) {
+    Error e = std::move(*ring_error_);
+    ring_error_.reset();
+    return tl::unexpected(std::move(e));
+  }
+  const bool notify = pushed_ > 0 && q.should_notify();
+  pushed_ = 0;
+  return notify;
+}
+
+void QueueProcessor::drain(virtio::SplitQueue& q) {
+  while (in_flight_ > 0) {
+    io_->flush_submissions();
+    io_->drain();
+    if (ready_.empty() && io_->in_flight() == 0 && in_flight_ > 0) {
+      spdlog::error("queue {}: {} requests lost in the backend", index_, in_flight_);
+      break;
+    }
+    handle_ready(q);
+  }
+}
+
+}  // namespace iceblk::blk

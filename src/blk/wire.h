@@ -1,0 +1,179 @@
+// virtio-blk + ICE wire structs and constants (spec §1-§6; VIRTIO 1.3 §5.2).
+// Plain little-endian structs built from Le<T>, with static_asserts on size and
+// offsets. Constants come from <linux/virtio_*.h> where the kernel defines them
+// (<linux/virtio_ring.h> is not valid C++, so its two feature bits are spelled out).
+#pragma once
+
+#include <linux/virtio_blk.h>
+#include <linux/virtio_config.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "base/le.h"
+
+namespace iceblk::blk {
+
+// --- feature bits -------------------------------------------------------------
+inline constexpr unsigned kFeatureSegMax = VIRTIO_BLK_F_SEG_MAX;          // 2
+inline constexpr unsigned kFeatureRo = VIRTIO_BLK_F_RO;                   // 5
+inline constexpr unsigned kFeatureBlkSize = VIRTIO_BLK_F_BLK_SIZE;        // 6
+inline constexpr unsigned kFeatureFlush = VIRTIO_BLK_F_FLUSH;             // 9
+inline constexpr unsigned kFeatureTopology = VIRTIO_BLK_F_TOPOLOGY;       // 10
+inline constexpr unsigned kFeatureConfigWce = VIRTIO_BLK_F_CONFIG_WCE;    // 11
+inline constexpr unsigned kFeatureMq = VIRTIO_BLK_F_MQ;                   // 12
+inline constexpr unsigned kFeatureDiscard = VIRTIO_BLK_F_DISCARD;         // 13
+inline constexpr unsigned kFeatureWriteZeroes = VIRTIO_BLK_F_WRITE_ZEROES;  // 14
+inline constexpr unsigned kFeatureIce = 22;             // VIRTIO_BLK_F_ICE (spec §1)
+inline constexpr unsigned kFeatureIceInbandKeys = 23;   // VIRTIO_BLK_F_ICE_INBAND_KEYS (spec §1)
+inline constexpr unsigned kFeatureIndirectDesc = 28;  // VIRTIO_RING_F_INDIRECT_DESC
+inline constexpr unsigned kFeatureEventIdx = 29;      // VIRTIO_RING_F_EVENT_IDX
+inline constexpr unsigned kFeatureVhostUserProtocol = 30;  // VHOST_USER_F_PROTOCOL_FEATURES
+inline constexpr unsigned kFeatureVersion1 = VIRTIO_F_VERSION_1;               // 32
+
+constexpr uint64_t feature_bit(unsigned b) { return uint64_t{1} << b; }
+constexpr bool has_feature(uint64_t features, unsigned b) { return (features & feature_bit(b)) != 0; }
+
+// --- request types (spec §4) ----------------------------------------------------
+inline constexpr uint32_t kTypeIn = VIRTIO_BLK_T_IN;                    // 0
+inline constexpr uint32_t kTypeOut = VIRTIO_BLK_T_OUT;                  // 1
+inline constexpr uint32_t kTypeFlush = VIRTIO_BLK_T_FLUSH;              // 4
+inline constexpr uint32_t kTypeGetId = VIRTIO_BLK_T_GET_ID;             // 8
+inline constexpr uint32_t kTypeDiscard = VIRTIO_BLK_T_DISCARD;          // 11
+inline constexpr uint32_t kTypeWriteZeroes = VIRTIO_BLK_T_WRITE_ZEROES;  // 13
+inline constexpr uint32_t kTypeGetCryptoCaps = 28;  // VIRTIO_BLK_T_GET_CRYPTO_CAPABILITIES
+inline constexpr uint32_t kTypeIceProgramKey = 29;  // VIRTIO_BLK_T_ICE_PROGRAM_KEY
+inline constexpr uint32_t kTypeIceEvictKey = 31;    // VIRTIO_BLK_T_ICE_EVICT_KEY
+
+// --- status byte ---------------------------------------------------------------
+inline constexpr uint8_t kStatusOk = VIRTIO_BLK_S_OK;          // 0
+inline constexpr uint8_t kStatusIoErr = VIRTIO_BLK_S_IOERR;    // 1
+inline constexpr uint8_t kStatusUnsupp = VIRTIO_BLK_S_UNSUPP;  // 2
+
+inline constexpr uint32_t kIdBytes = VIRTIO_BLK_ID_BYTES;  // 20
+inline constexpr uint32_t kWriteZeroesFlagUnmap = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
+
+// --- request header (spec §3) ---------------------------------------------------
+struct OutHdr {
+  le32 type;
+  le32 reserved;  // "ioprio" in Linux; ignored
+  le64 sector;
+};
+static_assert(sizeof(OutHdr) == 16);
+static_assert(offsetof(OutHdr, type) == 0 && offsetof(OutHdr, reserved) == 4 && offsetof(OutHdr, sector) == 8);
+
+struct IcePayload {
+  uint8_t slot;
+  uint8_t activate;
+  le16 reserved1;
+  le32 reserved2;
+  le64 data_unit_num;
+};
+static_assert(sizeof(IcePayload) == 16);
+static_assert(offsetof(IcePayload, slot) == 0 && offsetof(IcePayload, activate) == 1 &&
+              offsetof(IcePayload, reserved1) == 2 && offsetof(IcePayload, reserved2) == 4 &&
+              offsetof(IcePayload, data_unit_num) == 8);
+
+// The 32-byte header used when VIRTIO_BLK_F_ICE is negotiated.
+struct IceHdr {
+  OutHdr out;
+  IcePayload ice;
+};
+static_assert(sizeof(IceHdr) == 32 && offsetof(IceHdr, ice) == 16);
+
+inline constexpr uint32_t kPlainHeaderSize = sizeof(OutHdr);
+inline constexpr uint32_t kIceHeaderSize = sizeof(IceHdr);
+
+// --- DISCARD / WRITE_ZEROES segment (VIRTIO 1.3 §5.2.6) -------------------------
+struct DiscardWriteZeroes {
+  le64 sector;
+  le32 num_sectors;
+  le32 flags;
+};
+static_assert(sizeof(DiscardWriteZeroes) == 16);
+static_assert(offsetof(DiscardWriteZeroes, num_sectors) == 8 && offsetof(DiscardWriteZeroes, flags) == 12);
+
+// --- GET_CRYPTO_CAPABILITIES entry (spec §4.1) ----------------------------------
+struct CryptoCap {
+  uint8_t alg;
+  uint8_t data_unit_size_exp;
+  uint8_t key_size;
+  uint8_t reserved;
+};
+static_assert(sizeof(CryptoCap) == 4);
+
+// --- PROGRAM_KEY blob (spec §6) -------------------------------------------------
+inline constexpr size_t kIceKeyBytes = 128;
+struct IceKey {
+  uint8_t alg;
+  uint8_t data_unit_size_exp;
+  uint8_t key_size;
+  uint8_t key_type;
+  le16 key_len;
+  le16 reserved;
+  uint8_t key[kIceKeyBytes];
+};
+static_assert(sizeof(IceKey) == 136);
+static_assert(offsetof(IceKey, key_type) == 3 && offsetof(IceKey, key_len) == 4 && offsetof(IceKey, reserved) == 6 &&
+              offsetof(IceKey, key) == 8);
+
+// --- configuration space (VIRTIO 1.3 §5.2.4 + spec §2) --------------------------
+struct BlkGeometry {
+  le16 cylinders;
+  uint8_t heads;
+  uint8_t sectors;
+};
+
+struct BlkZoned {
+  le32 zone_sectors;
+  le32 max_open_zones;
+  le32 max_active_zones;
+  le32 max_append_sectors;
+  le32 write_granularity;
+  uint8_t model;
+  uint8_t unused2[3];
+};
+static_assert(sizeof(BlkZoned) == 24);
+
+struct BlkConfig {
+  le64 capacity;  // 512-byte sectors
+  le32 size_max;
+  le32 seg_max;
+  BlkGeometry geometry;
+  le32 blk_size;
+  uint8_t physical_block_exp;
+  uint8_t alignment_offset;
+  le16 min_io_size;
+  le32 opt_io_size;
+  uint8_t writeback;
+  uint8_t unused0;
+  le16 num_queues;
+  le32 max_discard_sectors;
+  le32 max_discard_seg;
+  le32 discard_sector_alignment;
+  le32 max_write_zeroes_sectors;
+  le32 max_write_zeroes_seg;
+  uint8_t write_zeroes_may_unmap;
+  uint8_t unused1[3];
+  le32 max_secure_erase_sectors;
+  le32 max_secure_erase_seg;
+  le32 secure_erase_sector_alignment;
+  BlkZoned zoned;
+  le16 slot_info;       // spec §2: bits 15:8 max_slots, bits 7:0 slot_offset
+  le16 capability_num;  // spec §2
+};
+// The wire size is 100 bytes; sizeof is 104 only because le64 capacity makes the
+// struct 8-aligned. Only the first kConfigSize bytes are ever exposed.
+inline constexpr uint32_t kConfigSize = 100;
+static_assert(offsetof(BlkConfig, seg_max) == 12 && offsetof(BlkConfig, blk_size) == 20 &&
+              offsetof(BlkConfig, physical_block_exp) == 24 && offsetof(BlkConfig, opt_io_size) == 28 &&
+              offsetof(BlkConfig, writeback) == 32 && offsetof(BlkConfig, num_queues) == 34 &&
+              offsetof(BlkConfig, max_discard_sectors) == 36 && offsetof(BlkConfig, max_write_zeroes_sectors) == 48 &&
+              offsetof(BlkConfig, write_zeroes_may_unmap) == 56 && offsetof(BlkConfig, max_secure_erase_sectors) == 60 &&
+              offsetof(BlkConfig, zoned) == 72 && offsetof(BlkConfig, slot_info) == 96 &&
+              offsetof(BlkConfig, capability_num) == 98);
+static_assert(offsetof(BlkConfig, capability_num) + sizeof(le16) == kConfigSize);
+static_assert(sizeof(BlkConfig) >= kConfigSize);
+inline constexpr uint32_t kConfigWritebackOffset = offsetof(BlkConfig, writeback);
+
+}  // namespace iceblk::blk
