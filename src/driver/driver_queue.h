@@ -69,8 +69,11 @@ class DriverQueue {
   [[nodiscard]] uint16_t free_descriptors() const;
 
   // Place a chain (readable buffers must precede writable ones; not checked here so
-  // tests can build bad chains). Uses an indirect table when `use_indirect`.
-  // Returns the head. kBusy when not enough free descriptors.
+  // tests can build bad chains). Uses an indirect table (allocated from the
+  // DriverMemory, freed on completion) when `use_indirect`, which needs `indirect`
+  // at create() (else kUnsupported). Returns the head. kBusy when not enough free
+  // descriptors or memory; kInvalidArgument for an empty or over-long chain.
+  // Thread-safe (all DriverQueue methods take an internal lock).
   Result<uint16_t> add(std::span<const Buffer> bufs, bool use_indirect = false);
   // Make added chains visible (ORDER: release store of avail->idx).
   void publish();
@@ -79,12 +82,26 @@ class DriverQueue {
   bool needs_kick();
   // Next completion, if any (ORDER: acquire load of used->idx). Frees its descriptors.
   std::optional<UsedElem> get_used();
-  // EVENT_IDX: ask for an interrupt at the next completion.
+  // Whether a completion is waiting (acquire load of used->idx).
+  [[nodiscard]] bool has_used() const;
+  // Ask for an interrupt at the next completion (EVENT_IDX: used_event = next used
+  // index, kept up to date by get_used(); otherwise clears VIRTQ_AVAIL_F_NO_INTERRUPT).
+  // Ends with a full fence: call has_used() afterwards before sleeping.
   void enable_interrupts();
+  // Suppress interrupts (EVENT_IDX: stop advancing used_event; otherwise set
+  // VIRTQ_AVAIL_F_NO_INTERRUPT).
+  void disable_interrupts();
 
+  // Test hook: before any add(), start every 16-bit ring index (avail/used idx and
+  // the event fields) at `idx`, to exercise wrap-around. The device must then be
+  // activated with next_avail = idx.
+  void set_start_index(uint16_t idx);
   // Test hooks for malformed input: raw descriptor table and avail ring writes.
+  // They bypass the free-descriptor list; completions of raw heads are returned by
+  // get_used() without freeing anything. push_raw_avail needs publish().
   void write_raw_desc(uint16_t index, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next);
   void push_raw_avail(uint16_t head);
+  // Stores avail->idx directly (and makes it the driver's next avail index).
   void set_raw_avail_idx(uint16_t idx);
 
  private:

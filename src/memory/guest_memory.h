@@ -41,6 +41,7 @@ class Mapping {
   uint64_t size_;
 };
 
+// `mapping` may be null when the caller keeps `host` alive itself (tests, fuzzing).
 struct Region {
   uint64_t guest_addr = 0;  // guest-physical start
   uint64_t size = 0;
@@ -61,15 +62,21 @@ class GuestMemory {
 
   // Split [addr, addr + len) into host iovecs appended to `out`. len 0 yields nothing.
   // kOutOfRange if any byte is outside guest memory, kOverflow if addr + len wraps.
+  // On failure nothing is appended.
   Status translate(GuestAddr addr, uint64_t len, std::vector<iovec>& out) const;
 
+  // Same checks as translate() without producing iovecs.
+  Status check(GuestAddr addr, uint64_t len) const;
+
   // A host pointer to [addr, addr + len) if it lies inside one region (for rings).
+  // len 0 only requires addr to be inside a region.
   Result<uint8_t*> contiguous(GuestAddr addr, uint64_t len) const;
 
   // Front-end virtual address -> guest address (vring addresses arrive as VAs).
   Result<GuestAddr> user_to_guest(uint64_t user_addr) const;
 
-  // Copy guest bytes into `dst` / `src` into guest memory.
+  // Copy guest bytes into `dst` / `src` into guest memory. The whole range is
+  // checked first: nothing is copied for a bad range.
   Status read(GuestAddr addr, std::span<uint8_t> dst) const;
   Status write(GuestAddr addr, std::span<const uint8_t> src) const;
 
@@ -87,10 +94,14 @@ class GuestMemory {
  private:
   explicit GuestMemory(std::vector<Region> r) : regions_(std::move(r)) {}
   const Region* find(uint64_t guest_addr) const;
+  // Calls fn(host_ptr, n) for each in-region piece of a checked range.
+  template <typename Fn>
+  Status for_each_chunk(GuestAddr addr, uint64_t len, Fn&& fn) const;
   std::vector<Region> regions_;  // sorted by guest_addr
 };
 
-// Copy between an iovec list and a flat buffer.
+// Copy between an iovec list and a flat buffer; copies min(total iov, buffer)
+// bytes and returns that count.
 size_t copy_from_iovecs(std::span<const iovec> iov, std::span<uint8_t> dst);
 size_t copy_to_iovecs(std::span<const iovec> iov, std::span<const uint8_t> src);
 

@@ -7,7 +7,9 @@
 // than the queue (or an indirect table longer than its own length / 16), a readable
 // descriptor after a writable one, nested indirect tables, INDIRECT together with
 // NEXT, indirect table lengths that are 0 or not a multiple of 16, total length
-// overflow (> 4 GiB per direction), and any buffer outside guest memory.
+// overflow (more than UINT32_MAX bytes per direction), and any buffer outside
+// guest memory. Indirect tables are limited to kMaxQueueSize entries and require
+// VIRTIO_F_INDIRECT_DESC (QueueConfig::indirect).
 #pragma once
 
 #include <sys/uio.h>
@@ -62,7 +64,9 @@ struct BadChain {
 class SplitQueue {
  public:
   // Validates size and that the three rings lie in guest memory with correct
-  // alignment (desc 16, avail 2, used 4).
+  // alignment (desc 16, avail 2, used 4); each ring must be inside one region
+  // (the EVENT_IDX fields are included only when negotiated). The used index
+  // continues from used->idx in memory (vhost-user: only last_avail is restored).
   static Result<SplitQueue> activate(const QueueConfig& cfg,
                                      std::shared_ptr<const memory::GuestMemory> mem,
                                      uint16_t next_avail = 0);
@@ -72,10 +76,11 @@ class SplitQueue {
 
   // Next available chain. nullopt = ring empty. A returned BadChain must still be
   // completed with push_used(head, 0). Error (kProtocol) = the ring itself is
-  // broken (avail idx more than `size` ahead): stop the queue.
+  // broken (avail idx more than `size` ahead, or an avail entry >= size): stop the queue.
   Result<std::optional<std::variant<DescriptorChain, BadChain>>> pop();
 
   // Publish one completion (ORDER: entry written before used->idx release).
+  // kInvalidArgument if head >= size.
   Status push_used(uint16_t head, uint32_t written_len);
 
   // Whether the driver wants an interrupt for completions published since the last
@@ -84,7 +89,11 @@ class SplitQueue {
 
   // EVENT_IDX: publish avail_event = next avail index so the driver kicks us only
   // when there is new work. Call before re-checking the ring and sleeping.
+  // Without EVENT_IDX: clears VIRTQ_USED_F_NO_NOTIFY. Ends with a full fence.
   void enable_notifications();
+  // Without EVENT_IDX: sets VIRTQ_USED_F_NO_NOTIFY (while polling). With EVENT_IDX
+  // nothing is needed: a stale avail_event already suppresses kicks.
+  void disable_notifications();
 
   [[nodiscard]] uint16_t next_avail() const { return next_avail_; }
   [[nodiscard]] uint16_t size() const { return cfg_.size; }
