@@ -19,7 +19,24 @@ for b in /sys/block/*; do
   echo "          $n  $(($(cat "$b/size") * 512 / 1048576)) MiB  logical block $(cat "$b/queue/logical_block_size") B"
 done
 say "$dev: $(blockdev --getsize64 $dev) bytes, $(ls /sys/block/vda/mq | wc -l) virtqueue(s)"
-say "virtio feature bits offered and accepted: $(cat /sys/block/vda/device/features)"
+# /sys/.../features is one character per feature bit, bit 0 first.
+names=""
+bits=$(cat /sys/block/vda/device/features)
+n=0
+while [ -n "$bits" ]; do
+  b=${bits%"${bits#?}"}; bits=${bits#?}
+  if [ "$b" = 1 ]; then
+    case $n in
+      1) f=SIZE_MAX ;; 2) f=SEG_MAX ;; 4) f=GEOMETRY ;; 5) f=RO ;; 6) f=BLK_SIZE ;;
+      9) f=FLUSH ;; 10) f=TOPOLOGY ;; 11) f=CONFIG_WCE ;; 12) f=MQ ;; 13) f=DISCARD ;;
+      14) f=WRITE_ZEROES ;; 22) f=ICE ;; 28) f=INDIRECT_DESC ;; 29) f=EVENT_IDX ;;
+      32) f=VERSION_1 ;; 33) f=ACCESS_PLATFORM ;; 34) f=RING_PACKED ;; *) f="bit$n" ;;
+    esac
+    names="$names $f"
+  fi
+  n=$((n + 1))
+done
+say "virtio-blk features negotiated:$names"
 
 say "making a fresh ext4 file system on $dev"
 /sbin/mke2fs -F -q -t ext4 -L iceblk-demo -E nodiscard "$dev" || die "mke2fs"
