@@ -135,7 +135,9 @@ Result<size_t> SecureWorldClient::transact(sw::Op op, std::span<const uint8_t> m
     return fail(Errc::kProtocol, "secure world: {} response payload is {} bytes, expected {}",
                 sw::op_name(h.op), h.payload_len.get(), resp_payload.size());
   }
-  std::memcpy(resp_payload.data(), payload.data(), resp_payload.size());
+  if (!resp_payload.empty()) {
+    std::memcpy(resp_payload.data(), payload.data(), resp_payload.size());
+  }
   return resp_payload.size();
 }
 
