@@ -186,6 +186,20 @@ class KeyZeroise : public ::testing::Test {
   uint8_t essiv_salt_[32];  // SHA-256(essiv_key_)
 };
 
+TEST_F(KeyZeroise, ScannerSeesFreedBlocksAndSecretBytesWipes) {
+  // Self-test of the harness: a block freed without wiping is still scanned...
+  void* plain = ::operator new[](64);
+  std::memcpy(plain, xts_key_, 64);
+  asm volatile("" : : "r"(plain) : "memory");  // keep the store: the block "escapes"
+  ::operator delete[](plain);
+  EXPECT_EQ(blocks_containing(xts_key_), 1);
+  stop_tracking();
+  start_tracking();
+  // ...while SecretBytes wipes before it frees.
+  { SecretBytes s(std::span<const uint8_t>(xts_key_, 64)); }
+  EXPECT_EQ(blocks_containing(xts_key_), 0);
+}
+
 TEST_F(KeyZeroise, EvictLeavesNoXtsKeyBytesIncludingKeySchedules) {
   ASSERT_TRUE(engine_->program(PhysSlot(3), test::make_key(kXts, xts_key_)));
   use_slot(PhysSlot(3));
