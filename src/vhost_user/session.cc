@@ -1,6 +1,7 @@
 #include "vhost_user/session.h"
 
 #include <linux/virtio_config.h>
+#include <sys/stat.h>
 
 #include <cstring>
 
@@ -246,6 +247,16 @@ Result<Session::MemSlot> Session::map_region(const MemRegionDesc& d, int fd) con
       !checked_add(d.mmap_offset, d.memory_size)) {
     return fail(Errc::kOverflow, "memory region gpa 0x{:x} size 0x{:x} wraps the address space", d.guest_phys_addr,
                 d.memory_size);
+  }
+  // TRUST: touching a mapping beyond the end of the shared file raises SIGBUS, so
+  // the region must lie inside the file as it is now. (A front-end that shrinks
+  // the file afterwards can still fault us; memfds should be sealed F_SEAL_SHRINK.)
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) return tl::unexpected(errno_error(Errc::kInvalidArgument, "fstat region fd", errno));
+  if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < d.mmap_offset + d.memory_size) {
+    return fail(Errc::kInvalidArgument,
+                "memory region gpa 0x{:x}: offset 0x{:x} + size 0x{:x} exceeds the shared file (0x{:x} bytes)",
+                d.guest_phys_addr, d.mmap_offset, d.memory_size, st.st_size);
   }
   ICEBLK_ASSIGN_OR_RETURN(auto mapping, memory::Mapping::map_fd(fd, d.mmap_offset, d.memory_size));
   return MemSlot{d, std::move(mapping)};
