@@ -83,13 +83,13 @@ void send_bytes(int fd, std::span<const uint8_t> b) {
   ASSERT_EQ(static_cast<ssize_t>(b.size()), ::send(fd, b.data(), b.size(), MSG_NOSIGNAL));
 }
 
-// Reads until EOF/reset or `quiet_ms` of silence; returns everything received.
-std::vector<uint8_t> read_until_closed(int fd, bool* closed, int quiet_ms = 2000) {
+// Reads until EOF/reset or 2 s of silence; returns everything received.
+std::vector<uint8_t> read_until_closed(int fd, bool* closed) {
   std::vector<uint8_t> got;
   *closed = false;
   for (;;) {
     pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, quiet_ms) <= 0) return got;  // silence: still open
+    if (::poll(&p, 1, 2000) <= 0) return got;  // silence: still open
     uint8_t buf[512];
     const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
     if (n <= 0) {
@@ -98,6 +98,31 @@ std::vector<uint8_t> read_until_closed(int fd, bool* closed, int quiet_ms = 2000
     }
     got.insert(got.end(), buf, buf + n);
   }
+}
+
+// Reads exactly `n` bytes (waiting up to 5 s), then watches for 100 ms whether the
+// service closes the connection. Slowness can only make an "is still open"
+// expectation pass, never fail spuriously.
+std::vector<uint8_t> read_exactly(int fd, size_t n, bool* closed) {
+  std::vector<uint8_t> got;
+  *closed = false;
+  while (got.size() < n) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 5000) <= 0) return got;
+    uint8_t buf[512];
+    const ssize_t r = ::recv(fd, buf, std::min(sizeof buf, n - got.size()), 0);
+    if (r <= 0) {
+      *closed = true;
+      return got;
+    }
+    got.insert(got.end(), buf, buf + r);
+  }
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, 100) > 0) {
+    uint8_t b;
+    *closed = ::recv(fd, &b, 1, MSG_DONTWAIT) <= 0;
+  }
+  return got;
 }
 
 std::vector<uint8_t> header_bytes(uint32_t magic, uint16_t op, uint16_t reserved,
@@ -451,7 +476,7 @@ TEST_F(SecureWorldTest, MalformedFramingGetsBadMessageAndOnlyThatConnectionClose
     UniqueFd fd = raw_connect(path("vm-a"));
     send_bytes(fd.get(), slot_max);
     bool closed = false;
-    const auto replies = parse_replies(read_until_closed(fd.get(), &closed, 200));
+    const auto replies = parse_replies(read_exactly(fd.get(), kHeaderSize, &closed));
     EXPECT_FALSE(closed);
     ASSERT_EQ(replies.size(), 1u);
     EXPECT_EQ(replies[0].status, WireStatus::kDenied);
@@ -501,7 +526,7 @@ TEST_F(SecureWorldTest, PipelinedRequestsAreAllAnswered) {
   for (size_t i = 0; i < half; ++i) send_bytes(fd.get(), std::span(msg).subspan(i, 1));
   send_bytes(fd.get(), std::span(msg).subspan(half));
   bool closed = false;
-  const auto got = read_until_closed(fd.get(), &closed, 300);
+  const auto got = read_exactly(fd.get(), 4 * kHeaderSize + sizeof(RangePayload), &closed);
   EXPECT_FALSE(closed);
   const auto replies = parse_replies(got);
   ASSERT_EQ(replies.size(), 4u);
