@@ -85,7 +85,7 @@ if [[ ! -f "$kdir/done" ]]; then
   done
   cp "$x/boot/vmlinuz-$kver" "$kdir/vmlinuz"
   echo "$kver" >"$kdir/version"
-  rm -rf "$x"
+  rm -rf "$x" "$out/deb"  # only the few files above are kept
   touch "$kdir/done"
   log "kernel $kver, modules: $(tr '\n' ' ' <"$kdir/modules/load-order")"
 fi
