@@ -267,27 +267,9 @@ bool SecureWorld::Impl::process_input(Connection& c) {
     // TRUST: the header is copied out of the peer's bytes once and checked before use.
     const auto hdr = load_obj<RequestHeader>(c.in.data());
     const uint16_t op = hdr.op;
-    if (hdr.magic != kMagic) {
-      bad_message(c, op, fmt::format("bad magic {:#010x}", hdr.magic.get()));
-      return false;
-    }
-    if (hdr.reserved != 0) {
-      bad_message(c, op, "reserved header field is not zero");
-      return false;
-    }
-    if (hdr.payload_len > kMaxPayloadLen) {
-      bad_message(c, op, fmt::format("payload_len {} exceeds the cap {}", hdr.payload_len.get(),
-                                     kMaxPayloadLen));
-      return false;
-    }
-    const auto want = request_payload_len(op);
+    const auto want = check_request_header(hdr);
     if (!want) {
-      bad_message(c, op, "unknown op");
-      return false;
-    }
-    if (hdr.payload_len != *want) {
-      bad_message(c, op, fmt::format("payload_len {} but {} takes {}", hdr.payload_len.get(),
-                                     op_name(op), *want));
+      bad_message(c, op, want.error().message);
       return false;
     }
     const size_t total = kHeaderSize + *want;  // <= kInBufSize, checked above

@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "base/le.h"
+#include "base/result.h"
 
 namespace iceblk::secure_world {
 
@@ -120,5 +121,12 @@ constexpr std::string_view status_name(WireStatus s) {
   }
   return "UNKNOWN";
 }
+
+// The channel's message decoder (a trust boundary): checks a request header from a
+// peer and returns the exact payload length to expect. Errc::kProtocol (the
+// service answers BAD_MESSAGE and closes) for: wrong magic, reserved != 0,
+// payload_len > kMaxPayloadLen, unknown op, payload_len != the op's size. Decided
+// from the 12 header bytes alone, so no payload is buffered for a bad header.
+Result<uint32_t> check_request_header(const RequestHeader& h);
 
 }  // namespace iceblk::secure_world

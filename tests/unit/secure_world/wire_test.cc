@@ -1,0 +1,58 @@
+// The secure-world channel's header decoder (check_request_header).
+#include "secure_world/wire.h"
+
+#include <gtest/gtest.h>
+
+namespace iceblk::secure_world {
+namespace {
+
+RequestHeader hdr(uint32_t magic, uint16_t op, uint16_t reserved, uint32_t len) {
+  RequestHeader h;
+  h.magic = magic;
+  h.op = op;
+  h.reserved = reserved;
+  h.payload_len = len;
+  return h;
+}
+
+TEST(SecureWorldWire, AcceptsEachOpWithItsExactLength) {
+  EXPECT_EQ(check_request_header(hdr(kMagic, 1, 0, 140)).value(), 140u);
+  EXPECT_EQ(check_request_header(hdr(kMagic, 2, 0, 4)).value(), 4u);
+  EXPECT_EQ(check_request_header(hdr(kMagic, 3, 0, 0)).value(), 0u);
+}
+
+TEST(SecureWorldWire, RejectsFramingErrors) {
+  const RequestHeader bad[] = {
+      hdr(0, 3, 0, 0),                    // magic
+      hdr(kMagic ^ 0x100, 3, 0, 0),       // magic, one bit off
+      hdr(kMagic, 3, 1, 0),               // reserved
+      hdr(kMagic, 3, 0x8000, 0),          // reserved
+      hdr(kMagic, 1, 0, 0xffffffff),      // huge
+      hdr(kMagic, 1, 0, kMaxPayloadLen + 1),
+      hdr(kMagic, 1, 0, 139),             // short SET_KEY
+      hdr(kMagic, 1, 0, 141),             // long SET_KEY
+      hdr(kMagic, 2, 0, 0),
+      hdr(kMagic, 3, 0, 8),
+      hdr(kMagic, 0, 0, 0),               // unknown ops
+      hdr(kMagic, 4, 0, 0),
+      hdr(kMagic, 0xffff, 0, 0),
+  };
+  for (const auto& h : bad) {
+    auto r = check_request_header(h);
+    ASSERT_FALSE(r) << h.op.get() << "/" << h.payload_len.get();
+    EXPECT_EQ(r.error().code, Errc::kProtocol);
+  }
+}
+
+TEST(SecureWorldWire, LayoutMatchesTheDocument) {
+  // docs/secure-world.md: magic "ICSW" in little-endian byte order.
+  const auto h = hdr(kMagic, 1, 0, 140);
+  const auto* b = reinterpret_cast<const uint8_t*>(&h);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(b), 4), "ICSW");
+  EXPECT_EQ(b[4], 1);
+  EXPECT_EQ(b[8], 140);
+  EXPECT_EQ(offsetof(SetKeyPayload, blob) + offsetof(KeyBlobWire, key), 12u);
+}
+
+}  // namespace
+}  // namespace iceblk::secure_world
