@@ -14,6 +14,7 @@ build=${ICEBLK_BUILD_DIR:-build/demo}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DICEBLK_BUILD_TESTS=OFF -DICEBLK_BUILD_BENCH=OFF >/dev/null
 ninja -C "$build"
 
+# shellcheck source=tests/e2e/lib.sh
 source tests/e2e/lib.sh
 queues=${ICEBLK_DEMO_QUEUES:-2}
 run=$build/run
@@ -32,7 +33,6 @@ else
   what="qemu-storage-daemon -- TEMPORARY stand-in: iceblkd is not built yet"
 fi
 
-E2E_TMP=$run
 trap e2e_cleanup EXIT
 trap 'exit 130' INT TERM
 

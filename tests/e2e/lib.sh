@@ -1,7 +1,8 @@
 # Shared by tests/e2e/run_qemu_e2e.sh and scripts/demo.sh (source it, bash only):
 # start a vhost-user-blk device (qemu-storage-daemon or iceblkd), boot the guest
 # from scripts/prepare-guest.sh against it under TCG, stop everything.
-# Callers set E2E_TMP (a private directory) and call e2e_cleanup from an EXIT trap.
+# Callers call e2e_cleanup from an EXIT trap.
+# shellcheck shell=bash
 
 E2E_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 E2E_GUEST_DIR=${ICEBLK_GUEST_DIR:-$E2E_ROOT/build/guest}

@@ -9,6 +9,7 @@
 # second half, e2fsck -fn, and the files' contents through debugfs.
 # Exit status: 0 pass, 1 fail, 77 skipped (guest not prepared: scripts/prepare-guest.sh).
 set -euo pipefail
+# shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 device="" iceblkd="" queues=1 verbose=""
@@ -36,23 +37,23 @@ for tool in qemu-system-x86_64 qemu-storage-daemon e2fsck debugfs timeout; do
   command -v "$tool" >/dev/null || { echo "FAIL: $tool not found (scripts/install-deps.sh --e2e)" >&2; exit 1; }
 done
 
-E2E_TMP=$(mktemp -d "${TMPDIR:-/tmp}/iceblk-e2e.XXXXXX")
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/iceblk-e2e.XXXXXX")
 finish() {
   local rc=$?
   e2e_cleanup
   if [[ $rc -ne 0 && -n ${ICEBLK_E2E_KEEP:-} ]]; then
-    echo "kept $E2E_TMP" >&2
+    echo "kept $tmp" >&2
   else
-    rm -rf "$E2E_TMP"
+    rm -rf "$tmp"
   fi
 }
 trap finish EXIT
 trap 'exit 130' INT TERM
 
-img=$E2E_TMP/disk.img
-sock=$E2E_TMP/dev.sock
-serial=$E2E_TMP/serial.log
-devlog=$E2E_TMP/device.log
+img=$tmp/disk.img
+sock=$tmp/dev.sock
+serial=$tmp/serial.log
+devlog=$tmp/device.log
 pattern=$E2E_GUEST_DIR/iceblk-pattern
 seed=$((1000000 + RANDOM * 32768 + RANDOM))  # fresh per run: no stale data can pass
 name="e2e[$device, $queues queue(s)]"
@@ -64,7 +65,7 @@ fail() {
   failed=1
 }
 show_logs() {
-  echo "--- last serial lines ($serial) ---"
+  echo "--- last serial lines (ICEBLK_E2E_KEEP=1 keeps $tmp) ---"
   tail -n 40 "$serial" 2>/dev/null || true
   echo "--- device log ---"
   tail -n 20 "$devlog" 2>/dev/null || true
