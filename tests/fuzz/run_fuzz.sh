@@ -32,11 +32,13 @@ fi
 
 generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
+mkdir -p "$build"
+log="$build/configure.log"
 echo "== configuring $build"
 CC=clang CXX=clang++ cmake -S "$src" -B "$build" "${generator[@]}" \
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DICEBLK_FUZZ=ON -DICEBLK_BUILD_TESTS=OFF -DICEBLK_BUILD_BENCH=OFF >"$build.configure.log" 2>&1 || {
-  cat "$build.configure.log"; echo "fuzz: configure failed"; exit 1; }
+  -DICEBLK_FUZZ=ON -DICEBLK_BUILD_TESTS=OFF -DICEBLK_BUILD_BENCH=OFF >"$log" 2>&1 || {
+  cat "$log"; echo "fuzz: configure failed"; exit 1; }
 
 targets=()
 for n in "${names[@]}"; do targets+=("fuzz_$n"); done
