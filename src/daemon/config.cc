@@ -1,0 +1,252 @@
+#include "daemon/config.h"
+
+#include <charconv>
+#include <fstream>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "base/checked.h"
+#include "base/strong_types.h"
+#include "ice/engine.h"
+
+namespace iceblk::daemon {
+
+Result<uint64_t> parse_size(std::string_view text, std::string_view what) {
+  uint64_t value = 0;
+  const char* begin = text.data();
+  const char* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(begin, end, value);
+  if (ec != std::errc() || ptr == begin) {
+    return fail(Errc::kInvalidArgument, "{}: '{}' is not a size (use e.g. 4096, 64M, 1G)", what, text);
+  }
+  std::string_view suffix(ptr, static_cast<size_t>(end - ptr));
+  unsigned shift = 0;
+  if (suffix.empty() || suffix == "B") {
+    shift = 0;
+  } else if (suffix == "K" || suffix == "k" || suffix == "KiB") {
+    shift = 10;
+  } else if (suffix == "M" || suffix == "MiB") {
+    shift = 20;
+  } else if (suffix == "G" || suffix == "GiB") {
+    shift = 30;
+  } else if (suffix == "T" || suffix == "TiB") {
+    shift = 40;
+  } else {
+    return fail(Errc::kInvalidArgument, "{}: unknown unit '{}' in '{}' (use K, M, G or T)", what, suffix, text);
+  }
+  auto bytes = checked_shl(value, shift);
+  if (!bytes) return fail(Errc::kOverflow, "{}: '{}' is too large", what, text);
+  if (*bytes == 0) return fail(Errc::kInvalidArgument, "{}: size must not be 0", what);
+  if (*bytes % kSectorSize != 0) {
+    return fail(Errc::kInvalidArgument, "{}: {} bytes is not a multiple of 512", what, *bytes);
+  }
+  return *bytes;
+}
+
+Result<std::vector<std::pair<ice::Algorithm, ice::KeySize>>> parse_algorithm_list(std::string_view text) {
+  std::vector<std::pair<ice::Algorithm, ice::KeySize>> out;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t comma = text.find(',', pos);
+    if (comma == std::string_view::npos) comma = text.size();
+    std::string_view item = text.substr(pos, comma - pos);
+    if (!item.empty()) {
+      auto a = ice::parse_algorithm(item);
+      if (!a) return fail(Errc::kInvalidArgument, "--algorithms: {}", a.error().message);
+      out.push_back(*a);
+    }
+    pos = comma + 1;
+  }
+  if (out.empty()) return fail(Errc::kInvalidArgument, "--algorithms: empty list");
+  return out;
+}
+
+namespace {
+
+using nlohmann::json;
+
+template <typename T>
+Status get_uint(const json& j, const char* key, T& out, const std::string& where) {
+  if (!j.contains(key)) return {};
+  const json& v = j.at(key);
+  if (!v.is_number_unsigned() || v.get<uint64_t>() > std::numeric_limits<T>::max()) {
+    return fail(Errc::kInvalidArgument, "{}: '{}' must be an unsigned integer <= {}", where, key,
+                std::numeric_limits<T>::max());
+  }
+  out = static_cast<T>(v.get<uint64_t>());
+  return {};
+}
+
+Status get_string(const json& j, const char* key, std::string& out, const std::string& where) {
+  if (!j.contains(key)) return {};
+  if (!j.at(key).is_string()) return fail(Errc::kInvalidArgument, "{}: '{}' must be a string", where, key);
+  out = j.at(key).get<std::string>();
+  return {};
+}
+
+Status get_bool(const json& j, const char* key, bool& out, const std::string& where) {
+  if (!j.contains(key)) return {};
+  if (!j.at(key).is_boolean()) return fail(Errc::kInvalidArgument, "{}: '{}' must be true or false", where, key);
+  out = j.at(key).get<bool>();
+  return {};
+}
+
+Status check_keys(const json& j, std::initializer_list<const char*> known, const std::string& where) {
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    bool ok = false;
+    for (const char* k : known) ok = ok || it.key() == k;
+    if (!ok) return fail(Errc::kInvalidArgument, "{}: unknown field '{}'", where, it.key());
+  }
+  return {};
+}
+
+Result<ExportConfig> parse_export(const json& j, const std::string& where) {
+  if (!j.is_object()) return fail(Errc::kInvalidArgument, "{}: must be an object", where);
+  ICEBLK_TRY(check_keys(j, {"name", "socket", "image", "size", "readonly", "num_queues", "queue_size", "ice",
+                            "keys", "slot_offset", "max_slots", "algorithms", "secure_world_socket",
+                            "io_engine", "serial"},
+                        where));
+  ExportConfig e;
+  ICEBLK_TRY(get_string(j, "name", e.name, where));
+  ICEBLK_TRY(get_string(j, "socket", e.socket, where));
+  ICEBLK_TRY(get_string(j, "image", e.image, where));
+  if (j.contains("size")) {
+    if (j["size"].is_string()) {
+      ICEBLK_ASSIGN_OR_RETURN(e.size, parse_size(j["size"].get<std::string>(), where + ".size"));
+    } else {
+      ICEBLK_TRY(get_uint(j, "size", e.size, where));
+      if (e.size == 0 || e.size % kSectorSize != 0) {
+        return fail(Errc::kInvalidArgument, "{}: size must be a non-zero multiple of 512", where);
+      }
+    }
+  }
+  ICEBLK_TRY(get_bool(j, "readonly", e.read_only, where));
+  ICEBLK_TRY(get_uint(j, "num_queues", e.num_queues, where));
+  ICEBLK_TRY(get_uint(j, "queue_size", e.queue_size, where));
+  ICEBLK_TRY(get_bool(j, "ice", e.ice, where));
+  std::string keys = "inband";
+  ICEBLK_TRY(get_string(j, "keys", keys, where));
+  if (keys == "inband") {
+    e.keys = blk::KeyMode::kInBand;
+  } else if (keys == "secure-world") {
+    e.keys = blk::KeyMode::kOutOfBand;
+  } else {
+    return fail(Errc::kInvalidArgument, "{}: keys must be \"inband\" or \"secure-world\", not \"{}\"", where, keys);
+  }
+  ICEBLK_TRY(get_uint(j, "slot_offset", e.slot_offset, where));
+  ICEBLK_TRY(get_uint(j, "max_slots", e.max_slots, where));
+  if (j.contains("algorithms")) {
+    const json& a = j["algorithms"];
+    if (!a.is_array()) return fail(Errc::kInvalidArgument, "{}: algorithms must be an array of names", where);
+    std::string joined;
+    for (const auto& item : a) {
+      if (!item.is_string()) return fail(Errc::kInvalidArgument, "{}: algorithms must be strings", where);
+      joined += item.get<std::string>() + ",";
+    }
+    ICEBLK_ASSIGN_OR_RETURN(e.algorithms, parse_algorithm_list(joined));
+  }
+  ICEBLK_TRY(get_string(j, "secure_world_socket", e.secure_world_socket, where));
+  std::string engine = "auto";
+  ICEBLK_TRY(get_string(j, "io_engine", engine, where));
+  if (engine == "auto") {
+    e.io_engine = backend::FileEngine::kAuto;
+  } else if (engine == "io_uring") {
+    e.io_engine = backend::FileEngine::kIoUring;
+  } else if (engine == "sync") {
+    e.io_engine = backend::FileEngine::kSync;
+  } else {
+    return fail(Errc::kInvalidArgument, "{}: io_engine must be auto, io_uring or sync", where);
+  }
+  ICEBLK_TRY(get_string(j, "serial", e.serial, where));
+  return e;
+}
+
+}  // namespace
+
+Result<DaemonConfig> load_config_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return fail(Errc::kNotFound, "config file {}: cannot open", path);
+  json j = json::parse(in, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
+  if (j.is_discarded()) return fail(Errc::kInvalidArgument, "config file {}: not valid JSON", path);
+  if (!j.is_object()) return fail(Errc::kInvalidArgument, "config file {}: top level must be an object", path);
+  ICEBLK_TRY(check_keys(j, {"engine", "exports"}, path));
+  DaemonConfig cfg;
+  if (j.contains("engine")) {
+    const json& e = j["engine"];
+    const std::string where = path + ": engine";
+    if (!e.is_object()) return fail(Errc::kInvalidArgument, "{}: must be an object", where);
+    ICEBLK_TRY(check_keys(e, {"num_slots", "allow_ecb"}, where));
+    ICEBLK_TRY(get_uint(e, "num_slots", cfg.num_slots, where));
+    ICEBLK_TRY(get_bool(e, "allow_ecb", cfg.allow_ecb, where));
+  }
+  if (!j.contains("exports") || !j["exports"].is_array() || j["exports"].empty()) {
+    return fail(Errc::kInvalidArgument, "config file {}: 'exports' must be a non-empty array", path);
+  }
+  size_t i = 0;
+  for (const auto& item : j["exports"]) {
+    ICEBLK_ASSIGN_OR_RETURN(ExportConfig e, parse_export(item, fmt::format("{}: exports[{}]", path, i)));
+    if (e.name.empty()) e.name = fmt::format("export{}", i);
+    cfg.exports.push_back(std::move(e));
+    ++i;
+  }
+  return cfg;
+}
+
+Status validate(DaemonConfig& cfg) {
+  if (cfg.num_slots == 0 || cfg.num_slots > 256) {
+    return fail(Errc::kInvalidArgument, "engine: num_slots must be 1..256, not {}", cfg.num_slots);
+  }
+  if (cfg.exports.empty()) return fail(Errc::kInvalidArgument, "no exports configured");
+  std::set<std::string> names, sockets;
+  for (size_t i = 0; i < cfg.exports.size(); ++i) {
+    ExportConfig& e = cfg.exports[i];
+    if (e.name.empty()) e.name = fmt::format("export{}", i);
+    const std::string& n = e.name;
+    if (!names.insert(n).second) return fail(Errc::kInvalidArgument, "export name '{}' used twice", n);
+    if (e.socket.empty()) return fail(Errc::kInvalidArgument, "export '{}': no socket path", n);
+    if (e.image.empty()) return fail(Errc::kInvalidArgument, "export '{}': no image", n);
+    if (!sockets.insert(e.socket).second) {
+      return fail(Errc::kInvalidArgument, "socket path {} used by two exports", e.socket);
+    }
+    if (e.num_queues == 0 || e.num_queues > blk::kMaxQueues) {
+      return fail(Errc::kInvalidArgument, "export '{}': num_queues must be 1..{}, not {}", n, blk::kMaxQueues,
+                  e.num_queues);
+    }
+    if (e.queue_size < 4 || e.queue_size > 1024 || !is_power_of_two(e.queue_size)) {
+      return fail(Errc::kInvalidArgument, "export '{}': queue_size must be a power of two in 4..1024, not {}", n,
+                  e.queue_size);
+    }
+    if (e.serial.empty()) e.serial = e.name.substr(0, 20);
+    if (!e.ice) continue;
+    if (e.max_slots == 0 || e.max_slots > 255) {
+      return fail(Errc::kInvalidArgument, "export '{}': max_slots must be 1..255, not {}", n, e.max_slots);
+    }
+    if (e.slot_offset > 255 || e.slot_offset + e.max_slots > cfg.num_slots) {
+      return fail(Errc::kOutOfRange, "export '{}': slot range [{}, {}) exceeds the engine's {} slots", n,
+                  e.slot_offset, e.slot_offset + e.max_slots, cfg.num_slots);
+    }
+    for (const auto& [alg, ks] : e.algorithms) {
+      if (alg == ice::Algorithm::kAesEcb && !cfg.allow_ecb) {
+        return fail(Errc::kInvalidArgument, "export '{}': AES-ECB requires engine allow_ecb (--allow-ecb)", n);
+      }
+    }
+    if (e.keys == blk::KeyMode::kOutOfBand && e.secure_world_socket.empty()) {
+      e.secure_world_socket = e.socket + ".sw";
+    }
+    // Overlap with an earlier export: refuse, naming both (spec §2: the host
+    // configures ranges so that no two VMs overlap).
+    const ice::SlotRange r{e.slot_offset, e.max_slots};
+    for (size_t k = 0; k < i; ++k) {
+      const ExportConfig& o = cfg.exports[k];
+      if (o.ice && r.overlaps(ice::SlotRange{o.slot_offset, o.max_slots})) {
+        return fail(Errc::kInvalidArgument,
+                    "slot ranges overlap: export '{}' [{}, {}) and export '{}' [{}, {})", o.name, o.slot_offset,
+                    o.slot_offset + o.max_slots, n, e.slot_offset, e.slot_offset + e.max_slots);
+      }
+    }
+  }
+  return {};
+}
+
+}  // namespace iceblk::daemon

@@ -1,0 +1,58 @@
+// iceblkd configuration: one engine (the SoC's ICE) shared by several exports (one
+// vhost-user socket + image + physical slot range each, i.e. one VM each). Built
+// from the command line for a single export, or from a JSON file for several.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backend/block_backend.h"
+#include "base/result.h"
+#include "blk/device.h"
+#include "ice/crypto_mode.h"
+
+namespace iceblk::daemon {
+
+struct ExportConfig {
+  std::string name;                 // shown in logs and the secure world's audit log
+  std::string socket;               // vhost-user socket path
+  std::string image;                // image file (or block device)
+  uint64_t size = 0;                // bytes; create the image with this size if missing
+  bool read_only = false;
+  uint16_t num_queues = 1;
+  uint16_t queue_size = 256;
+  bool ice = true;                  // offer VIRTIO_BLK_F_ICE
+  blk::KeyMode keys = blk::KeyMode::kInBand;
+  uint32_t slot_offset = 0;         // physical range [slot_offset, slot_offset + max_slots)
+  uint32_t max_slots = 32;
+  // (algorithm, key size) families offered, every data unit size 512..65536.
+  // Empty: AES-128-XTS, AES-256-XTS and AES-128-CBC-ESSIV.
+  std::vector<std::pair<ice::Algorithm, ice::KeySize>> algorithms;
+  std::string secure_world_socket;  // out-of-band mode: this VM's key channel (default <socket>.sw)
+  backend::FileEngine io_engine = backend::FileEngine::kAuto;
+  std::string serial;               // GET_ID (default: the export name, cut to 20 bytes)
+};
+
+struct DaemonConfig {
+  uint32_t num_slots = 64;  // physical keyslots of the shared engine
+  bool allow_ecb = false;   // AES-ECB leaks equal blocks: opt-in only
+  std::vector<ExportConfig> exports;
+};
+
+// "4096", "64M", "1G", "512K" (binary units). Refuses 0 and values that are not a
+// multiple of 512 bytes, with a message naming `what`.
+Result<uint64_t> parse_size(std::string_view text, std::string_view what);
+
+// Comma-separated algorithm names ("aes-256-xts,aes-128-cbc-essiv").
+Result<std::vector<std::pair<ice::Algorithm, ice::KeySize>>> parse_algorithm_list(std::string_view text);
+
+// Parse the JSON config file (format in docs/iceblkd.md). Errors name the file and field.
+Result<DaemonConfig> load_config_file(const std::string& path);
+
+// Cross-field checks: names/sockets unique, queue counts and sizes, slot ranges inside
+// the engine and not overlapping (the error names both exports), ECB only if allowed.
+Status validate(DaemonConfig& cfg);
+
+}  // namespace iceblk::daemon

@@ -1,0 +1,132 @@
+#include "daemon/daemon.h"
+
+#include "base/log.h"
+
+namespace iceblk::daemon {
+
+namespace {
+
+// Flush an image's writes to stable storage through a throw-away queue.
+Status flush_backend(backend::BlockBackend& b) {
+  if (b.read_only()) return {};
+  ICEBLK_ASSIGN_OR_RETURN(auto q, b.make_queue(1));
+  Status result;
+  backend::IoRequest req;
+  req.op = backend::IoOp::kFlush;
+  req.done = [&result](Result<uint64_t> r) {
+    if (!r) result = tl::unexpected(r.error());
+  };
+  q->submit(std::move(req));
+  q->flush_submissions();
+  q->drain();
+  return result;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
+  ICEBLK_TRY(validate(cfg));
+  std::unique_ptr<Daemon> d(new Daemon(std::move(cfg)));
+  ICEBLK_ASSIGN_OR_RETURN(auto engine, ice::Engine::create({d->cfg_.num_slots, d->cfg_.allow_ecb}));
+  d->engine_ = std::move(engine);
+
+  std::vector<secure_world::VmChannel> channels;
+  std::vector<ice::Capability> sw_caps;
+  for (const ExportConfig& ec : d->cfg_.exports) {
+    auto ex = std::make_unique<Export>();
+    ex->cfg = ec;
+    backend::FileOptions fo;
+    fo.path = ec.image;
+    fo.read_only = ec.read_only;
+    fo.create = ec.size != 0;
+    fo.size = ec.size;
+    fo.engine = ec.io_engine;
+    auto be = backend::open_file_backend(fo);
+    if (!be) return fail(be.error().code, "export '{}': {}", ec.name, be.error().message);
+    ex->backend = std::move(*be);
+
+    blk::BlkDeviceConfig bc;
+    bc.num_queues = ec.num_queues;
+    bc.queue_size = ec.queue_size;
+    bc.read_only = ec.read_only;
+    bc.serial = ec.serial;
+    if (ec.ice) {
+      auto vm = d->engine_->add_vm(ec.name, {ec.slot_offset, ec.max_slots});
+      if (!vm) return fail(vm.error().code, "export '{}': {}", ec.name, vm.error().message);
+      ex->vm = *vm;
+      bc.engine = d->engine_;
+      bc.vm = *vm;
+      bc.key_mode = ec.keys;
+      if (!ec.algorithms.empty()) bc.capabilities = ice::capabilities_for(ec.algorithms, d->cfg_.allow_ecb);
+    }
+    auto dev = blk::BlkDevice::create(std::move(bc), ex->backend);
+    if (!dev) return fail(dev.error().code, "export '{}': {}", ec.name, dev.error().message);
+    if (ec.ice && ec.keys == blk::KeyMode::kOutOfBand) {
+      channels.push_back({ec.name, ex->vm, ec.secure_world_socket});
+      for (const auto& c : (*dev)->capabilities()) {
+        if (std::find(sw_caps.begin(), sw_caps.end(), c) == sw_caps.end()) sw_caps.push_back(c);
+      }
+    }
+    ex->device = std::make_unique<VhostBlkDevice>(std::shared_ptr<blk::BlkDevice>(std::move(*dev)));
+    auto server = vhost_user::Server::create(ec.socket, *ex->device);
+    if (!server) return fail(server.error().code, "export '{}': {}", ec.name, server.error().message);
+    ex->server = std::move(*server);
+    spdlog::info("export '{}': {} on {} ({} bytes, {} queue(s), ICE {}{})", ec.name, ex->backend->describe(),
+                 ec.socket, ex->backend->size_bytes(), ec.num_queues, ec.ice ? "on" : "off",
+                 !ec.ice ? ""
+                 : ec.keys == blk::KeyMode::kInBand
+                     ? fmt::format(", in-band keys, slots [{}, {})", ec.slot_offset, ec.slot_offset + ec.max_slots)
+                     : fmt::format(", secure-world keys on {}, slots [{}, {})", ec.secure_world_socket,
+                                   ec.slot_offset, ec.slot_offset + ec.max_slots));
+    d->exports_.push_back(std::move(ex));
+  }
+  if (!channels.empty()) {
+    secure_world::SecureWorldOptions so;
+    so.capabilities = std::move(sw_caps);
+    auto sw = secure_world::SecureWorld::create(*d->engine_, std::move(channels), std::move(so));
+    if (!sw) return fail(sw.error().code, "secure world: {}", sw.error().message);
+    d->secure_world_ = std::move(*sw);
+  }
+  return d;
+}
+
+Daemon::~Daemon() { shutdown(); }
+
+Status Daemon::start() {
+  std::lock_guard lk(mu_);
+  if (stopped_) return fail(Errc::kInvalidArgument, "daemon already shut down");
+  if (secure_world_) ICEBLK_TRY(secure_world_->start());
+  for (auto& ex : exports_) {
+    Export* e = ex.get();
+    e->thread = std::thread([e] {
+      Status st = e->server->run();
+      if (!st) spdlog::error("export '{}': server stopped: {}", e->cfg.name, st.error().to_string());
+    });
+  }
+  return {};
+}
+
+void Daemon::shutdown() {
+  std::lock_guard lk(mu_);
+  if (stopped_) return;
+  stopped_ = true;
+  // Stop every server first: each ends its connection, which drains in-flight
+  // requests (acknowledged writes are on the image) and resets the device.
+  for (auto& ex : exports_) ex->server->shutdown();
+  for (auto& ex : exports_) {
+    if (ex->thread.joinable()) ex->thread.join();
+    ex->server.reset();  // removes the socket file
+    if (Status st = flush_backend(*ex->backend); !st) {
+      spdlog::error("export '{}': final flush failed: {}", ex->cfg.name, st.error().to_string());
+    }
+  }
+  if (secure_world_) secure_world_->stop();
+  // Zeroise every key still in the engine (out-of-band keys included).
+  for (const auto& ex : exports_) {
+    if (ex->cfg.ice) engine_->remove_vm(ex->vm);
+  }
+  engine_->evict_range({0, engine_->num_slots()});
+  spdlog::info("iceblkd: shut down cleanly");
+}
+
+}  // namespace iceblk::daemon

@@ -1,0 +1,116 @@
+// iceblkd: the vhost-user-blk device daemon with the Inline Crypto Engine.
+//
+//   iceblkd --socket /tmp/vm0.sock --image disk.img
+// serves disk.img as a writable virtio-blk device with ICE offered (in-band keys,
+// AES-XTS and ESSIV) until SIGINT/SIGTERM. `--config FILE` declares several exports
+// sharing one engine (docs/iceblkd.md).
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "base/log.h"
+#include "daemon/daemon.h"
+
+using namespace iceblk;
+
+namespace {
+
+int die(const std::string& msg) {
+  std::fprintf(stderr, "iceblkd: %s\n", msg.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"iceblkd: vhost-user-blk device with an Inline Crypto Engine (VIRTIO_BLK_F_ICE)"};
+  std::string config_file, socket, image, size, keys = "inband", algorithms, log_level = "info", io_engine = "auto";
+  std::string sw_socket, serial;
+  bool readonly = false, no_ice = false, allow_ecb = false;
+  uint16_t num_queues = 1, queue_size = 256;
+  uint32_t max_slots = 32, slot_offset = 0, num_slots = 64;
+  app.add_option("--config", config_file, "JSON file declaring several exports sharing one engine");
+  app.add_option("--socket", socket, "vhost-user socket path to listen on");
+  app.add_option("--image", image, "disk image (file or block device)");
+  app.add_option("--size", size, "create the image with this size if missing (e.g. 64M, 1G)");
+  app.add_flag("--readonly", readonly, "serve the image read-only (VIRTIO_BLK_F_RO)");
+  app.add_option("--num-queues", num_queues, "number of virtqueues")->check(CLI::Range(1, 64));
+  app.add_option("--queue-size", queue_size, "maximum virtqueue size (power of two)")->check(CLI::Range(4, 1024));
+  app.add_flag("--no-ice", no_ice, "plain virtio-blk: do not offer VIRTIO_BLK_F_ICE");
+  app.add_option("--max-slots", max_slots, "keyslots this VM may use")->check(CLI::Range(1, 255));
+  app.add_option("--slot-offset", slot_offset, "first physical keyslot of this VM")->check(CLI::Range(0, 255));
+  app.add_option("--num-slots", num_slots, "physical keyslots of the engine")->check(CLI::Range(1, 256));
+  app.add_option("--keys", keys, "key management: inband (bit 23) or secure-world (out of band)")
+      ->check(CLI::IsMember({"inband", "secure-world"}));
+  app.add_option("--secure-world-socket", sw_socket, "secure-world key channel (default: <socket>.sw)");
+  app.add_option("--algorithms", algorithms,
+                 "comma-separated: aes-128-xts,aes-256-xts,aes-128-cbc-essiv,aes-128-ecb,aes-256-ecb "
+                 "(default: the XTS and ESSIV ones)");
+  app.add_flag("--allow-ecb", allow_ecb, "allow AES-ECB (leaks equal blocks)");
+  app.add_option("--io-engine", io_engine, "auto, io_uring or sync")->check(CLI::IsMember({"auto", "io_uring", "sync"}));
+  app.add_option("--serial", serial, "serial number returned by GET_ID (max 20 bytes)");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
+  CLI11_PARSE(app, argc, argv);
+
+  log::set_level(log_level);
+  daemon::DaemonConfig cfg;
+  if (!config_file.empty()) {
+    if (!socket.empty() || !image.empty()) return die("use either --config or --socket/--image, not both");
+    auto c = daemon::load_config_file(config_file);
+    if (!c) return die(c.error().message);
+    cfg = std::move(*c);
+  } else {
+    if (socket.empty()) return die("--socket PATH is required (or --config FILE)");
+    if (image.empty()) return die("--image FILE is required (or --config FILE)");
+    daemon::ExportConfig e;
+    e.name = "vm0";
+    e.socket = socket;
+    e.image = image;
+    if (!size.empty()) {
+      auto s = daemon::parse_size(size, "--size");
+      if (!s) return die(s.error().message);
+      e.size = *s;
+    }
+    e.read_only = readonly;
+    e.num_queues = num_queues;
+    e.queue_size = queue_size;
+    e.ice = !no_ice;
+    e.keys = keys == "inband" ? blk::KeyMode::kInBand : blk::KeyMode::kOutOfBand;
+    e.slot_offset = slot_offset;
+    e.max_slots = max_slots;
+    e.secure_world_socket = sw_socket;
+    e.serial = serial;
+    e.io_engine = io_engine == "sync"       ? backend::FileEngine::kSync
+                  : io_engine == "io_uring" ? backend::FileEngine::kIoUring
+                                            : backend::FileEngine::kAuto;
+    if (!algorithms.empty()) {
+      auto a = daemon::parse_algorithm_list(algorithms);
+      if (!a) return die(a.error().message);
+      e.algorithms = std::move(*a);
+    }
+    cfg.exports.push_back(std::move(e));
+    cfg.num_slots = num_slots;
+  }
+  cfg.allow_ecb = cfg.allow_ecb || allow_ecb;
+
+  // Block the signals before any thread starts, so only sigwait() below sees them;
+  // a front-end closing its socket must not kill us with SIGPIPE.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  auto d = daemon::Daemon::create(std::move(cfg));
+  if (!d) return die(d.error().message);
+  if (auto st = (*d)->start(); !st) return die(st.error().message);
+  spdlog::info("iceblkd: serving {} export(s); SIGINT/SIGTERM to stop", (*d)->num_exports());
+
+  int sig = 0;
+  sigwait(&set, &sig);
+  spdlog::info("iceblkd: {} received, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  (*d)->shutdown();
+  return 0;
+}
