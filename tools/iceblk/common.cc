@@ -1,0 +1,186 @@
+#include "common.h"
+
+#include <openssl/rand.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+
+#include "blk/wire.h"
+
+namespace iceblk::cli {
+
+Result<std::unique_ptr<driver::Device>> open_device(const DeviceOptions& o) {
+  if (o.socket.empty()) return fail(Errc::kInvalidArgument, "--socket is required");
+  struct stat st {};
+  if (::stat(o.socket.c_str(), &st) != 0) {
+    return fail(Errc::kNotFound, "no device socket at {} (is the device daemon running?)", o.socket);
+  }
+  if (!S_ISSOCK(st.st_mode)) return fail(Errc::kInvalidArgument, "{} is not a unix socket", o.socket);
+  driver::ConnectOptions c;
+  c.socket_path = o.socket;
+  c.num_queues = o.queues;
+  c.queue_size = o.queue_size;
+  c.want_ice = !o.plain;
+  c.completion = o.poll ? driver::CompletionMode::kPoll : driver::CompletionMode::kInterrupt;
+  c.memory_size = o.memory;
+  c.secure_world_socket = o.secure_world;
+  if (c.secure_world_socket.empty()) {
+    const std::string def = o.socket + ".sw";
+    if (::stat(def.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) c.secure_world_socket = def;
+  }
+  auto d = driver::Device::connect(c);
+  if (!d) {
+    // A secure-world socket that is there but refuses: retry without it so that
+    // commands that need no keys still work; key programming then names the problem.
+    return fail(d.error().code, "cannot use the device at {}: {}", o.socket, d.error().message);
+  }
+  return d;
+}
+
+Result<ice::CryptoMode> crypto_mode(const CryptOptions& c) {
+  auto a = ice::parse_algorithm(c.algorithm);
+  if (!a) return fail(Errc::kInvalidArgument, "unknown --algorithm '{}': {}", c.algorithm, a.error().message);
+  ice::CryptoMode m{a->first, a->second, c.data_unit_size};
+  if (auto v = ice::validate_mode(m); !v) {
+    return fail(Errc::kInvalidArgument, "--algorithm {} --data-unit-size {}: {}", c.algorithm, c.data_unit_size,
+                v.error().message);
+  }
+  return m;
+}
+
+Result<SecretBytes> load_key_file(const std::string& path, const ice::CryptoMode& mode) {
+  ICEBLK_ASSIGN_OR_RETURN(size_t need, ice::key_length(mode.alg, mode.key_size));
+  const std::string alg = ice::algorithm_name(mode.alg, mode.key_size);
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return fail(Errc::kNotFound, "cannot open key file {}", path);
+  SecretBytes raw(size_t{4096});
+  f.read(reinterpret_cast<char*>(raw.mutable_view().data()), static_cast<std::streamsize>(raw.size()));
+  const size_t n = static_cast<size_t>(f.gcount());
+  if (n == raw.size()) return fail(Errc::kInvalidArgument, "key file {} is too large for a key", path);
+  std::span<const uint8_t> bytes = raw.view().first(n);
+  if (n == need) return SecretBytes(bytes);
+  // Hex text?
+  SecretBytes hex(n / 2 + 1);
+  size_t digits = 0;
+  bool is_hex = true;
+  for (uint8_t ch : bytes) {
+    if (std::isspace(ch)) continue;
+    if (!std::isxdigit(ch)) {
+      is_hex = false;
+      break;
+    }
+    const int v = std::isdigit(ch) ? ch - '0' : std::tolower(ch) - 'a' + 10;
+    auto out = hex.mutable_view();
+    if (digits / 2 >= out.size()) {
+      is_hex = false;
+      break;
+    }
+    out[digits / 2] = static_cast<uint8_t>(digits % 2 == 0 ? v << 4 : out[digits / 2] | v);
+    ++digits;
+  }
+  if (is_hex && digits % 2 == 0 && digits / 2 == need) return SecretBytes(hex.view().first(need));
+  const size_t got = is_hex && digits % 2 == 0 && digits > 0 ? digits / 2 : n;
+  return fail(Errc::kInvalidArgument, "key file {}: {} needs a {}-byte key ({} hex digits), the file holds {} bytes",
+              path, alg, need, need * 2, got);
+}
+
+Result<SecretBytes> random_key(const ice::CryptoMode& mode) {
+  ICEBLK_ASSIGN_OR_RETURN(size_t need, ice::key_length(mode.alg, mode.key_size));
+  SecretBytes k(need);
+  for (;;) {
+    if (RAND_bytes(k.mutable_view().data(), static_cast<int>(need)) != 1) {
+      return fail(Errc::kCrypto, "RAND_bytes failed");
+    }
+    if (mode.alg != ice::Algorithm::kAesXts) break;
+    auto v = k.view();
+    if (!std::equal(v.begin(), v.begin() + static_cast<long>(need / 2), v.begin() + static_cast<long>(need / 2))) break;
+  }
+  return k;
+}
+
+Status install_key(driver::Device& dev, const ice::CryptoMode& mode, const SecretBytes& key, const std::string& name) {
+  if (!dev.ice()) {
+    return fail(Errc::kUnsupported,
+                "encryption was asked, but the device does not offer inline encryption (VIRTIO_BLK_F_ICE)");
+  }
+  return dev.add_key(name, mode, key.view());
+}
+
+namespace {
+uint64_t splitmix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+}  // namespace
+
+void fill_pattern(uint64_t seed, uint64_t offset, std::span<uint8_t> buf) {
+  for (size_t i = 0; i < buf.size();) {
+    const uint64_t pos = offset + i;
+    const uint64_t word = splitmix(seed * 0x100000001b3ull ^ (pos / 8));
+    buf[i] = static_cast<uint8_t>(word >> ((pos % 8) * 8));
+    ++i;
+  }
+}
+
+Result<uint64_t> parse_size(const std::string& text, const std::string& what) {
+  if (text.empty()) return fail(Errc::kInvalidArgument, "{}: empty size", what);
+  size_t pos = 0;
+  uint64_t v = 0;
+  try {
+    v = std::stoull(text, &pos, 0);
+  } catch (...) {
+    return fail(Errc::kInvalidArgument, "{}: '{}' is not a size", what, text);
+  }
+  std::string suffix = text.substr(pos);
+  uint64_t mul = 1;
+  if (suffix == "" || suffix == "B" || suffix == "b") mul = 1;
+  else if (suffix == "K" || suffix == "k" || suffix == "KiB") mul = 1ull << 10;
+  else if (suffix == "M" || suffix == "m" || suffix == "MiB") mul = 1ull << 20;
+  else if (suffix == "G" || suffix == "g" || suffix == "GiB") mul = 1ull << 30;
+  else return fail(Errc::kInvalidArgument, "{}: unknown unit in '{}' (use K, M or G)", what, text);
+  if (v != 0 && v * mul / mul != v) return fail(Errc::kOverflow, "{}: '{}' is too large", what, text);
+  return v * mul;
+}
+
+std::string feature_names(uint64_t f) {
+  static const std::pair<unsigned, const char*> kNames[] = {
+      {1, "SIZE_MAX"},   {2, "SEG_MAX"},        {4, "GEOMETRY"},   {5, "RO"},
+      {6, "BLK_SIZE"},   {9, "FLUSH"},          {10, "TOPOLOGY"},  {11, "CONFIG_WCE"},
+      {12, "MQ"},        {13, "DISCARD"},       {14, "WRITE_ZEROES"}, {15, "LIFETIME"},
+      {16, "SECURE_ERASE"}, {17, "ZONED"},      {22, "ICE"},       {23, "ICE_INBAND_KEYS"},
+      {24, "NOTIFY_ON_EMPTY"}, {28, "INDIRECT_DESC"}, {29, "EVENT_IDX"}, {30, "PROTOCOL_FEATURES"},
+      {32, "VERSION_1"}, {33, "ACCESS_PLATFORM"}, {34, "RING_PACKED"}, {35, "IN_ORDER"},
+      {40, "RING_RESET"}};
+  std::string s;
+  for (unsigned b = 0; b < 64; ++b) {
+    if ((f & (uint64_t{1} << b)) == 0) continue;
+    if (!s.empty()) s += ' ';
+    const char* name = nullptr;
+    for (const auto& [bit, n] : kNames) {
+      if (bit == b) name = n;
+    }
+    s += name != nullptr ? std::string(name) : fmt::format("bit{}", b);
+  }
+  return s;
+}
+
+void progress(const std::string& line) {
+  if (::isatty(STDERR_FILENO)) {
+    std::fprintf(stderr, "\r%s\033[K", line.c_str());
+  } else {
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+  std::fflush(stderr);
+}
+
+void progress_done() {
+  if (::isatty(STDERR_FILENO)) std::fprintf(stderr, "\n");
+}
+
+}  // namespace iceblk::cli
