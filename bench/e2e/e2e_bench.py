@@ -1,0 +1,693 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: iceblkd (plain, ICE) next to qemu-storage-daemon (raw, LUKS).
+
+One driver for every device (`iceblk bench`), one image size, every image on tmpfs.
+Per workload the configurations run back to back (interleaved, round after round), so
+machine noise hits all of them alike. Then the crypto ceiling (`openssl speed`), the
+ratios against the targets of issue 7, iceblkd's resident memory under load, a table,
+JSON, a PNG chart and the generated section of docs/benchmarks.md.
+
+Normally started by bench/run_e2e_bench.sh (which installs and builds first);
+`--help` lists the options. Standard library only, except matplotlib for the chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import stat
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+# --- what is measured ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    label: str
+    rw: str
+    bs: str
+    bs_bytes: int
+    iodepth: int
+
+
+WORKLOADS = [
+    Workload("randread_4k_qd1", "4K randread QD1", "randread", "4K", 4096, 1),
+    Workload("randread_4k_qd32", "4K randread QD32", "randread", "4K", 4096, 32),
+    Workload("randwrite_4k_qd32", "4K randwrite QD32", "randwrite", "4K", 4096, 32),
+    Workload("read_128k_qd8", "128K seq read QD8", "read", "128K", 131072, 8),
+    Workload("write_128k_qd8", "128K seq write QD8", "write", "128K", 131072, 8),
+]
+
+
+@dataclass(frozen=True)
+class Config:
+    key: str
+    label: str
+    kind: str  # "iceblkd" | "qsd"
+    encrypt: bool
+
+
+CONFIGS = [
+    Config("iceblkd_plain", "iceblkd plain", "iceblkd", False),
+    Config("iceblkd_ice", "iceblkd ICE", "iceblkd", True),
+    Config("qsd_raw", "qsd raw", "qsd", False),
+    Config("qsd_luks", "qsd LUKS", "qsd", True),
+]
+
+ALGORITHM = "aes-256-xts"
+DATA_UNIT = 4096
+MIB = 1 << 20
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(f"[e2e-bench] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"(\d+)([KMGT]?)(i?B)?", text.strip(), re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size '{text}' (use e.g. 512M, 1G)")
+    mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+    return int(m.group(1)) * mult
+
+
+def is_tmpfs(path: Path) -> bool:
+    """True when `path` lives on a tmpfs mount (longest matching mount point)."""
+    best, fstype = "", ""
+    real = str(path.resolve())
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            mnt = parts[1].replace("\\040", " ")
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best, fstype = mnt, parts[2]
+    return fstype == "tmpfs"
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """Memory fields of /proc/PID/status in KiB (empty dict when the process is gone)."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+                    out[k] = int(v.split()[0])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return out
+
+
+def machine_info() -> dict:
+    info: dict = {"nproc": os.cpu_count(), "kernel": platform.release()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/cpuinfo") as f:
+            flags = next((l for l in f if l.startswith("flags")), "")
+        info["aes_ni"] = " aes " in f" {flags.split(':', 1)[-1]} "
+        info["avx512"] = "avx512f" in flags
+        info["vaes"] = " vaes " in f" {flags.split(':', 1)[-1]} "
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_total_mib"] = int(f.readline().split()[1]) // 1024
+    except OSError:
+        pass
+    info["openssl"] = run(["openssl", "version"]).stdout.strip()
+    info["qemu"] = run(["qemu-storage-daemon", "--version"]).stdout.splitlines()[0].strip()
+    try:
+        info["git"] = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]).stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        info["git"] = "unknown"
+    info["loadavg_start"] = os.getloadavg()[0]
+    return info
+
+
+# --- devices ---------------------------------------------------------------------------
+
+
+class Device:
+    """A running device daemon (iceblkd or qemu-storage-daemon) on a unix socket."""
+
+    def __init__(self, cfg: Config, argv: list[str], sock: Path, logfile: Path):
+        self.cfg, self.argv, self.sock, self.logfile = cfg, argv, sock, logfile
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        if self.sock.exists():
+            self.sock.unlink()
+        self._log = open(self.logfile, "w")
+        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.cfg.label} exited with {self.proc.returncode} during start;"
+                                   f" see {self.logfile}:\n{self.logfile.read_text()[-2000:]}")
+            # A socket inode at the path means bind() is done (listen() follows at once);
+            # probing with connect() would open a vhost-user session the daemon must end.
+            if self.sock.exists() and stat.S_ISSOCK(os.stat(self.sock).st_mode):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.cfg.label}: no socket at {self.sock} after {timeout:.0f} s")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        self.proc = None
+
+
+def make_raw_image(path: Path, size: int) -> None:
+    # fallocate on tmpfs allocates real (zeroed) pages, so reads touch memory rather
+    # than holes; every configuration gets the same.
+    with open(path, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, size)
+
+
+def make_luks_image(path: Path, size: int, secret_file: Path) -> None:
+    # iter-time keeps the PBKDF short (the benchmark measures the data path, not the
+    # key slot unlock); preallocation=full writes every payload sector.
+    run(["qemu-img", "create", "-q", "-f", "luks",
+         "--object", f"secret,id=sec0,file={secret_file}",
+         "-o", "key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,"
+               "iter-time=10,preallocation=full",
+         str(path), str(size)])
+
+
+def qsd_argv(img: Path, sock: Path, luks: bool, secret_file: Path, aio: str) -> list[str]:
+    argv = ["qemu-storage-daemon"]
+    if luks:
+        argv += ["--object", f"secret,id=sec0,file={secret_file}"]
+    argv += ["--blockdev", f"driver=file,node-name=file0,filename={img},aio={aio},cache.direct=off"]
+    if luks:
+        argv += ["--blockdev", "driver=luks,node-name=disk0,key-secret=sec0,file=file0"]
+    else:
+        argv += ["--blockdev", "driver=raw,node-name=disk0,file=file0"]
+    argv += ["--export", f"type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,"
+                         f"addr.path={sock},writable=on,num-queues=1"]
+    return argv
+
+
+def iceblkd_argv(iceblkd: Path, img: Path, sock: Path, ice: bool, io_engine: str) -> list[str]:
+    argv = [str(iceblkd), "--socket", str(sock), "--image", str(img), "--num-queues", "1",
+            "--io-engine", io_engine, "--log-level", "warn"]
+    if not ice:
+        argv.append("--no-ice")
+    return argv
+
+
+# --- one measurement -------------------------------------------------------------------
+
+
+class MemSampler(threading.Thread):
+    """Samples /proc/PID/status every 50 ms while a run is in progress."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop_evt = pid, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_evt.is_set():
+            for k, v in proc_status(self.pid).items():
+                self.peak[k] = max(self.peak.get(k, 0), v)
+            self.stop_evt.wait(0.05)
+
+    def finish(self) -> dict[str, int]:
+        self.stop_evt.set()
+        self.join()
+        for k, v in proc_status(self.pid).items():  # VmHWM is a high-water mark already
+            self.peak[k] = max(self.peak.get(k, 0), v)
+        return self.peak
+
+
+def bench_once(iceblk: Path, dev: Device, w: Workload, runtime: float, logdir: Path, tag: str) -> dict:
+    argv = [str(iceblk), "bench", "--socket", str(dev.sock), "--rw", w.rw, "--bs", w.bs,
+            "--iodepth", str(w.iodepth), "--queues", "1", "--runtime", f"{runtime:g}",
+            "--json", "--quiet"]
+    if dev.cfg.encrypt and dev.cfg.kind == "iceblkd":
+        argv += ["--encrypt", "on", "--algorithm", ALGORITHM, "--data-unit-size", str(DATA_UNIT)]
+    sampler = MemSampler(dev.pid)
+    sampler.start()
+    t0 = time.monotonic()
+    p = subprocess.run(argv, text=True, capture_output=True, timeout=runtime * 4 + 60)
+    mem = sampler.finish()
+    (logdir / f"{tag}.stderr").write_text(p.stderr)
+    if p.returncode != 0:
+        raise RuntimeError(f"iceblk bench failed on {dev.cfg.label} / {w.label} (rc {p.returncode}):\n"
+                           f"  {' '.join(argv)}\n  {p.stderr.strip()[-1500:]}")
+    if not dev.alive():
+        raise RuntimeError(f"{dev.cfg.label} died during {w.label}; see {dev.logfile}")
+    r = json.loads(p.stdout)
+    return {
+        "iops": r["iops"], "mb_per_s": r["mb_per_s"], "p50_us": r["lat_us"]["p50"],
+        "p99_us": r["lat_us"]["p99"], "p99_9_us": r["lat_us"]["p99_9"], "ios": r["ios"],
+        "runtime_s": r["runtime_s"], "wall_s": time.monotonic() - t0,
+        "encrypt": r.get("encrypt", False), "mem_kib": mem,
+    }
+
+
+# --- the crypto ceiling ----------------------------------------------------------------
+
+
+def parse_openssl_mr(text: str) -> dict[int, float]:
+    """`openssl speed -mr` output -> {block size: bytes per second}.
+
+    +H:16:64:...   block sizes;  +F:N:NAME:v1:v2:...   bytes per second per size.
+    """
+    sizes: list[int] = []
+    rates: list[float] = []
+    for line in text.splitlines():
+        if line.startswith("+H:"):
+            sizes = [int(x) for x in line[3:].split(":") if x]
+        elif line.startswith("+F:"):
+            rates = [float(x) for x in line.split(":")[3:] if x]
+    if not sizes or len(sizes) != len(rates):
+        raise ValueError(f"cannot parse openssl speed -mr output:\n{text[-800:]}")
+    return dict(zip(sizes, rates))
+
+
+def openssl_ceiling(seconds: int, decrypt: bool) -> dict:
+    argv = ["openssl", "speed", "-evp", ALGORITHM, "-seconds", str(seconds), "-bytes", str(DATA_UNIT), "-mr"]
+    if decrypt:
+        argv.insert(2, "-decrypt")
+    p = run(argv)
+    rates = parse_openssl_mr(p.stdout)
+    return {"command": " ".join(a for a in argv if a != "-mr"), "bytes": DATA_UNIT,
+            "mb_per_s": rates[DATA_UNIT] / 1e6}
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+def median_cell(samples: list[dict]) -> dict:
+    def med(k):
+        return statistics.median(s[k] for s in samples)
+    return {"iops": med("iops"), "mb_per_s": med("mb_per_s"), "p50_us": med("p50_us"),
+            "p99_us": med("p99_us"), "p99_9_us": med("p99_9_us"), "rounds": len(samples),
+            "iops_min": min(s["iops"] for s in samples), "iops_max": max(s["iops"] for s in samples)}
+
+
+def ratio(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def compute_ratios(cells: dict, ceiling: dict) -> list[dict]:
+    def c(cfg, wl):
+        return cells[wl][cfg]
+    out = [{
+        "name": "ICE / plain (iceblkd), 4K randread QD32 IOPS",
+        "value": ratio(c("iceblkd_ice", "randread_4k_qd32")["iops"], c("iceblkd_plain", "randread_4k_qd32")["iops"]),
+        "target": 0.90,
+    }, {
+        "name": "iceblkd plain / qsd raw, 4K randread QD32 IOPS",
+        "value": ratio(c("iceblkd_plain", "randread_4k_qd32")["iops"], c("qsd_raw", "randread_4k_qd32")["iops"]),
+        "target": 1.2,
+    }]
+    for w in WORKLOADS:
+        out.append({
+            "name": f"iceblkd ICE / qsd LUKS, {w.label} IOPS",
+            "value": ratio(c("iceblkd_ice", w.key)["iops"], c("qsd_luks", w.key)["iops"]),
+            "target": 1.5,
+        })
+    out.append({
+        "name": f"ICE 128K seq read MB/s / OpenSSL {ALGORITHM} 1-core MB/s",
+        "value": ratio(c("iceblkd_ice", "read_128k_qd8")["mb_per_s"], ceiling["mb_per_s"]),
+        "target": 0.6,
+    })
+    for r in out:
+        r["pass"] = r["value"] is not None and r["value"] >= r["target"]
+    return out
+
+
+def memory_summary(results: dict, runs: list[dict], queue_buffer_bytes: int) -> dict:
+    """Peak iceblkd memory under load per configuration (KiB), against 64 MiB + buffers."""
+    out = {}
+    for cfg in CONFIGS:
+        rs = [r for r in runs if r["config"] == cfg.key]
+        if not rs:
+            continue
+        peak = {k: max(r["mem_kib"].get(k, 0) for r in rs) for k in
+                ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")}
+        limit_kib = (64 * MIB + queue_buffer_bytes) // 1024
+        out[cfg.key] = {**peak, "limit_kib": limit_kib,
+                        "pass": peak["VmHWM"] < limit_kib if cfg.kind == "iceblkd" else None}
+    return out
+
+
+def fmt_num(v: float, digits: int = 0) -> str:
+    return f"{v:,.{digits}f}" if v is not None else "-"
+
+
+def render_table(doc: dict) -> str:
+    cells = doc["cells"]
+    lines = []
+    hdr = f"{'workload':<20}" + "".join(f"{c.label:>28}" for c in CONFIGS)
+    lines.append(hdr)
+    lines.append(f"{'':<20}" + "".join(f"{'IOPS   MB/s  p99us':>28}" for _ in CONFIGS))
+    for w in WORKLOADS:
+        row = f"{w.label:<20}"
+        for c in CONFIGS:
+            x = cells[w.key][c.key]
+            row += f"{fmt_num(x['iops']):>12}{fmt_num(x['mb_per_s'], 1):>9}{fmt_num(x['p99_us']):>7}"
+        lines.append(row)
+    lines.append("")
+    ce = doc["ceiling"]
+    lines.append(f"crypto ceiling: {ce['command']}  ->  {ce['mb_per_s']:,.0f} MB/s (1 core)")
+    lines.append("")
+    lines.append(f"{'ratio':<62}{'value':>8}{'target':>9}  ")
+    for r in doc["ratios"]:
+        v = "-" if r["value"] is None else f"{r['value']:.2f}"
+        lines.append(f"{r['name']:<62}{v:>8}{'>= ' + format(r['target'], '.2f'):>9}  {'ok' if r['pass'] else 'MISSED'}")
+    lines.append("")
+    lines.append("peak daemon memory under load (MiB; RssShmem = the driver's shared memory the daemon touched)")
+    for k, m in doc["memory"].items():
+        lbl = next(c.label for c in CONFIGS if c.key == k)
+        verdict = "" if m["pass"] is None else (
+            f"  VmHWM < {m['limit_kib'] / 1024:.0f} MiB (64 + queue buffers): {'ok' if m['pass'] else 'MISSED'}")
+        lines.append(f"  {lbl:<14} VmRSS {m['VmRSS'] / 1024:6.1f}  VmHWM {m['VmHWM'] / 1024:6.1f}  "
+                     f"RssAnon {m['RssAnon'] / 1024:6.1f}  RssFile {m['RssFile'] / 1024:5.1f}  "
+                     f"RssShmem {m['RssShmem'] / 1024:6.1f}{verdict}")
+    return "\n".join(lines)
+
+
+def render_markdown(doc: dict, png_rel: str | None) -> str:
+    m, a = doc["machine"], doc["args"]
+    cells = doc["cells"]
+    out = []
+    out.append(f"Generated by `bench/run_e2e_bench.sh` on {doc['date']} (commit {m['git']}).")
+    out.append("")
+    out.append(f"Machine: {m.get('nproc')} vCPUs, `{m.get('cpu', '?')}` (AES-NI: {'yes' if m.get('aes_ni') else 'no'}, "
+               f"VAES: {'yes' if m.get('vaes') else 'no'}), {m.get('mem_total_mib', 0) // 1024} GiB RAM, "
+               f"Linux {m['kernel']}, {m['openssl']}, {m['qemu']}. "
+               f"Load average {m['loadavg_start']:.1f} at start, {m.get('loadavg_end', 0):.1f} at end "
+               f"(the machine is shared; absolute numbers are noisy, ratios less so).")
+    out.append("")
+    out.append("Command:")
+    out.append("")
+    out.append("```")
+    out.append(doc["command"])
+    out.append("```")
+    out.append("")
+    out.append(f"Images: {a['size'] // MIB} MiB each on tmpfs (`{a['workdir']}`); 1 queue; "
+               f"{a['runtime']:g} s per run, {a['rounds']} round(s), configurations interleaved per workload; "
+               f"cells are medians. iceblkd `--io-engine {a['io_engine']}`; qemu-storage-daemon "
+               f"`aio={a['qsd_aio']}`. ICE: {ALGORITHM}, {DATA_UNIT}-byte data units; LUKS: aes-256 xts plain64.")
+    out.append("")
+    out.append("| workload | " + " | ".join(f"{c.label} IOPS / MB/s / p99 µs" for c in CONFIGS) + " |")
+    out.append("|---|" + "---|" * len(CONFIGS))
+    for w in WORKLOADS:
+        row = [w.label]
+        for c in CONFIGS:
+            x = cells[w.key][c.key]
+            row.append(f"{x['iops']:,.0f} / {x['mb_per_s']:,.1f} / {x['p99_us']:,.0f}")
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    ce = doc["ceiling"]
+    out.append(f"Crypto ceiling: `{ce['command']}` = **{ce['mb_per_s']:,.0f} MB/s** on one core.")
+    out.append("")
+    out.append("| ratio | value | target | |")
+    out.append("|---|---:|---:|---|")
+    for r in doc["ratios"]:
+        v = "-" if r["value"] is None else f"{r['value']:.2f}"
+        out.append(f"| {r['name']} | {v} | ≥ {r['target']:.2f} | {'ok' if r['pass'] else '**missed**'} |")
+    out.append("")
+    out.append("Peak memory of the daemons during the runs (MiB, from `/proc/PID/status`; RssShmem is the "
+               "driver's shared guest memory the daemon has touched, i.e. queue buffers):")
+    out.append("")
+    out.append("| daemon | VmRSS | VmHWM | RssAnon | RssFile | RssShmem | target |")
+    out.append("|---|---:|---:|---:|---:|---:|---|")
+    for k, mm in doc["memory"].items():
+        lbl = next(c.label for c in CONFIGS if c.key == k)
+        tgt = "" if mm["pass"] is None else \
+            f"VmHWM < {mm['limit_kib'] / 1024:.0f} MiB: {'ok' if mm['pass'] else '**missed**'}"
+        out.append(f"| {lbl} | {mm['VmRSS'] / 1024:.1f} | {mm['VmHWM'] / 1024:.1f} | {mm['RssAnon'] / 1024:.1f} | "
+                   f"{mm['RssFile'] / 1024:.1f} | {mm['RssShmem'] / 1024:.1f} | {tgt} |")
+    if png_rel:
+        out.append("")
+        out.append(f"![iceblkd vs qemu-storage-daemon]({png_rel})")
+    return "\n".join(out)
+
+
+def write_png(doc: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is missing (scripts/install-deps.sh --bench installs python3-matplotlib); no chart")
+        return False
+    cells = doc["cells"]
+    small = [w for w in WORKLOADS if w.bs_bytes == 4096]
+    big = [w for w in WORKLOADS if w.bs_bytes != 4096]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [len(small), len(big)]})
+    width = 0.8 / len(CONFIGS)
+    colors = ["#4c72b0", "#dd8452", "#8c8c8c", "#c44e52"]
+    for ax, wls, metric, ylabel in ((axes[0], small, "iops", "kIOPS"), (axes[1], big, "mb_per_s", "MB/s")):
+        for i, c in enumerate(CONFIGS):
+            vals = [cells[w.key][c.key][metric] / (1000 if metric == "iops" else 1) for w in wls]
+            xs = [j + (i - (len(CONFIGS) - 1) / 2) * width for j in range(len(wls))]
+            bars = ax.bar(xs, vals, width, label=c.label, color=colors[i])
+            ax.bar_label(bars, fmt="%.0f" if metric == "mb_per_s" else "%.1f", fontsize=7, padding=1)
+        ax.set_xticks(range(len(wls)), [w.label for w in wls], fontsize=9)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    ce = doc["ceiling"]["mb_per_s"]
+    axes[1].axhline(ce, color="black", linestyle="--", linewidth=1)
+    axes[1].text(len(big) - 0.5, ce, f"OpenSSL {ALGORITHM} 1 core: {ce:,.0f} MB/s", ha="right", va="bottom",
+                 fontsize=8)
+    axes[1].set_ylim(0, max(ce * 1.12, axes[1].get_ylim()[1]))
+    axes[0].legend(fontsize=8, loc="upper left")
+    m = doc["machine"]
+    fig.suptitle(f"iceblk bench, 1 queue, {doc['args']['runtime']:g} s x {doc['args']['rounds']} round(s), "
+                 f"tmpfs images — {m.get('nproc')} vCPU {m.get('cpu', '')}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+BEGIN_MARK = "<!-- e2e-bench:begin (generated by bench/run_e2e_bench.sh; edits here are overwritten) -->"
+END_MARK = "<!-- e2e-bench:end -->"
+
+
+def update_docs(doc_path: Path, body: str) -> None:
+    text = doc_path.read_text()
+    b, e = text.find("<!-- e2e-bench:begin"), text.find(END_MARK)
+    block = f"{BEGIN_MARK}\n{body}\n{END_MARK}"
+    if b != -1 and e != -1 and e > b:
+        text = text[:b] + block + text[e + len(END_MARK):]
+    else:
+        text = text.rstrip("\n") + "\n\n## End to end: iceblkd vs qemu-storage-daemon\n\n" + block + "\n"
+    doc_path.write_text(text)
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build-dir", default=os.environ.get("ICEBLK_BUILD_DIR", str(REPO / "build")),
+                    help="where iceblkd and iceblk were built (env ICEBLK_BUILD_DIR)")
+    ap.add_argument("--runtime", type=float, default=float(os.environ.get("BENCH_RUNTIME", "5")),
+                    help="seconds per run (env BENCH_RUNTIME; default 5)")
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "1")),
+                    help="rounds over all configurations per workload; cells are medians (env BENCH_ROUNDS)")
+    ap.add_argument("--size", type=parse_size, default=parse_size(os.environ.get("BENCH_SIZE", "1G")),
+                    help="image size, the same for every device (env BENCH_SIZE; default 1G)")
+    ap.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/dev/shm"),
+                    help="tmpfs directory for the images and sockets (env BENCH_WORKDIR)")
+    ap.add_argument("--out", default=os.environ.get("BENCH_OUT", str(REPO / "out" / "e2e-bench")),
+                    help="results directory: results.json, table.txt, chart.png, logs")
+    ap.add_argument("--io-engine", default="auto", choices=["auto", "io_uring", "sync"], help="iceblkd --io-engine")
+    ap.add_argument("--qsd-aio", default="io_uring", choices=["threads", "native", "io_uring"],
+                    help="qemu-storage-daemon file aio= (default io_uring, like iceblkd)")
+    ap.add_argument("--openssl-seconds", type=int, default=3)
+    ap.add_argument("--workloads", default=",".join(w.key for w in WORKLOADS),
+                    help="comma-separated subset (" + ", ".join(w.key for w in WORKLOADS) + ")")
+    ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
+    ap.add_argument("--docs", default=str(REPO / "docs" / "benchmarks.md"))
+    args = ap.parse_args()
+
+    build = Path(args.build_dir)
+    iceblkd, iceblk = build / "tools" / "iceblkd" / "iceblkd", build / "tools" / "iceblk" / "iceblk"
+    for exe in (iceblkd, iceblk):
+        if not os.access(exe, os.X_OK):
+            log(f"{exe} not found; build it first (bench/run_e2e_bench.sh does)")
+            return 2
+    for tool in ("qemu-storage-daemon", "qemu-img", "openssl"):
+        if shutil.which(tool) is None:
+            log(f"{tool} not found (scripts/install-deps.sh --bench installs it)")
+            return 2
+    wanted = [k.strip() for k in args.workloads.split(",") if k.strip()]
+    unknown = [k for k in wanted if k not in {w.key for w in WORKLOADS}]
+    if unknown:
+        log(f"unknown workload(s): {', '.join(unknown)}")
+        return 2
+    workloads = [w for w in WORKLOADS if w.key in wanted]
+    if args.runtime <= 0 or args.rounds < 1:
+        log("--runtime must be > 0 and --rounds >= 1")
+        return 2
+    workdir_parent = Path(args.workdir)
+    if not is_tmpfs(workdir_parent):
+        log(f"{workdir_parent} is not on tmpfs; pass --workdir on a tmpfs mount (e.g. /dev/shm)")
+        return 2
+    need = args.size * len(CONFIGS) + 64 * MIB
+    free = shutil.disk_usage(workdir_parent).free
+    if free < need:
+        log(f"{workdir_parent} has {free // MIB} MiB free; {need // MIB} MiB needed (lower --size)")
+        return 2
+
+    out = Path(args.out)
+    logdir = out / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="iceblk-e2e-", dir=workdir_parent))
+    os.chmod(work, 0o700)
+    machine = machine_info()
+    devices: dict[str, Device] = {}
+    doc: dict = {}
+    try:
+        secret = work / "luks.pass"  # throwaway passphrase, tmpfs only, removed at the end
+        secret.write_text(secrets.token_hex(16))
+        os.chmod(secret, 0o600)
+        log(f"creating 4 images of {args.size // MIB} MiB in {work}")
+        imgs = {}
+        for c in CONFIGS:
+            if c.key == "qsd_luks":
+                imgs[c.key] = work / f"{c.key}.luks"
+                make_luks_image(imgs[c.key], args.size, secret)
+            else:
+                imgs[c.key] = work / f"{c.key}.img"
+                make_raw_image(imgs[c.key], args.size)
+        for c in CONFIGS:
+            sock = work / f"{c.key}.sock"
+            if c.kind == "iceblkd":
+                argv = iceblkd_argv(iceblkd, imgs[c.key], sock, c.encrypt, args.io_engine)
+            else:
+                argv = qsd_argv(imgs[c.key], sock, c.key == "qsd_luks", secret, args.qsd_aio)
+            devices[c.key] = Device(c, argv, sock, logdir / f"{c.key}.log")
+            devices[c.key].start()
+            log(f"started {c.label} (pid {devices[c.key].pid})")
+
+        runs: list[dict] = []
+        total = len(workloads) * args.rounds * len(CONFIGS)
+        n = 0
+        for w in workloads:
+            for rnd in range(args.rounds):
+                # Rotate the start so no configuration always runs first (warmest/coldest).
+                order = CONFIGS[rnd % len(CONFIGS):] + CONFIGS[:rnd % len(CONFIGS)]
+                for c in order:
+                    n += 1
+                    r = bench_once(iceblk, devices[c.key], w, args.runtime, logdir, f"{w.key}.{c.key}.{rnd}")
+                    r.update(workload=w.key, config=c.key, round=rnd)
+                    runs.append(r)
+                    log(f"[{n}/{total}] {w.label:<18} {c.label:<14} {r['iops']:>10,.0f} IOPS "
+                        f"{r['mb_per_s']:>8,.1f} MB/s  p99 {r['p99_us']:>7,.0f} us")
+
+        log(f"crypto ceiling: openssl speed -evp {ALGORITHM} -seconds {args.openssl_seconds} -bytes {DATA_UNIT}")
+        ceiling = openssl_ceiling(args.openssl_seconds, decrypt=False)
+        machine["loadavg_end"] = os.getloadavg()[0]
+
+        cells = {w.key: {c.key: median_cell([r for r in runs if r["workload"] == w.key and r["config"] == c.key])
+                         for c in CONFIGS} for w in workloads}
+        # Queue buffers: the most data the driver can have in flight (depth x block size).
+        qbuf = max(w.iodepth * w.bs_bytes for w in workloads)
+        cmd = "bench/run_e2e_bench.sh"
+        extra = []
+        if args.runtime != 5:
+            extra.append(f"--runtime {args.runtime:g}")
+        if args.rounds != 1:
+            extra.append(f"--rounds {args.rounds}")
+        if args.size != 1 << 30:
+            extra.append(f"--size {args.size // MIB}M")
+        doc = {
+            "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+            "command": " ".join([cmd] + extra),
+            "machine": machine,
+            "args": {"runtime": args.runtime, "rounds": args.rounds, "size": args.size, "workdir": args.workdir,
+                     "io_engine": args.io_engine, "qsd_aio": args.qsd_aio},
+            "workloads": [w.__dict__ for w in workloads],
+            "configs": [c.__dict__ for c in CONFIGS],
+            "device_argv": {k: d.argv for k, d in devices.items()},
+            "cells": cells,
+            "ceiling": ceiling,
+            "runs": runs,
+        }
+        if len(workloads) == len(WORKLOADS):
+            doc["ratios"] = compute_ratios(cells, ceiling)
+        else:
+            doc["ratios"] = []
+        doc["memory"] = memory_summary(cells, runs, qbuf)
+    finally:
+        for d in devices.values():
+            d.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if len(workloads) != len(WORKLOADS):
+        log("subset of workloads: results.json written; table, chart and docs need all five")
+        return 0
+    table = render_table(doc)
+    (out / "table.txt").write_text(table + "\n")
+    print(table)
+    png = out / "chart.png"
+    have_png = write_png(doc, png)
+    if not args.no_docs:
+        doc_path = Path(args.docs)
+        png_rel = None
+        if have_png:
+            img_dir = doc_path.parent / "img"
+            img_dir.mkdir(exist_ok=True)
+            shutil.copyfile(png, img_dir / "e2e_bench.png")
+            png_rel = "img/e2e_bench.png"
+        update_docs(doc_path, render_markdown(doc, png_rel))
+        log(f"updated {doc_path}")
+    log(f"results in {out}/ (results.json, table.txt{', chart.png' if have_png else ''}, logs/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

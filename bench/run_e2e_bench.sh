@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# End-to-end benchmark, one command: iceblkd (plain and ICE) side by side with
+# qemu-storage-daemon (raw and LUKS), all driven by `iceblk bench` on tmpfs images of
+# one size, plus the OpenSSL AES-256-XTS ceiling. Prints the table and the ratios,
+# writes out/e2e-bench/{results.json,table.txt,chart.png} and regenerates the
+# end-to-end section of docs/benchmarks.md (--no-docs to skip).
+#
+#   bench/run_e2e_bench.sh                       # 5 s per run, 1 round, 1 GiB images
+#   bench/run_e2e_bench.sh --runtime 10 --rounds 3 --size 2G
+#   BENCH_RUNTIME=2 bench/run_e2e_bench.sh --no-docs
+#
+# Every option of bench/e2e/e2e_bench.py passes through (--help lists them). The build
+# goes to $ICEBLK_BUILD_DIR (default build/bench, RelWithDebInfo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh --bench
+
+build=${ICEBLK_BUILD_DIR:-build/bench}
+if [[ ! -f "$build/CMakeCache.txt" ]]; then
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+fi
+ninja -C "$build" iceblkd iceblk
+
+# Debian's interpreter (python3-matplotlib is a Debian package), not a pyenv/venv shim.
+py=/usr/bin/python3
+[[ -x $py ]] || py=python3
+exec "$py" bench/e2e/e2e_bench.py --build-dir "$build" "$@"
