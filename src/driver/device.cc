@@ -173,10 +173,15 @@ void Queue::finish(Ctx* c, Result<RawResult> r) {
 }
 
 void Queue::reap() {
-  while (auto u = dq->get_used()) {
+  for (;;) {
     Ctx* c = nullptr;
+    std::optional<UsedElem> u;
     {
+      // ORDER: get_used() frees the chain's descriptors; the head must leave
+      // by_head under the same lock, before a submitter can reuse it.
       std::lock_guard lk(mu);
+      u = dq->get_used();
+      if (!u) break;
       if (u->head < by_head.size()) c = std::exchange(by_head[u->head], nullptr);
     }
     if (c == nullptr) {
