@@ -86,18 +86,18 @@ Status BlkDevice::set_features(uint64_t negotiated) {
   if (has_feature(negotiated, kFeatureIceInbandKeys) && !has_feature(negotiated, kFeatureIce)) {
     return fail(Errc::kInvalidArgument, "VIRTIO_BLK_F_ICE_INBAND_KEYS without VIRTIO_BLK_F_ICE");
   }
-  negotiated_ = negotiated;
+  negotiated_.store(negotiated, std::memory_order_release);
   // VIRTIO §5.2.5: without FLUSH the device is writethrough.
   if (!has_feature(negotiated, kFeatureFlush)) writeback_ = false;
   return {};
 }
 
 uint32_t BlkDevice::header_size() const {
-  return has_feature(negotiated_, kFeatureIce) ? kIceHeaderSize : kPlainHeaderSize;
+  return has_feature(negotiated_features(), kFeatureIce) ? kIceHeaderSize : kPlainHeaderSize;
 }
 
 bool BlkDevice::writeback() const {
-  return has_feature(negotiated_, kFeatureFlush) && writeback_.load(std::memory_order_relaxed);
+  return has_feature(negotiated_features(), kFeatureFlush) && writeback_.load(std::memory_order_relaxed);
 }
 
 std::array<uint8_t, kConfigSize> BlkDevice::config_bytes() const {
@@ -145,7 +145,7 @@ Status BlkDevice::write_config(uint32_t offset, std::span<const uint8_t> data) {
     return fail(Errc::kPermissionDenied, "config write {}+{}: only writeback (offset {}) is writable", offset,
                 data.size(), kConfigWritebackOffset);
   }
-  if (!has_feature(negotiated_, kFeatureConfigWce)) {
+  if (!has_feature(negotiated_features(), kFeatureConfigWce)) {
     return fail(Errc::kPermissionDenied, "writeback is read-only without VIRTIO_BLK_F_CONFIG_WCE");
   }
   if (data[0] > 1) return fail(Errc::kInvalidArgument, "writeback value {} is not 0 or 1", data[0]);
@@ -154,7 +154,7 @@ Status BlkDevice::write_config(uint32_t offset, std::span<const uint8_t> data) {
 }
 
 void BlkDevice::reset() {
-  negotiated_ = 0;
+  negotiated_.store(0, std::memory_order_release);
   writeback_ = cfg_.writeback;
   // Spec §8: in-band keys die with the device state; out-of-band keys belong to
   // the secure world.
@@ -163,7 +163,7 @@ void BlkDevice::reset() {
 
 ParseEnv BlkDevice::parse_env() const {
   ParseEnv e;
-  e.features = negotiated_;
+  e.features = negotiated_features();
   e.capacity_sectors = capacity_;
   e.read_only = read_only_;
   e.max_discard_sectors = cfg_.max_discard_sectors;

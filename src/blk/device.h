@@ -75,7 +75,7 @@ class BlkDevice {
   // without bit 22. Decides the header size (16 or 32 bytes). Call before creating
   // queue processors; processors created earlier keep the old features.
   Status set_features(uint64_t negotiated);
-  [[nodiscard]] uint64_t negotiated_features() const { return negotiated_; }
+  [[nodiscard]] uint64_t negotiated_features() const { return negotiated_.load(std::memory_order_acquire); }
   [[nodiscard]] uint32_t header_size() const;
 
   // Config space (spec §2): any sub-range of the 100 bytes; a range reaching beyond
@@ -119,7 +119,7 @@ class BlkDevice {
   ice::SlotRange range_;
   std::vector<ice::Capability> caps_;
   uint64_t offered_ = 0;
-  uint64_t negotiated_ = 0;
+  std::atomic<uint64_t> negotiated_{0};  // read by queue workers (writeback())
   std::atomic<bool> writeback_{true};
 };
 
