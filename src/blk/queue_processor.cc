@@ -69,8 +69,8 @@ QueueProcessor::~QueueProcessor() {
     io_.reset();
   }
   for (auto* b : bounce_free_) std::free(b);
-  for (auto& f : free_) {
-    if (f->bounce) std::free(f->bounce);
+  for (auto& f : states_) {
+    if (f->bounce) std::free(f->bounce);  // requests abandoned without drain(q)
   }
 }
 
@@ -78,8 +78,11 @@ int QueueProcessor::completion_fd() const { return io_->completion_fd(); }
 
 QueueProcessor::InFlight* QueueProcessor::acquire() {
   ++in_flight_;
-  if (free_.empty()) return new InFlight();
-  InFlight* f = free_.back().release();
+  if (free_.empty()) {
+    states_.push_back(std::make_unique<InFlight>());
+    return states_.back().get();
+  }
+  InFlight* f = free_.back();
   free_.pop_back();
   return f;
 }
@@ -88,7 +91,7 @@ void QueueProcessor::release(InFlight* f) {
   --in_flight_;
   if (f->bounce) release_bounce(f->bounce);
   f->clear();
-  free_.emplace_back(f);
+  free_.push_back(f);
 }
 
 uint8_t* QueueProcessor::acquire_bounce() {

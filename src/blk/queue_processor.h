@@ -83,7 +83,8 @@ class QueueProcessor {
   ice::Engine* engine_;
   uint16_t index_;
   ice::CryptContext crypt_;
-  std::vector<std::unique_ptr<InFlight>> free_;   // recycled request states
+  std::vector<std::unique_ptr<InFlight>> states_;  // every request state ever made (owner)
+  std::vector<InFlight*> free_;                    // states not in use
   std::vector<InFlight*> ready_;                  // sub-operations all finished
   std::vector<InFlight*> batch_;
   std::vector<uint8_t*> bounce_free_;             // kCryptChunk bytes each, 4 KiB aligned
