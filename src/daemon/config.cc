@@ -210,21 +210,25 @@ Status validate(DaemonConfig& cfg) {
       return fail(Errc::kInvalidArgument, "socket path {} used by two exports", e.socket);
     }
     if (e.num_queues == 0 || e.num_queues > blk::kMaxQueues) {
-      return fail(Errc::kInvalidArgument, "export '{}': num_queues must be 1..{}, not {}", n, blk::kMaxQueues,
+      return fail(Errc::kInvalidArgument, "export '{}': num_queues (--num-queues) must be 1..{}, not {}", n,
+                  blk::kMaxQueues,
                   e.num_queues);
     }
     if (e.queue_size < 4 || e.queue_size > 1024 || !is_power_of_two(e.queue_size)) {
-      return fail(Errc::kInvalidArgument, "export '{}': queue_size must be a power of two in 4..1024, not {}", n,
-                  e.queue_size);
+      return fail(Errc::kInvalidArgument,
+                  "export '{}': queue_size (--queue-size) must be a power of two in 4..1024, not {}", n, e.queue_size);
     }
     if (e.serial.empty()) e.serial = e.name.substr(0, 20);
     if (!e.ice) continue;
     if (e.max_slots == 0 || e.max_slots > 255) {
-      return fail(Errc::kInvalidArgument, "export '{}': max_slots must be 1..255, not {}", n, e.max_slots);
+      return fail(Errc::kInvalidArgument, "export '{}': max_slots (--max-slots) must be 1..255, not {}", n,
+                  e.max_slots);
     }
     if (e.slot_offset > 255 || e.slot_offset + e.max_slots > cfg.num_slots) {
-      return fail(Errc::kOutOfRange, "export '{}': slot range [{}, {}) exceeds the engine's {} slots", n,
-                  e.slot_offset, e.slot_offset + e.max_slots, cfg.num_slots);
+      return fail(Errc::kOutOfRange,
+                  "export '{}': slot range [{}, {}) (slot_offset, max_slots) exceeds the engine's {} slots "
+                  "(num_slots, --num-slots)",
+                  n, e.slot_offset, uint64_t{e.slot_offset} + e.max_slots, cfg.num_slots);
     }
     for (const auto& [alg, ks] : e.algorithms) {
       if (alg == ice::Algorithm::kAesEcb && !cfg.allow_ecb) {

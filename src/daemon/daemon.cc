@@ -1,5 +1,10 @@
 #include "daemon/daemon.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <filesystem>
+
 #include "base/log.h"
 
 namespace iceblk::daemon {
@@ -35,10 +40,30 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
   for (const ExportConfig& ec : d->cfg_.exports) {
     auto ex = std::make_unique<Export>();
     ex->cfg = ec;
+    // `size` creates a missing image; an existing one is used as it is (it must be
+    // at least `size` bytes, and only the first `size` bytes are exported).
+    struct stat st {};
+    const bool exists = ::stat(ec.image.c_str(), &st) == 0;
+    if (!exists && errno == ENOENT) {
+      if (ec.size == 0) {
+        return fail(Errc::kNotFound, "export '{}': image {} does not exist (give a size, --size or \"size\", to "
+                    "create it)", ec.name, ec.image);
+      }
+      const std::filesystem::path parent = std::filesystem::path(ec.image).parent_path();
+      std::error_code fs_err;
+      if (!parent.empty() && !std::filesystem::is_directory(parent, fs_err)) {
+        return fail(Errc::kNotFound, "export '{}': cannot create image {}: directory {} does not exist", ec.name,
+                    ec.image, parent.string());
+      }
+      if (ec.read_only) {
+        return fail(Errc::kNotFound, "export '{}': image {} does not exist (a read-only export does not create it)",
+                    ec.name, ec.image);
+      }
+    }
     backend::FileOptions fo;
     fo.path = ec.image;
     fo.read_only = ec.read_only;
-    fo.create = ec.size != 0;
+    fo.create = !exists && ec.size != 0;
     fo.size = ec.size;
     fo.engine = ec.io_engine;
     auto be = backend::open_file_backend(fo);
@@ -103,6 +128,7 @@ Status Daemon::start() {
       if (!st) spdlog::error("export '{}': server stopped: {}", e->cfg.name, st.error().to_string());
     });
   }
+  started_ = true;
   return {};
 }
 
@@ -121,12 +147,13 @@ void Daemon::shutdown() {
     }
   }
   if (secure_world_) secure_world_->stop();
+  if (!engine_) return;  // create() failed before the engine existed
   // Zeroise every key still in the engine (out-of-band keys included).
   for (const auto& ex : exports_) {
     if (ex->cfg.ice) engine_->remove_vm(ex->vm);
   }
   engine_->evict_range({0, engine_->num_slots()});
-  spdlog::info("iceblkd: shut down cleanly");
+  if (started_) spdlog::info("iceblkd: shut down cleanly");
 }
 
 }  // namespace iceblk::daemon

@@ -55,6 +55,7 @@ class Daemon {
   std::unique_ptr<secure_world::SecureWorld> secure_world_;
   std::mutex mu_;
   bool stopped_ = false;
+  bool started_ = false;
 };
 
 }  // namespace iceblk::daemon

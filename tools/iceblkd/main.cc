@@ -9,6 +9,8 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
+#include <spdlog/sinks/stdout_color_sinks.h>
+
 #include "base/log.h"
 #include "daemon/daemon.h"
 
@@ -51,8 +53,28 @@ int main(int argc, char** argv) {
   app.add_option("--io-engine", io_engine, "auto, io_uring or sync")->check(CLI::IsMember({"auto", "io_uring", "sync"}));
   app.add_option("--serial", serial, "serial number returned by GET_ID (max 20 bytes)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
-  CLI11_PARSE(app, argc, argv);
+  // Per-export options describe the single command-line export: refuse them next to
+  // --config instead of silently ignoring them.
+  CLI::Option* config_opt = app.get_option("--config");
+  for (const char* name : {"--socket", "--image", "--size", "--readonly", "--num-queues", "--queue-size", "--no-ice",
+                           "--max-slots", "--slot-offset", "--num-slots", "--keys", "--secure-world-socket",
+                           "--algorithms", "--io-engine", "--serial"}) {
+    config_opt->excludes(app.get_option(name));
+  }
+  app.get_option("--log-level")->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // One line, like every other start-up error (CLI11 would add a second one).
+    return die(e.what());
+  }
 
+  // Log lines go to stderr (stdout stays free), "[time] [level] message".
+  spdlog::set_default_logger(spdlog::stderr_color_mt("iceblkd"));
   log::set_level(log_level);
   daemon::DaemonConfig cfg;
   if (!config_file.empty()) {

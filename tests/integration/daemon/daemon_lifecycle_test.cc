@@ -1,0 +1,480 @@
+// iceblkd's Daemon library in-process, driven over its real unix sockets by the
+// driver library (include/iceblk/device.h): several exports sharing one engine,
+// disconnect/reconnect and device reset (in-band keys evicted and zeroised, data
+// kept), a malformed front-end on one export while another serves I/O, shutdown.
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "daemon/daemon.h"
+#include "iceblk/device.h"
+#include "ice/key.h"
+#include "integration/daemon/subprocess.h"
+
+namespace iceblk {
+namespace {
+
+using daemon::Daemon;
+using daemon::DaemonConfig;
+using daemon::ExportConfig;
+namespace drv = iceblk::driver;
+
+constexpr uint64_t kImageSize = 16 << 20;
+const ice::CryptoMode kXts256{ice::Algorithm::kAesXts, ice::KeySize::k256, 4096};
+
+std::vector<uint8_t> pattern(size_t n, uint32_t seed) {
+  std::vector<uint8_t> v(n);
+  std::mt19937 rng(seed);
+  for (auto& b : v) b = static_cast<uint8_t>(rng());
+  return v;
+}
+
+ice::Key make_key(uint32_t seed) {
+  auto k = ice::Key::create(kXts256, pattern(64, seed));
+  EXPECT_TRUE(k) << k.error().to_string();
+  return std::move(*k);
+}
+
+std::vector<uint8_t> pread_image(const std::string& path, uint64_t offset, size_t n) {
+  std::vector<uint8_t> out(n);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  EXPECT_GE(fd, 0) << path;
+  if (fd < 0) return {};
+  EXPECT_EQ(::pread(fd, out.data(), n, static_cast<off_t>(offset)), static_cast<ssize_t>(n));
+  ::close(fd);
+  return out;
+}
+
+bool slot_empty(Daemon& d, uint32_t phys) {
+  auto k = d.engine().lookup(PhysSlot{phys});
+  return !k && k.error().code == Errc::kNotFound;
+}
+
+template <typename Pred>
+bool eventually(Pred p, int timeout_ms = 5000) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (p()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return p();
+}
+
+// Captures spdlog output (the daemon's log lines) for assertions.
+class LogCapture {
+ public:
+  LogCapture() : sink_(std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4096)) {
+    old_ = spdlog::default_logger();
+    auto l = std::make_shared<spdlog::logger>("capture", sink_);
+    l->set_level(spdlog::level::info);
+    spdlog::set_default_logger(l);
+  }
+  ~LogCapture() { spdlog::set_default_logger(old_); }
+  [[nodiscard]] bool contains(const std::string& needle) const {
+    for (const auto& line : sink_->last_formatted()) {
+      if (line.find(needle) != std::string::npos) return true;
+    }
+    return false;
+  }
+  [[nodiscard]] std::string dump() const {
+    std::string s;
+    for (const auto& line : sink_->last_formatted()) s += line;
+    return s;
+  }
+
+ private:
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_;
+  std::shared_ptr<spdlog::logger> old_;
+};
+
+class DaemonLifecycle : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::make_temp_dir("iceblkd-life");
+    ASSERT_FALSE(dir_.empty());
+  }
+  void TearDown() override {
+    if (daemon_) daemon_->shutdown();
+    daemon_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  ExportConfig make_export(const std::string& name, uint32_t slot_offset, uint32_t max_slots) {
+    ExportConfig e;
+    e.name = name;
+    e.socket = dir_ + "/" + name + ".sock";
+    e.image = dir_ + "/" + name + ".img";
+    e.size = kImageSize;
+    e.num_queues = 2;
+    e.slot_offset = slot_offset;
+    e.max_slots = max_slots;
+    return e;
+  }
+
+  void start(DaemonConfig cfg) {
+    auto d = Daemon::create(std::move(cfg));
+    ASSERT_TRUE(d) << d.error().to_string();
+    daemon_ = std::move(*d);
+    ASSERT_TRUE(daemon_->start());
+  }
+
+  static std::unique_ptr<drv::Device> connect(const std::string& socket, const std::string& sw = {}) {
+    drv::ConnectOptions o;
+    o.socket_path = socket;
+    o.num_queues = 0;
+    o.memory_size = 16 << 20;
+    o.secure_world_socket = sw;
+    o.reply_timeout_ms = 10000;
+    auto d = drv::Device::connect(o);
+    EXPECT_TRUE(d) << socket << ": " << d.error().to_string();
+    return d ? std::move(*d) : nullptr;
+  }
+
+  std::string dir_;
+  std::unique_ptr<Daemon> daemon_;
+};
+
+// --- disconnect / reconnect / reset ---------------------------------------------------
+
+TEST_F(DaemonLifecycle, ReconnectKeepsDataAndEvictsInBandKeys) {
+  DaemonConfig cfg;
+  cfg.exports.push_back(make_export("vm0", 4, 8));
+  start(std::move(cfg));
+  const std::string sock = daemon_->config().exports[0].socket;
+  const std::string image = daemon_->config().exports[0].image;
+
+  const auto plain = pattern(8192, 1);
+  const auto secret = pattern(16384, 2);
+  constexpr uint64_t kPlainOff = 0;
+  constexpr uint64_t kCryptOff = 1 << 20;
+  constexpr uint8_t kSlot = 3;  // virtual; physical 4 + 3
+  constexpr uint64_t kDun = 77;
+  {
+    auto dev = connect(sock);
+    ASSERT_TRUE(dev);
+    ASSERT_EQ(dev->key_mode(), drv::KeyMode::kInBand);
+    ASSERT_TRUE(dev->write(kPlainOff, plain));
+    ASSERT_TRUE(dev->program_key(kSlot, make_key(9)));
+    EXPECT_FALSE(slot_empty(*daemon_, 4 + kSlot));
+    ASSERT_TRUE(dev->write(kCryptOff, secret, drv::Encryption{kSlot, kDun}, 1));
+    std::vector<uint8_t> back(secret.size());
+    ASSERT_TRUE(dev->read(kCryptOff, back, drv::Encryption{kSlot, kDun}));
+    ASSERT_EQ(back, secret);
+    ASSERT_TRUE(dev->flush());
+  }  // front-end disconnects
+
+  // The device reset on disconnect evicts the in-band key (the server notices the
+  // disconnect asynchronously).
+  EXPECT_TRUE(eventually([&] { return slot_empty(*daemon_, 4 + kSlot); }));
+  // Ciphertext on the image, not the plaintext.
+  EXPECT_NE(pread_image(image, kCryptOff, secret.size()), secret);
+  EXPECT_EQ(pread_image(image, kPlainOff, plain.size()), plain);
+
+  auto dev = connect(sock);
+  ASSERT_TRUE(dev);
+  std::vector<uint8_t> back(plain.size());
+  ASSERT_TRUE(dev->read(kPlainOff, back));
+  EXPECT_EQ(back, plain);
+
+  // Encrypted read with the now-empty slot: IOERR (spec §5: the slot must hold a key).
+  std::vector<uint8_t> cback(secret.size(), 0xEE);
+  auto r = dev->read(kCryptOff, cback, drv::Encryption{kSlot, kDun});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, Errc::kIo) << r.error().to_string();
+
+  // Program the same key again: decrypts correctly.
+  ASSERT_TRUE(dev->program_key(kSlot, make_key(9)));
+  ASSERT_TRUE(dev->read(kCryptOff, cback, drv::Encryption{kSlot, kDun}));
+  EXPECT_EQ(cback, secret);
+
+  // RESET_DEVICE on a live connection evicts too; the data stays.
+  ASSERT_TRUE(dev->reset());  // the library reprograms only named keys, not raw slots
+  EXPECT_TRUE(slot_empty(*daemon_, 4 + kSlot));
+  r = dev->read(kCryptOff, cback, drv::Encryption{kSlot, kDun});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, Errc::kIo);
+  ASSERT_TRUE(dev->read(kPlainOff, back));
+  EXPECT_EQ(back, plain);
+}
+
+TEST_F(DaemonLifecycle, ManyReconnectsInARow) {
+  DaemonConfig cfg;
+  cfg.exports.push_back(make_export("vm0", 0, 4));
+  start(std::move(cfg));
+  const std::string sock = daemon_->config().exports[0].socket;
+  for (uint32_t i = 0; i < 10; ++i) {
+    auto dev = connect(sock);
+    ASSERT_TRUE(dev);
+    if (i > 0) {
+      std::vector<uint8_t> back(4096);
+      ASSERT_TRUE(dev->read((i - 1) * 4096ull, back));
+      EXPECT_EQ(back, pattern(4096, 100 + i - 1)) << i;
+    }
+    ASSERT_TRUE(dev->program_key(static_cast<uint8_t>(i % 4), make_key(i)));
+    ASSERT_TRUE(dev->write(i * 4096ull, pattern(4096, 100 + i), static_cast<uint16_t>(i % 2)));
+  }
+}
+
+// --- several exports sharing one engine, from a config file -------------------------
+
+TEST_F(DaemonLifecycle, ConfigFileThreeExportsShareOneEngine) {
+  const std::string path = dir_ + "/iceblkd.json";
+  testing::write_file(path, R"({
+    // comments are allowed
+    "engine": {"num_slots": 32},
+    "exports": [
+      {"name": "a", "socket": ")" + dir_ + R"(/a.sock", "image": ")" + dir_ + R"(/a.img", "size": "16M",
+       "slot_offset": 0, "max_slots": 8, "num_queues": 2},
+      {"name": "b", "socket": ")" + dir_ + R"(/b.sock", "image": ")" + dir_ + R"(/b.img", "size": "16M",
+       "slot_offset": 8, "max_slots": 8},
+      {"name": "c", "socket": ")" + dir_ + R"(/c.sock", "image": ")" + dir_ + R"(/c.img", "size": "16M",
+       "slot_offset": 16, "max_slots": 8, "keys": "secure-world",
+       "secure_world_socket": ")" + dir_ + R"(/c.sw"}
+    ]
+  })");
+  auto cfg = daemon::load_config_file(path);
+  ASSERT_TRUE(cfg) << cfg.error().to_string();
+  start(std::move(*cfg));
+  ASSERT_EQ(daemon_->num_exports(), 3u);
+
+  auto a = connect(dir_ + "/a.sock");
+  auto b = connect(dir_ + "/b.sock");
+  auto c = connect(dir_ + "/c.sock", dir_ + "/c.sw");
+  ASSERT_TRUE(a && b && c);
+  EXPECT_EQ(a->key_mode(), drv::KeyMode::kInBand);
+  EXPECT_EQ(b->key_mode(), drv::KeyMode::kInBand);
+  EXPECT_EQ(c->key_mode(), drv::KeyMode::kOutOfBand);
+  EXPECT_EQ(a->num_queues(), 2);
+  EXPECT_EQ(b->config().slot_offset, 8);
+  EXPECT_EQ(c->config().slot_offset, 16);
+  EXPECT_EQ(c->config().max_slots, 8);
+
+  // Each serves its own image: the same offset gets different data on each.
+  const std::string names[3] = {"a", "b", "c"};
+  drv::Device* devs[3] = {a.get(), b.get(), c.get()};
+  for (uint32_t i = 0; i < 3; ++i) ASSERT_TRUE(devs[i]->write(8192, pattern(4096, 10 + i)));
+  for (uint32_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(pread_image(dir_ + "/" + names[i] + ".img", 8192, 4096), pattern(4096, 10 + i)) << names[i];
+  }
+
+  // Keys: in-band on a and b (both their virtual slot 0 = physical 0 and 8), out of
+  // band on c (named key through the secure world).
+  const auto da = pattern(8192, 20), db = pattern(8192, 21), dc = pattern(8192, 22);
+  ASSERT_TRUE(a->program_key(0, make_key(30)));
+  ASSERT_TRUE(b->program_key(0, make_key(31)));
+  ASSERT_TRUE(c->add_key("ck", kXts256, pattern(64, 32)));
+  ASSERT_TRUE(a->write(1 << 20, da, drv::Encryption{0, 5}));
+  ASSERT_TRUE(b->write(1 << 20, db, drv::Encryption{0, 5}));
+  ASSERT_TRUE(c->write(1 << 20, dc, drv::KeyRef{"ck", 5}));
+  EXPECT_FALSE(slot_empty(*daemon_, 0));
+  EXPECT_FALSE(slot_empty(*daemon_, 8));
+  // The same key bytes on a's and b's slots would still be different slots; each
+  // export's slot 0 is its own physical slot.
+  std::vector<uint8_t> back(8192);
+
+  // a reconnects: a's in-band key goes, b's and c's stay and keep decrypting.
+  a.reset();
+  a = connect(dir_ + "/a.sock");
+  ASSERT_TRUE(a);
+  EXPECT_TRUE(slot_empty(*daemon_, 0));
+  EXPECT_FALSE(slot_empty(*daemon_, 8));
+  auto r = a->read(1 << 20, back, drv::Encryption{0, 5});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, Errc::kIo);
+  ASSERT_TRUE(b->read(1 << 20, back, drv::Encryption{0, 5}));
+  EXPECT_EQ(back, db);
+  ASSERT_TRUE(c->read(1 << 20, back, drv::KeyRef{"ck", 5}));
+  EXPECT_EQ(back, dc);
+
+  // b cannot reach a's or c's physical slots: its slot 8 would be outside its range.
+  r = b->read(1 << 20, back, drv::Encryption{8, 5});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, Errc::kIo);
+
+  // a programs again and reads its own data.
+  ASSERT_TRUE(a->program_key(0, make_key(30)));
+  ASSERT_TRUE(a->read(1 << 20, back, drv::Encryption{0, 5}));
+  EXPECT_EQ(back, da);
+
+  // c's out-of-band key survives c's own reconnect (it belongs to the secure world).
+  c.reset();
+  c = connect(dir_ + "/c.sock", dir_ + "/c.sw");
+  ASSERT_TRUE(c);
+  EXPECT_FALSE(slot_empty(*daemon_, 16));
+}
+
+// --- malformed front-end on one export while another serves I/O ---------------------
+
+UniqueFd raw_connect(const std::string& path) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::memcpy(a.sun_path, path.data(), path.size());
+  UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return UniqueFd();
+  return s;
+}
+
+// True when the peer closed the connection within timeout_ms.
+bool closed_by_peer(int fd, int timeout_ms = 5000) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    char buf[256];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno == ECONNRESET)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+TEST_F(DaemonLifecycle, MalformedFrontEndOnOneExportDoesNotDisturbAnother) {
+  LogCapture logs;
+  DaemonConfig cfg;
+  cfg.exports.push_back(make_export("a", 0, 8));
+  cfg.exports.push_back(make_export("b", 8, 8));
+  start(std::move(cfg));
+  const std::string sa = daemon_->config().exports[0].socket;
+  const std::string sb = daemon_->config().exports[1].socket;
+
+  auto b = connect(sb);
+  ASSERT_TRUE(b);
+  ASSERT_TRUE(b->program_key(1, make_key(5)));
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> ok{0}, failed{0};
+  std::thread io([&] {
+    uint32_t i = 0;
+    while (!stop.load()) {
+      const uint64_t off = (i % 256) * 8192ull;
+      const auto data = pattern(8192, i);
+      const bool enc = (i % 2) != 0;
+      Status w = enc ? b->write(off, data, drv::Encryption{1, off / 4096}, static_cast<uint16_t>(i % 2))
+                     : b->write(off, data, static_cast<uint16_t>(i % 2));
+      std::vector<uint8_t> back(8192);
+      Status r = enc ? b->read(off, back, drv::Encryption{1, off / 4096}) : b->read(off, back);
+      if (w && r && back == data) {
+        ok.fetch_add(1);
+      } else {
+        failed.fetch_add(1);
+      }
+      ++i;
+    }
+  });
+
+  struct Garbage {
+    const char* what;
+    std::vector<uint8_t> bytes;
+  };
+  std::vector<Garbage> cases;
+  cases.push_back({"random bytes", pattern(4096, 77)});
+  {
+    // Header claiming an enormous payload.
+    std::vector<uint8_t> h(12, 0);
+    const uint32_t req = 1, flags = 1, size = 0xFFFFFFF0u;
+    std::memcpy(h.data(), &req, 4);
+    std::memcpy(h.data() + 4, &flags, 4);
+    std::memcpy(h.data() + 8, &size, 4);
+    cases.push_back({"huge size", h});
+  }
+  {
+    // Unknown request id with a bad version.
+    std::vector<uint8_t> h(12, 0);
+    const uint32_t req = 9999, flags = 7, size = 0;
+    std::memcpy(h.data(), &req, 4);
+    std::memcpy(h.data() + 4, &flags, 4);
+    std::memcpy(h.data() + 8, &size, 4);
+    cases.push_back({"unknown request", h});
+  }
+  {
+    // SET_MEM_TABLE (5) claiming 8 regions, without any fd.
+    std::vector<uint8_t> m(12 + 8 + 8 * 32, 0xAB);
+    const uint32_t req = 5, flags = 1, size = 8 + 8 * 32, n = 8, pad = 0;
+    std::memcpy(m.data(), &req, 4);
+    std::memcpy(m.data() + 4, &flags, 4);
+    std::memcpy(m.data() + 8, &size, 4);
+    std::memcpy(m.data() + 12, &n, 4);
+    std::memcpy(m.data() + 16, &pad, 4);
+    cases.push_back({"mem table without fds", m});
+  }
+  for (const auto& g : cases) {
+    SCOPED_TRACE(g.what);
+    UniqueFd s = raw_connect(sa);
+    ASSERT_TRUE(s);
+    ASSERT_EQ(::send(s.get(), g.bytes.data(), g.bytes.size(), MSG_NOSIGNAL), static_cast<ssize_t>(g.bytes.size()));
+    ASSERT_TRUE(closed_by_peer(s.get())) << "the daemon kept a malformed connection open";
+    // A good front-end is accepted on A right after.
+    auto a = connect(sa);
+    ASSERT_TRUE(a);
+    ASSERT_TRUE(a->write(0, pattern(4096, 3)));
+    std::vector<uint8_t> back(4096);
+    ASSERT_TRUE(a->read(0, back));
+    EXPECT_EQ(back, pattern(4096, 3));
+  }
+  // B kept serving without a single failure meanwhile.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (ok.load() < 50 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  stop = true;
+  io.join();
+  EXPECT_GE(ok.load(), 50u);
+  EXPECT_EQ(failed.load(), 0u);
+  // Each bad connection was logged.
+  EXPECT_TRUE(logs.contains("vhost-user connection closed")) << logs.dump();
+}
+
+// --- shutdown ---------------------------------------------------------------------------
+
+TEST_F(DaemonLifecycle, ShutdownZeroisesKeysAndRemovesSockets) {
+  DaemonConfig cfg;
+  cfg.exports.push_back(make_export("a", 0, 4));
+  cfg.exports.push_back(make_export("b", 4, 4));
+  start(std::move(cfg));
+  const std::string sa = daemon_->config().exports[0].socket;
+  const std::string sb = daemon_->config().exports[1].socket;
+  auto a = connect(sa);
+  auto b = connect(sb);
+  ASSERT_TRUE(a && b);
+  ASSERT_TRUE(a->program_key(0, make_key(1)));
+  ASSERT_TRUE(b->program_key(3, make_key(2)));
+  ASSERT_TRUE(a->write(0, pattern(4096, 1)));
+  EXPECT_FALSE(slot_empty(*daemon_, 0));
+  EXPECT_FALSE(slot_empty(*daemon_, 7));
+
+  daemon_->shutdown();
+  for (uint32_t s = 0; s < daemon_->engine().num_slots(); ++s) EXPECT_TRUE(slot_empty(*daemon_, s)) << s;
+  EXPECT_FALSE(std::filesystem::exists(sa));
+  EXPECT_FALSE(std::filesystem::exists(sb));
+  EXPECT_EQ(pread_image(daemon_->config().exports[0].image, 0, 4096), pattern(4096, 1));
+  // The front-ends see the back-end gone.
+  std::vector<uint8_t> back(4096);
+  EXPECT_FALSE(a->read(0, back));
+  daemon_->shutdown();  // idempotent
+}
+
+TEST_F(DaemonLifecycle, CreateFailureLeavesNothingBound) {
+  DaemonConfig cfg;
+  cfg.exports.push_back(make_export("a", 0, 4));
+  cfg.exports.push_back(make_export("b", 4, 4));
+  cfg.exports[1].image = dir_ + "/no/such/dir/b.img";
+  auto d = Daemon::create(cfg);
+  ASSERT_FALSE(d);
+  EXPECT_NE(d.error().message.find("export 'b'"), std::string::npos) << d.error().message;
+  EXPECT_FALSE(std::filesystem::exists(cfg.exports[0].socket));
+  // ... and the same config with the image fixed works (nothing left bound).
+  cfg.exports[1].image = dir_ + "/b.img";
+  start(std::move(cfg));
+}
+
+}  // namespace
+}  // namespace iceblk
