@@ -91,7 +91,9 @@ inline std::vector<uint8_t> ice_header(uint32_t type, uint64_t sector, uint8_t s
 
 class IsolationFixture : public ::testing::Test {
  protected:
-  explicit IsolationFixture(Mode mode) : mode_(mode) {}
+  explicit IsolationFixture(Mode mode) : modes_{mode, mode, mode} {}
+  // One mode per VM (mixed: some exports in-band, others on the secure world).
+  explicit IsolationFixture(std::array<Mode, 3> modes) : modes_(modes) {}
 
   void SetUp() override {
     char tmpl[] = "/tmp/iceblk-iso-XXXXXX";
@@ -107,7 +109,7 @@ class IsolationFixture : public ::testing::Test {
       e.size = kImageSize;
       e.num_queues = 1;
       e.queue_size = 64;
-      e.keys = mode_ == Mode::kInBand ? blk::KeyMode::kInBand : blk::KeyMode::kOutOfBand;
+      e.keys = modes_[cfg.exports.size()] == Mode::kInBand ? blk::KeyMode::kInBand : blk::KeyMode::kOutOfBand;
       e.slot_offset = v.offset;
       e.max_slots = v.count;
       e.algorithms = {{ice::Algorithm::kAesXts, ice::KeySize::k256}};
@@ -123,18 +125,18 @@ class IsolationFixture : public ::testing::Test {
       o.socket_path = ec.socket;
       o.memory_size = 8 << 20;
       o.queue_size = 64;
-      if (mode_ == Mode::kOutOfBand) o.secure_world_socket = ec.secure_world_socket;
+      if (!in_band(i)) o.secure_world_socket = ec.secure_world_socket;
       auto dev = driver::Device::connect(o);
       ASSERT_TRUE(dev) << dev.error().to_string();
-      ASSERT_EQ((*dev)->key_mode(),
-                mode_ == Mode::kInBand ? driver::KeyMode::kInBand : driver::KeyMode::kOutOfBand);
+      ASSERT_EQ((*dev)->key_mode(), in_band(i) ? driver::KeyMode::kInBand : driver::KeyMode::kOutOfBand);
       ASSERT_EQ((*dev)->config().slot_offset, kVms[i].offset);
       ASSERT_EQ((*dev)->config().max_slots, kVms[i].count);
       devs_.push_back(std::move(*dev));
-      if (mode_ == Mode::kOutOfBand) {
+      sws_.emplace_back();
+      if (!in_band(i)) {
         auto c = driver::SecureWorldClient::connect(ec.secure_world_socket);
         ASSERT_TRUE(c) << c.error().to_string();
-        sws_.push_back(std::make_unique<driver::SecureWorldClient>(std::move(*c)));
+        sws_.back() = std::make_unique<driver::SecureWorldClient>(std::move(*c));
       }
     }
   }
@@ -147,29 +149,31 @@ class IsolationFixture : public ::testing::Test {
     if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
-  [[nodiscard]] bool in_band() const { return mode_ == Mode::kInBand; }
+  // VM A's mode (the parameterised tests run every VM in the same mode).
+  [[nodiscard]] bool in_band() const { return in_band(kA); }
+  [[nodiscard]] bool in_band(size_t vm) const { return modes_[vm] == Mode::kInBand; }
   ice::Engine& engine() { return daemon_->engine(); }
   driver::Device& dev(size_t vm) { return *devs_[vm]; }
 
   // The slot number VM `vm` puts on the wire for its own virtual slot `v`.
-  [[nodiscard]] uint32_t wire_slot(size_t vm, uint32_t v) const { return in_band() ? v : kVms[vm].offset + v; }
+  [[nodiscard]] uint32_t wire_slot(size_t vm, uint32_t v) const { return in_band(vm) ? v : kVms[vm].offset + v; }
 
   // Where a slot number `s` sent by VM `vm` lands in the engine, if anywhere.
   [[nodiscard]] std::optional<uint32_t> target_of(size_t vm, uint32_t s) const {
     const VmLayout& l = kVms[vm];
-    if (in_band()) return s < l.count ? std::optional(l.offset + s) : std::nullopt;
+    if (in_band(vm)) return s < l.count ? std::optional(l.offset + s) : std::nullopt;
     return s >= l.offset && s - l.offset < l.count ? std::optional(s) : std::nullopt;
   }
 
   // Program / evict as VM `vm` would in this mode: in-band PROGRAM_KEY / EVICT_KEY
   // through its virtqueue, or SET_KEY / INVALIDATE_KEY on its secure-world channel.
   Status program(size_t vm, uint32_t slot, uint8_t key_seed) {
-    if (in_band()) return devs_[vm]->program_key(static_cast<uint8_t>(slot), key_for(key_seed));
+    if (in_band(vm)) return devs_[vm]->program_key(static_cast<uint8_t>(slot), key_for(key_seed));
     const auto k = key_bytes(key_seed);
     return sws_[vm]->set_key(PhysSlot(slot), kMode, k);
   }
   Status evict(size_t vm, uint32_t slot) {
-    if (in_band()) return devs_[vm]->evict_key(static_cast<uint8_t>(slot));
+    if (in_band(vm)) return devs_[vm]->evict_key(static_cast<uint8_t>(slot));
     return sws_[vm]->invalidate_key(PhysSlot(slot));
   }
 
@@ -224,11 +228,11 @@ class IsolationFixture : public ::testing::Test {
     return res ? *res : driver::RawResult{};
   }
 
-  Mode mode_;
+  std::array<Mode, 3> modes_;
   std::string dir_;
   std::unique_ptr<daemon::Daemon> daemon_;
   std::vector<std::unique_ptr<driver::Device>> devs_;
-  std::vector<std::unique_ptr<driver::SecureWorldClient>> sws_;  // out-of-band mode only
+  std::vector<std::unique_ptr<driver::SecureWorldClient>> sws_;  // null for in-band VMs
 };
 
 }  // namespace iceblk::isolation

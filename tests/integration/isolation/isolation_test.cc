@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <filesystem>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "isolation/isolation_fixture.h"
@@ -309,6 +312,95 @@ TEST_P(IsolationMatrix, ResetEvictsInBandKeysKeepsOutOfBandKeysDriverReprograms)
     ASSERT_TRUE(dev(kC).read(0, back, driver::Encryption{c_slot, 0}));
     EXPECT_EQ(back, c_data);
   }
+}
+
+// Mixed modes on one engine: A and C keep their keys in the secure world, B uses
+// in-band keys. B's in-band PROGRAM/EVICT with every slot value and B's device
+// resets stay in B's range; A's secure-world channel is DENIED on B's slots; B's
+// I/O with any slot value never reaches A's key.
+class MixedModes : public IsolationFixture {
+ protected:
+  MixedModes() : IsolationFixture({Mode::kOutOfBand, Mode::kInBand, Mode::kOutOfBand}) {}
+};
+
+TEST_F(MixedModes, InBandVmAndSecureWorldVmsStayApart) {
+  for (uint32_t v = 0; v < kVms[kA].count; ++v) ASSERT_TRUE(program(kA, wire_slot(kA, v), 80));
+  ASSERT_TRUE(program(kC, wire_slot(kC, 0), 81));
+  const Snapshot others = snapshot();
+  auto b_masked = [&](Snapshot s) {
+    for (uint32_t p = kVms[kB].offset; p < kVms[kB].offset + kVms[kB].count; ++p) s[p].reset();
+    return s;
+  };
+  for (uint32_t s = 0; s < 256; ++s) {
+    SCOPED_TRACE(testing::Message() << "slot " << s);
+    const Status st = program(kB, s, 82);
+    EXPECT_EQ(st.has_value(), s < kVms[kB].count);
+    if (st) {
+      EXPECT_TRUE(holds(kVms[kB].offset + s, 82));
+    } else {
+      EXPECT_EQ(st.error().code, Errc::kIo);
+    }
+    const Status ev = evict(kB, s == 0 ? 255 : s);  // keep B's slot 0 for the I/O below
+    EXPECT_EQ(ev.has_value(), s != 0 && s < kVms[kB].count);
+  }
+  EXPECT_EQ(b_masked(snapshot()), b_masked(others));
+  // A's channel cannot reach B's in-band slots.
+  for (uint32_t p = kVms[kB].offset; p < kVms[kB].offset + kVms[kB].count; ++p) {
+    EXPECT_EQ(sws_[kA]->set_key(PhysSlot(p), kMode, key_bytes(83)).error().code, Errc::kPermissionDenied);
+    EXPECT_EQ(sws_[kA]->invalidate_key(PhysSlot(p)).error().code, Errc::kPermissionDenied);
+  }
+  EXPECT_TRUE(holds(kVms[kB].offset, 82));
+  // B's I/O: only its virtual slot 0 (its own key) works.
+  const auto data = ice::test::pattern(kDus, 84);
+  for (uint32_t s = 0; s < 256; ++s) {
+    const auto w = raw_write(kB, 0, data, static_cast<uint8_t>(s), 1, 0);
+    EXPECT_EQ(w.status, s == 0 ? blk::kStatusOk : blk::kStatusIoErr) << "slot " << s;
+  }
+  ASSERT_TRUE(dev(kB).flush());
+  const auto img = image(kB);
+  EXPECT_EQ(std::vector<uint8_t>(img.begin(), img.begin() + kDus), local_crypt(82, ice::Direction::kEncrypt, 0, data));
+  // B's reset evicts B's in-band keys only; A's and C's secure-world keys stay.
+  ASSERT_TRUE(dev(kB).reset());
+  const Snapshot after = snapshot();
+  for (uint32_t p = kVms[kB].offset; p < kVms[kB].offset + kVms[kB].count; ++p) EXPECT_FALSE(after[p].has_value());
+  EXPECT_EQ(b_masked(after), b_masked(others));
+}
+
+// The host side of the contract (spec §2): ranges that overlap, or reach past the
+// engine, are refused at start-up, naming the exports; nothing is left bound.
+TEST(IsolationConfig, OverlappingOrOversizedRangesAreRefused) {
+  char tmpl[] = "/tmp/iceblk-iso-cfg-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  auto make = [&](uint32_t off_b, uint32_t count_b) {
+    daemon::DaemonConfig cfg;
+    cfg.num_slots = kNumSlots;
+    for (const auto& [name, off, count] : {std::tuple{"vm-a", 0u, 8u}, std::tuple{"vm-b", off_b, count_b}}) {
+      daemon::ExportConfig e;
+      e.name = name;
+      e.socket = dir + "/" + name + ".sock";
+      e.image = dir + "/" + name + ".img";
+      e.size = kImageSize;
+      e.slot_offset = off;
+      e.max_slots = count;
+      cfg.exports.push_back(e);
+    }
+    return daemon::Daemon::create(cfg);
+  };
+  for (const auto& [off, count] : {std::pair{7u, 4u}, std::pair{0u, 1u}, std::pair{4u, 2u}}) {
+    auto d = make(off, count);
+    ASSERT_FALSE(d) << off << "+" << count;
+    EXPECT_NE(d.error().message.find("vm-a"), std::string::npos) << d.error().message;
+    EXPECT_NE(d.error().message.find("vm-b"), std::string::npos) << d.error().message;
+    EXPECT_FALSE(std::filesystem::exists(dir + "/vm-a.sock"));
+  }
+  auto d = make(30, 4);  // [30, 34) past the engine's 32 slots
+  ASSERT_FALSE(d);
+  EXPECT_EQ(d.error().code, Errc::kOutOfRange);
+  d = make(8, 4);  // adjacent: fine
+  ASSERT_TRUE(d) << d.error().to_string();
+  (*d)->shutdown();
+  std::filesystem::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(BothKeyModes, IsolationMatrix, ::testing::Values(Mode::kInBand, Mode::kOutOfBand),
