@@ -1,6 +1,7 @@
 #include "daemon/daemon.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <filesystem>
@@ -27,9 +28,27 @@ Status flush_backend(backend::BlockBackend& b) {
   return result;
 }
 
+// Removes the images create() made unless it succeeded: a failed start leaves no
+// new files behind (an existing image is never removed).
+class CreatedImages {
+ public:
+  CreatedImages() = default;
+  CreatedImages(const CreatedImages&) = delete;
+  CreatedImages& operator=(const CreatedImages&) = delete;
+  ~CreatedImages() {
+    for (const auto& p : paths_) ::unlink(p.c_str());
+  }
+  void add(std::string path) { paths_.push_back(std::move(path)); }
+  void keep() { paths_.clear(); }
+
+ private:
+  std::vector<std::string> paths_;
+};
+
 }  // namespace
 
 Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
+  CreatedImages created;  // declared first: unlinked after the daemon closed them
   ICEBLK_TRY(validate(cfg));
   std::unique_ptr<Daemon> d(new Daemon(std::move(cfg)));
   ICEBLK_ASSIGN_OR_RETURN(auto engine, ice::Engine::create({d->cfg_.num_slots, d->cfg_.allow_ecb}));
@@ -68,6 +87,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
     fo.engine = ec.io_engine;
     auto be = backend::open_file_backend(fo);
     if (!be) return fail(be.error().code, "export '{}': {}", ec.name, be.error().message);
+    if (fo.create) created.add(ec.image);
     ex->backend = std::move(*be);
 
     blk::BlkDeviceConfig bc;
@@ -112,6 +132,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
     if (!sw) return fail(sw.error().code, "secure world: {}", sw.error().message);
     d->secure_world_ = std::move(*sw);
   }
+  created.keep();
   return d;
 }
 

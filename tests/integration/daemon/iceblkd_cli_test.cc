@@ -104,6 +104,10 @@ TEST_F(IceblkdCli, MissingImage) {
                         {"ro.img", "read-only"});
   EXPECT_FALSE(std::filesystem::exists(sock));
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/ro.img"));
+  // A socket that cannot be bound: the image created for it is removed again.
+  expect_one_line_error(argv({"--socket", dir_ + "/nodir/s.sock", "--image", dir_ + "/new.img", "--size", "1M"}),
+                        {"nodir/s.sock"});
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/new.img"));
   expect_one_line_error(argv({"--image", dir_ + "/x.img"}), {"--socket"});
   expect_one_line_error(argv({"--socket", sock}), {"--image"});
 }
@@ -186,8 +190,10 @@ TEST_F(IceblkdCli, SocketInUse) {
   ASSERT_TRUE(testing::wait_for_listener(sock)) << first.output();
 
   expect_one_line_error(argv({"--socket", sock, "--image", dir_ + "/y.img", "--size", "4M"}), {sock, "in use"});
-  // The second one must not have removed the first one's socket.
+  // The second one must not have removed the first one's socket, and removed the
+  // image it had created.
   ASSERT_TRUE(std::filesystem::exists(sock));
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/y.img"));
   ASSERT_TRUE(first.running());
   auto dev = connect(sock);
   ASSERT_TRUE(dev);
