@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
     return die(e.what());
   }
 
-  // Log lines go to stderr (stdout stays free), "[time] [level] message".
+  // Log lines go to stderr (stdout stays free): "[time] [iceblkd] [level] message".
   spdlog::set_default_logger(spdlog::stderr_color_mt("iceblkd"));
   log::set_level(log_level);
   daemon::DaemonConfig cfg;

@@ -462,6 +462,28 @@ TEST_F(DaemonLifecycle, ShutdownZeroisesKeysAndRemovesSockets) {
   daemon_->shutdown();  // idempotent
 }
 
+TEST_F(DaemonLifecycle, ShutdownWithAStalledPeerAndAWaitingOne) {
+  DaemonConfig cfg;
+  cfg.exports.push_back(make_export("a", 0, 4));
+  start(std::move(cfg));
+  const std::string sa = daemon_->config().exports[0].socket;
+  // A peer that sent half a header and stalls, and a second one waiting behind it.
+  UniqueFd stalled = raw_connect(sa);
+  ASSERT_TRUE(stalled);
+  const uint32_t half[1] = {1};
+  ASSERT_EQ(::send(stalled.get(), half, sizeof half, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof half));
+  UniqueFd waiting = raw_connect(sa);
+  ASSERT_TRUE(waiting);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+
+  const auto t0 = std::chrono::steady_clock::now();
+  daemon_->shutdown();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  EXPECT_TRUE(closed_by_peer(stalled.get(), 1000));
+  EXPECT_TRUE(closed_by_peer(waiting.get(), 1000));
+  EXPECT_FALSE(std::filesystem::exists(sa));
+}
+
 TEST_F(DaemonLifecycle, CreateFailureLeavesNothingBound) {
   DaemonConfig cfg;
   cfg.exports.push_back(make_export("a", 0, 4));
