@@ -133,7 +133,7 @@ Status BlkDevice::read_config(uint32_t offset, std::span<uint8_t> out) const {
     return fail(Errc::kOutOfRange, "config read {}+{} beyond {} bytes", offset, out.size(), kConfigSize);
   }
   const auto bytes = config_bytes();
-  std::memcpy(out.data(), bytes.data() + offset, out.size());
+  if (!out.empty()) std::memcpy(out.data(), bytes.data() + offset, out.size());
   return {};
 }
 
