@@ -556,18 +556,24 @@ def write_png(doc: dict, path: Path) -> bool:
     cells = doc["cells"]
     small = [w for w in WORKLOADS if w.bs_bytes == 4096]
     big = [w for w in WORKLOADS if w.bs_bytes != 4096]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [len(small), len(big)]})
+    fig = plt.figure(figsize=(12, 8.4))
+    grid = fig.add_gridspec(2, len(small) + len(big))
+    axes = [fig.add_subplot(grid[0, :len(small)]), fig.add_subplot(grid[0, len(small):]), fig.add_subplot(grid[1, :])]
     width = 0.8 / len(CONFIGS)
     colors = ["#4c72b0", "#dd8452", "#8c8c8c", "#c44e52"]
-    for ax, wls, metric, ylabel in ((axes[0], small, "iops", "kIOPS"), (axes[1], big, "mb_per_s", "MB/s")):
+    panels = ((axes[0], small, "iops", "kIOPS (wall clock)", 1000.0, "%.1f"),
+              (axes[1], big, "mb_per_s", "MB/s (wall clock)", 1.0, "%.0f"),
+              (axes[2], WORKLOADS, "device_cpu_us_per_io", "device CPU µs per request (lower is better)", 1.0, "%.1f"))
+    for ax, wls, metric, ylabel, scale, fmt in panels:
         for i, c in enumerate(CONFIGS):
-            vals = [cells[w.key][c.key][metric] / (1000 if metric == "iops" else 1) for w in wls]
+            vals = [cells[w.key][c.key].get(metric, 0.0) / scale for w in wls]
             xs = [j + (i - (len(CONFIGS) - 1) / 2) * width for j in range(len(wls))]
             bars = ax.bar(xs, vals, width, label=c.label, color=colors[i])
-            ax.bar_label(bars, fmt="%.0f" if metric == "mb_per_s" else "%.1f", fontsize=7, padding=1)
+            ax.bar_label(bars, fmt=fmt, fontsize=7, padding=1)
         ax.set_xticks(range(len(wls)), [w.label for w in wls], fontsize=9)
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(ylabel, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
+    axes[2].set_yscale("log")
     ce = doc["ceiling"]["mb_per_s"]
     axes[1].axhline(ce, color="black", linestyle="--", linewidth=1)
     axes[1].text(len(big) - 0.5, ce, f"OpenSSL {ALGORITHM} 1 core: {ce:,.0f} MB/s", ha="right", va="bottom",
