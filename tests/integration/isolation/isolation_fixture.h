@@ -23,6 +23,7 @@
 #include <iterator>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <span>
 #include <string>
 #include <vector>
@@ -43,6 +44,7 @@ namespace iceblk::isolation {
 enum class Mode { kInBand, kOutOfBand };
 
 inline const char* mode_name(Mode m) { return m == Mode::kInBand ? "InBand" : "SecureWorld"; }
+inline void PrintTo(Mode m, std::ostream* os) { *os << mode_name(m); }  // gtest failure messages
 
 struct VmLayout {
   const char* name;
