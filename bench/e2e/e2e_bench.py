@@ -472,9 +472,9 @@ def render_markdown(doc: dict, png_rel: str | None) -> str:
     out.append("")
     out.append(f"Machine: {m.get('nproc')} vCPUs, `{m.get('cpu', '?')}` (AES-NI: {'yes' if m.get('aes_ni') else 'no'}, "
                f"VAES: {'yes' if m.get('vaes') else 'no'}), {m.get('mem_total_mib', 0) // 1024} GiB RAM, "
-               f"Linux {m['kernel']}, {m['openssl']}, {m['qemu']}. "
+               f"Linux {m['kernel']}, {m['openssl'].split(' (')[0]}, {m['qemu'].split(' (')[0]}. "
                f"Load average {m['loadavg_start']:.1f} at start, {m.get('loadavg_end', 0):.1f} at end "
-               f"(the machine is shared; absolute numbers are noisy, ratios less so).")
+               f"(on a machine shared with other jobs wall-clock cells vary from run to run: see the spread below).")
     out.append("")
     out.append("Command:")
     out.append("")
@@ -503,7 +503,8 @@ def render_markdown(doc: dict, png_rel: str | None) -> str:
                    f"median {statistics.median(spreads):.2f}x, worst {max(spreads):.2f}x.")
     out.append("")
     out.append("CPU per request (µs; the device daemon's user + system time over all its threads / the driver's), "
-               "which the rest of a shared machine does not distort:")
+               "which the rest of a shared machine distorts much less (not zero: a starved daemon finds more requests per "
+               "wake-up, which lowers its CPU per request):")
     out.append("")
     out.append("| workload | " + " | ".join(c.label for c in CONFIGS) + " |")
     out.append("|---|" + "---:|" * len(CONFIGS))
