@@ -6,13 +6,11 @@
 #include "base/le.h"
 #include "base/secret_bytes.h"
 #include "blk/wire.h"
-#include "secure_world/key_blob.h"
+#include "ice/key_blob.h"
 
 namespace iceblk::blk {
 
 namespace {
-
-static_assert(sizeof(IceKey) == secure_world::kKeyBlobSize);
 
 // Bytes [off, off + dst.size()) of the readable stream, copied once.
 Status copy_out(const std::vector<virtio::Segment>& segs, uint64_t off, std::span<uint8_t> dst,
@@ -137,15 +135,14 @@ Status parse_program_key(Request& r, const IcePayload& ice, const virtio::Descri
                          uint32_t hdr_size, const memory::GuestMemory& mem, const ParseEnv& env) {
   ICEBLK_ASSIGN_OR_RETURN(r.slot, virtual_slot(ice.slot, env));
   const uint64_t bytes = chain.readable_len - hdr_size;
-  if (bytes != sizeof(IceKey)) {
-    return fail(Errc::kInvalidArgument, "key blob is {} bytes, must be {}", bytes, sizeof(IceKey));
+  if (bytes != ice::kKeyBlobSize) {
+    return fail(Errc::kInvalidArgument, "key blob is {} bytes, must be {}", bytes, ice::kKeyBlobSize);
   }
   // The blob holds key material: keep it in SecretBytes so it is zeroised.
-  SecretBytes blob(sizeof(IceKey));
+  SecretBytes blob(ice::kKeyBlobSize);
   ICEBLK_TRY(copy_out(chain.readable, hdr_size, blob.mutable_view(), mem));
-  auto key = secure_world::parse_key_blob(
-      std::span<const uint8_t, secure_world::kKeyBlobSize>(blob.view().data(), secure_world::kKeyBlobSize),
-      *env.caps);
+  auto key = ice::parse_key_blob(
+      std::span<const uint8_t, ice::kKeyBlobSize>(blob.view().data(), ice::kKeyBlobSize), *env.caps);
   if (!key) return tl::unexpected(std::move(key).error());
   r.new_key.emplace(std::move(*key));
   return {};

@@ -114,7 +114,7 @@ Result<uint8_t*> locate_status(const virtio::DescriptorChain& chain, const memor
 //  8. GET_CRYPTO_CAPABILITIES: writable buffer >= capability_num * 4 (spec §4.1)
 //                                                                -> IOERR
 //  9. ICE_PROGRAM_KEY (spec §6): virtual slot < max_slots (IOERR); data exactly 136
-//     bytes (IOERR); the blob rules of secure_world::parse_key_blob (triple
+//     bytes (IOERR); the blob rules of ice::parse_key_blob (triple
 //     advertised and key_type 0 -> UNSUPP; reserved, key_len, unused tail, XTS
 //     halves -> IOERR). The blob copy is zeroised after parsing.
 // 10. ICE_EVICT_KEY (spec §6): virtual slot < max_slots          -> IOERR

@@ -103,19 +103,8 @@ struct CryptoCap {
 static_assert(sizeof(CryptoCap) == 4);
 
 // --- PROGRAM_KEY blob (spec §6) -------------------------------------------------
-inline constexpr size_t kIceKeyBytes = 128;
-struct IceKey {
-  uint8_t alg;
-  uint8_t data_unit_size_exp;
-  uint8_t key_size;
-  uint8_t key_type;
-  le16 key_len;
-  le16 reserved;
-  uint8_t key[kIceKeyBytes];
-};
-static_assert(sizeof(IceKey) == 136);
-static_assert(offsetof(IceKey, key_type) == 3 && offsetof(IceKey, key_len) == 4 && offsetof(IceKey, reserved) == 6 &&
-              offsetof(IceKey, key) == 8);
+// struct virtio_blk_ice_key is ice::KeyBlobWire (ice/key_blob.h), shared with the
+// secure world's SET_KEY.
 
 // --- configuration space (VIRTIO 1.3 §5.2.4 + spec §2) --------------------------
 struct BlkGeometry {

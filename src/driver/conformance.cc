@@ -13,8 +13,8 @@
 #include "blk/wire.h"
 #include "driver/keyslot_manager.h"
 #include "driver/secure_world_client.h"
+#include "ice/key_blob.h"
 #include "iceblk/device.h"
-#include "secure_world/key_blob.h"
 
 namespace iceblk::driver {
 
@@ -346,7 +346,7 @@ void Suite::plain_checks() {
   check("plain.roundtrip_16_byte_header", d.write(0x30000, p) && d.read(0x30000, back) && back == p, "");
   std::vector<uint8_t> caps(64 * 4);
   expect("plain.get_caps_unsupp", kUnsupp, raw(hdr(blk::kTypeGetCryptoCaps, 0), {}, caps), "type 28 without bit 22");
-  std::array<uint8_t, blk::kIceKeyBytes + 8> blob{};
+  std::array<uint8_t, ice::kKeyBlobSize> blob{};
   expect("plain.program_key_unsupp", kUnsupp, raw(hdr(blk::kTypeIceProgramKey, 0), blob), "type 29 without bit 22");
   expect("plain.evict_key_unsupp", kUnsupp, raw(hdr(blk::kTypeIceEvictKey, 0)), "type 31 without bit 22");
   if (ice_offered_) {
@@ -465,8 +465,8 @@ void Suite::inband_checks(Device& d) {
   const auto& caps = d.capabilities();
   // Program-key blob errors (spec §6).
   auto blob_for = [](const ice::CryptoMode& m, std::span<const uint8_t> k) {
-    std::array<uint8_t, secure_world::kKeyBlobSize> b{};
-    (void)secure_world::encode_key_blob(m, k, b);
+    std::array<uint8_t, ice::kKeyBlobSize> b{};
+    (void)ice::encode_key_blob(m, k, b);
     return b;
   };
   const ice::CryptoMode xts{ice::Algorithm::kAesXts, ice::KeySize::k256, 4096};
@@ -617,7 +617,7 @@ void Suite::no_inband_checks() {
   const auto& cfg = d.config();
   check("oob.header_32", d.ice() && d.header_size() == 32 && d.key_mode() == KeyMode::kOutOfBand,
         fmt::format("key mode {}", key_mode_name(d.key_mode())));
-  std::array<uint8_t, secure_world::kKeyBlobSize> blob{};
+  std::array<uint8_t, ice::kKeyBlobSize> blob{};
   expect("oob.program_key_unsupp", kUnsupp, raw(hdr(blk::kTypeIceProgramKey, 0, cfg.slot_offset), blob),
          "type 29 without bit 23");
   expect("oob.evict_key_unsupp", kUnsupp, raw(hdr(blk::kTypeIceEvictKey, 0, cfg.slot_offset)),

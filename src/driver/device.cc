@@ -24,7 +24,7 @@
 #include "driver/keyslot_manager.h"
 #include "driver/secure_world_client.h"
 #include "driver/vhost_user_frontend.h"
-#include "secure_world/key_blob.h"
+#include "ice/key_blob.h"
 
 namespace iceblk::driver {
 
@@ -463,8 +463,8 @@ Status Device::Impl::sync(uint16_t q, const std::string& what, std::span<const u
 }
 
 Status Device::Impl::program_slot(uint8_t wire_slot, const ice::Key& key, uint16_t q) {
-  std::array<uint8_t, secure_world::kKeyBlobSize> blob{};
-  Status st = secure_world::encode_key_blob(key.mode(), key.material(), blob);
+  std::array<uint8_t, ice::kKeyBlobSize> blob{};
+  Status st = ice::encode_key_blob(key.mode(), key.material(), blob);
   if (st) {
     auto h = header(blk::kTypeIceProgramKey, 0, wire_slot);
     st = sync(q, fmt::format("program-key slot {}", wire_slot), h, blob, {}, /*secret=*/true);

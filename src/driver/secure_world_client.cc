@@ -9,7 +9,7 @@
 #include <cstring>
 
 #include "base/secret_bytes.h"
-#include "secure_world/key_blob.h"
+#include "ice/key_blob.h"
 
 namespace iceblk::driver {
 
@@ -142,7 +142,7 @@ Result<size_t> SecureWorldClient::transact(sw::Op op, std::span<const uint8_t> m
 }
 
 Status SecureWorldClient::set_key(PhysSlot slot,
-                                  std::span<const uint8_t, sw::kKeyBlobSize> blob) {
+                                  std::span<const uint8_t, ice::kKeyBlobSize> blob) {
   std::array<uint8_t, sw::kHeaderSize + sizeof(sw::SetKeyPayload)> msg{};
   WipeOnExit<msg.size()> wipe{msg};
   put_header<sw::SetKeyPayload>(msg, sw::Op::kSetKey);
@@ -156,9 +156,9 @@ Status SecureWorldClient::set_key(PhysSlot slot,
 
 Status SecureWorldClient::set_key(PhysSlot slot, const ice::CryptoMode& mode,
                                   std::span<const uint8_t> key) {
-  std::array<uint8_t, sw::kKeyBlobSize> blob{};
+  std::array<uint8_t, ice::kKeyBlobSize> blob{};
   WipeOnExit<blob.size()> wipe{blob};
-  ICEBLK_TRY(sw::encode_key_blob(mode, key, blob));
+  ICEBLK_TRY(ice::encode_key_blob(mode, key, blob));
   return set_key(slot, blob);
 }
 

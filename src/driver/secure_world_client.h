@@ -39,7 +39,7 @@ class SecureWorldClient {
   }
 
   // Program physical `slot` with a ready-made 136-byte virtio_blk_ice_key blob.
-  Status set_key(PhysSlot slot, std::span<const uint8_t, secure_world::kKeyBlobSize> blob);
+  Status set_key(PhysSlot slot, std::span<const uint8_t, ice::kKeyBlobSize> blob);
   // Program physical `slot` with `mode` and raw `key` (the blob is built here and
   // zeroised after sending).
   Status set_key(PhysSlot slot, const ice::CryptoMode& mode, std::span<const uint8_t> key);

@@ -21,7 +21,7 @@
 #include "base/log.h"
 #include "base/secret_bytes.h"
 #include "base/unique_fd.h"
-#include "secure_world/key_blob.h"
+#include "ice/key_blob.h"
 
 namespace iceblk::secure_world {
 
@@ -248,8 +248,8 @@ void SecureWorld::Impl::serve(Connection& c, const RequestHeader& hdr,
 
   // SET_KEY: the blob is parsed in place in the connection's input buffer, which
   // process_input zeroises as soon as this returns.
-  const auto blob = payload.subspan<offsetof(SetKeyPayload, blob), kKeyBlobSize>();
-  auto key = parse_key_blob(blob, opts.capabilities);
+  const auto blob = payload.subspan<offsetof(SetKeyPayload, blob), ice::kKeyBlobSize>();
+  auto key = ice::parse_key_blob(blob, opts.capabilities);
   if (!key) {
     reply(slot, key_blob_status(key.error()), key.error().message);
     return;

@@ -8,7 +8,7 @@
 //   - every slot named in a request is checked against that VM's physical range
 //     [slot_offset, slot_offset + max_slots), read from the engine on every request,
 //     before the engine is touched; a slot outside it gets DENIED;
-//   - key blobs are validated with the same rules as in-band PROGRAM_KEY (key_blob.h).
+//   - key blobs are validated with the same rules as in-band PROGRAM_KEY (ice/key_blob.h).
 //
 // Keys programmed here belong to the secure world: nothing in this module evicts
 // them on a virtio device reset (spec §8). Stopping the service does not evict them

@@ -18,4 +18,8 @@ Result<uint32_t> check_request_header(const RequestHeader& h) {
   return *want;
 }
 
+WireStatus key_blob_status(const Error& e) {
+  return e.code == Errc::kUnsupported ? WireStatus::kUnsupported : WireStatus::kInvalid;
+}
+
 }  // namespace iceblk::secure_world

@@ -14,6 +14,7 @@
 
 #include "base/le.h"
 #include "base/result.h"
+#include "ice/key_blob.h"
 
 namespace iceblk::secure_world {
 
@@ -54,22 +55,6 @@ static_assert(sizeof(ResponseHeader) == 12);
 
 inline constexpr size_t kHeaderSize = 12;
 
-// struct virtio_blk_ice_key of spec §6, byte for byte.
-inline constexpr size_t kKeyBlobSize = 136;
-inline constexpr size_t kKeyBlobKeyBytes = 128;
-struct KeyBlobWire {
-  uint8_t alg;
-  uint8_t data_unit_size_exp;
-  uint8_t key_size;
-  uint8_t key_type;  // 0 = raw key; 1 (hardware-wrapped) reserved
-  le16 key_len;
-  le16 reserved;
-  uint8_t key[kKeyBlobKeyBytes];
-};
-static_assert(sizeof(KeyBlobWire) == kKeyBlobSize);
-static_assert(offsetof(KeyBlobWire, key_len) == 4 && offsetof(KeyBlobWire, reserved) == 6 &&
-              offsetof(KeyBlobWire, key) == 8);
-
 struct SlotPayload {
   le32 slot;  // physical slot
 };
@@ -77,7 +62,7 @@ static_assert(sizeof(SlotPayload) == 4);
 
 struct SetKeyPayload {
   le32 slot;  // physical slot
-  KeyBlobWire blob;
+  ice::KeyBlobWire blob;  // spec §6, parsed by ice::parse_key_blob
 };
 static_assert(sizeof(SetKeyPayload) == 140 && offsetof(SetKeyPayload, blob) == 4);
 
@@ -128,5 +113,9 @@ constexpr std::string_view status_name(WireStatus s) {
 // payload_len > kMaxPayloadLen, unknown op, payload_len != the op's size. Decided
 // from the 12 header bytes alone, so no payload is buffered for a bad header.
 Result<uint32_t> check_request_header(const RequestHeader& h);
+
+// Map an ice::parse_key_blob error to the wire status of a SET_KEY reply:
+// Errc::kUnsupported -> kUnsupported, anything else -> kInvalid.
+WireStatus key_blob_status(const Error& e);
 
 }  // namespace iceblk::secure_world

@@ -1,7 +1,7 @@
 // libFuzzer target for the secure world's two decoders of peer input (a trust
 // boundary, docs/threat-model.md): the request header check
 // (secure_world::check_request_header) and the key blob parser shared with in-band
-// PROGRAM_KEY (secure_world::parse_key_blob).
+// PROGRAM_KEY (ice::parse_key_blob).
 //
 // Input layout:
 //   [0]      flags: bit0 the capability list includes AES-ECB (host opt-in),
@@ -28,7 +28,7 @@
 
 #include "ice/crypto_mode.h"
 #include "ice/key.h"
-#include "secure_world/key_blob.h"
+#include "ice/key_blob.h"
 #include "secure_world/wire.h"
 
 namespace {
@@ -65,8 +65,8 @@ void check_header(const sw::RequestHeader& h) {
   if (!r && r.error().code != Errc::kProtocol) __builtin_trap();
 }
 
-void check_blob(std::span<const uint8_t, sw::kKeyBlobSize> blob, const std::vector<ice::Capability>& cs) {
-  auto k = sw::parse_key_blob(blob, cs);
+void check_blob(std::span<const uint8_t, ice::kKeyBlobSize> blob, const std::vector<ice::Capability>& cs) {
+  auto k = ice::parse_key_blob(blob, cs);
   if (!k) {
     const Errc c = k.error().code;
     if (c != Errc::kUnsupported && c != Errc::kInvalidArgument) __builtin_trap();
@@ -78,8 +78,8 @@ void check_blob(std::span<const uint8_t, sw::kKeyBlobSize> blob, const std::vect
   if (std::none_of(cs.begin(), cs.end(), [&](const ice::Capability& c) { return c.mode() == m; })) __builtin_trap();
   auto len = ice::key_length(m.alg, m.key_size);
   if (!len || *len != k->material().size()) __builtin_trap();
-  std::array<uint8_t, sw::kKeyBlobSize> again{};
-  if (!sw::encode_key_blob(m, k->material(), again)) __builtin_trap();
+  std::array<uint8_t, ice::kKeyBlobSize> again{};
+  if (!ice::encode_key_blob(m, k->material(), again)) __builtin_trap();
   if (std::memcmp(again.data(), blob.data(), again.size()) != 0) __builtin_trap();
 }
 
@@ -93,9 +93,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const uint8_t* payload = data + 1 + sw::kHeaderSize;
   const size_t payload_len = size - 1 - sw::kHeaderSize;
   const size_t blob_off = h.op.get() == static_cast<uint16_t>(sw::Op::kSetKey) ? sizeof(sw::SlotPayload) : 0;
-  if (payload_len >= blob_off + sw::kKeyBlobSize) {
+  if (payload_len >= blob_off + ice::kKeyBlobSize) {
     // Exactly 136 bytes (ASan catches any read past them), as in the service's buffer.
-    std::array<uint8_t, sw::kKeyBlobSize> blob{};
+    std::array<uint8_t, ice::kKeyBlobSize> blob{};
     std::memcpy(blob.data(), payload + blob_off, blob.size());
     check_blob(blob, caps(flags));
   }

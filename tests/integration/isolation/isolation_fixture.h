@@ -34,9 +34,9 @@
 #include "driver/keyslot_manager.h"
 #include "driver/secure_world_client.h"
 #include "iceblk/device.h"
-#include "secure_world/key_blob.h"
 #include "ice/engine.h"
 #include "ice/key.h"
+#include "ice/key_blob.h"
 #include "unit/ice/ice_test_util.h"
 
 namespace iceblk::isolation {

@@ -96,8 +96,8 @@ TEST_P(IsolationMatrix, NoOtherKeyPathAroundTheChecks) {
     EXPECT_EQ(ev.error().code, Errc::kPermissionDenied) << s;
   }
   EXPECT_EQ(dev(kB).program_key(0, key_for(2)).error().code, Errc::kUnsupported);
-  std::array<uint8_t, secure_world::kKeyBlobSize> blob{};
-  ASSERT_TRUE(secure_world::encode_key_blob(kMode, key_bytes(2), blob));
+  std::array<uint8_t, ice::kKeyBlobSize> blob{};
+  ASSERT_TRUE(ice::encode_key_blob(kMode, key_bytes(2), blob));
   for (uint32_t s = 0; s < 256; ++s) {
     driver::RawRequest p;
     p.header = ice_header(blk::kTypeIceProgramKey, 0, static_cast<uint8_t>(s));

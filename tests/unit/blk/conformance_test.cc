@@ -8,6 +8,7 @@
 
 #include "blk_fixture.h"
 #include "ice/key.h"
+#include "ice/key_blob.h"
 
 namespace iceblk::blk::testing {
 namespace {
@@ -57,8 +58,8 @@ std::vector<uint8_t> ref_xts(const std::vector<uint8_t>& key, uint64_t dun0, con
   return out;
 }
 
-IceKey key_blob(uint8_t alg, uint8_t du_exp, uint8_t key_size, const std::vector<uint8_t>& key) {
-  IceKey b{};
+ice::KeyBlobWire key_blob(uint8_t alg, uint8_t du_exp, uint8_t key_size, const std::vector<uint8_t>& key) {
+  ice::KeyBlobWire b{};
   b.alg = alg;
   b.data_unit_size_exp = du_exp;
   b.key_size = key_size;

@@ -19,7 +19,8 @@
 
 #include "base/unique_fd.h"
 #include "driver/secure_world_client.h"
-#include "secure_world/key_blob.h"
+#include "ice/key_blob.h"
+#include "secure_world/wire.h"
 
 namespace iceblk::secure_world {
 namespace {
@@ -45,10 +46,10 @@ std::array<uint8_t, 64> make_key(uint8_t seed) {
   return k;
 }
 
-std::array<uint8_t, kKeyBlobSize> blob_for(std::span<const uint8_t> key,
-                                           const ice::CryptoMode& mode = kXts256) {
-  std::array<uint8_t, kKeyBlobSize> b{};
-  EXPECT_TRUE(encode_key_blob(mode, key, b));
+std::array<uint8_t, ice::kKeyBlobSize> blob_for(std::span<const uint8_t> key,
+                                                const ice::CryptoMode& mode = kXts256) {
+  std::array<uint8_t, ice::kKeyBlobSize> b{};
+  EXPECT_TRUE(ice::encode_key_blob(mode, key, b));
   return b;
 }
 
@@ -356,7 +357,7 @@ TEST_F(SecureWorldTest, BadBlobsAreRejectedAndTheConnectionStaysUsable) {
 
   struct Case {
     const char* what;
-    std::array<uint8_t, kKeyBlobSize> blob;
+    std::array<uint8_t, ice::kKeyBlobSize> blob;
     Errc want;
   };
   std::vector<Case> cases;

@@ -1,7 +1,12 @@
-// The secure-world channel's header decoder (check_request_header).
+// The secure-world channel's header decoder (check_request_header) and the key blob
+// error -> wire status mapping (key_blob_status).
 #include "secure_world/wire.h"
 
 #include <gtest/gtest.h>
+
+#include <array>
+
+#include "ice/key_blob.h"
 
 namespace iceblk::secure_world {
 namespace {
@@ -51,7 +56,31 @@ TEST(SecureWorldWire, LayoutMatchesTheDocument) {
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(b), 4), "ICSW");
   EXPECT_EQ(b[4], 1);
   EXPECT_EQ(b[8], 140);
-  EXPECT_EQ(offsetof(SetKeyPayload, blob) + offsetof(KeyBlobWire, key), 12u);
+  EXPECT_EQ(offsetof(SetKeyPayload, blob) + offsetof(ice::KeyBlobWire, key), 12u);
+}
+
+TEST(SecureWorldWire, KeyBlobErrorsMapToTheirWireStatus) {
+  const auto caps = ice::capabilities_for({{ice::Algorithm::kAesXts, ice::KeySize::k256}},
+                                          /*allow_ecb=*/false);
+  std::array<uint8_t, ice::kKeyBlobSize> blob{};
+  blob[0] = 0;   // AES-XTS
+  blob[1] = 3;   // 4096-byte data units
+  blob[2] = 3;   // 256-bit
+  blob[4] = 64;  // key_len
+  for (size_t i = 0; i < 64; ++i) blob[8 + i] = static_cast<uint8_t>(i + 1);
+  ASSERT_TRUE(ice::parse_key_blob(blob, caps));
+
+  auto unsupported = blob;
+  unsupported[3] = 1;  // key_type: hardware-wrapped
+  auto u = ice::parse_key_blob(unsupported, caps);
+  ASSERT_FALSE(u);
+  EXPECT_EQ(key_blob_status(u.error()), WireStatus::kUnsupported);
+
+  auto invalid = blob;
+  invalid[6] = 1;  // reserved
+  auto i = ice::parse_key_blob(invalid, caps);
+  ASSERT_FALSE(i);
+  EXPECT_EQ(key_blob_status(i.error()), WireStatus::kInvalid);
 }
 
 }  // namespace

@@ -1,14 +1,14 @@
-#include "secure_world/key_blob.h"
+#include "ice/key_blob.h"
 
 #include <openssl/crypto.h>
 
 #include <algorithm>
 #include <cstring>
 
-namespace iceblk::secure_world {
+namespace iceblk::ice {
 
-Result<ice::Key> parse_key_blob(std::span<const uint8_t, kKeyBlobSize> blob,
-                                const std::vector<ice::Capability>& caps) {
+Result<Key> parse_key_blob(std::span<const uint8_t, kKeyBlobSize> blob,
+                           const std::vector<Capability>& caps) {
   // TRUST: every byte of `blob` is caller-controlled. Only the 8 header bytes are
   // copied out; the key bytes are read in place.
   const uint8_t alg = blob[offsetof(KeyBlobWire, alg)];
@@ -22,8 +22,7 @@ Result<ice::Key> parse_key_blob(std::span<const uint8_t, kKeyBlobSize> blob,
   // Spec §6: the triple must be one the device advertises (else UNSUPP). Casting any
   // u8 to these enums is well defined (fixed underlying type); unknown values simply
   // match no capability.
-  const ice::Capability cap{static_cast<ice::Algorithm>(alg), du_exp,
-                            static_cast<ice::KeySize>(key_size)};
+  const Capability cap{static_cast<Algorithm>(alg), du_exp, static_cast<KeySize>(key_size)};
   if (std::find(caps.begin(), caps.end(), cap) == caps.end()) {
     return fail(Errc::kUnsupported,
                 "key blob: (alg {}, data_unit_size_exp {}, key_size {}) is not an advertised "
@@ -37,7 +36,7 @@ Result<ice::Key> parse_key_blob(std::span<const uint8_t, kKeyBlobSize> blob,
   if (reserved != 0) {
     return fail(Errc::kInvalidArgument, "key blob: reserved field is {:#x}, must be 0", reserved);
   }
-  auto need = ice::key_length(cap.alg, cap.key_size);
+  auto need = key_length(cap.alg, cap.key_size);
   if (!need) return fail(Errc::kUnsupported, "key blob: {}", need.error().message);
   if (key_len != *need) {
     return fail(Errc::kInvalidArgument, "key blob: key_len {} but the algorithm needs {} bytes",
@@ -50,13 +49,13 @@ Result<ice::Key> parse_key_blob(std::span<const uint8_t, kKeyBlobSize> blob,
                 key_len);
   }
   const auto material = key_area.first(key_len);
-  if (cap.alg == ice::Algorithm::kAesXts) {
+  if (cap.alg == Algorithm::kAesXts) {
     const size_t half = material.size() / 2;
     if (CRYPTO_memcmp(material.data(), material.data() + half, half) == 0) {
       return fail(Errc::kInvalidArgument, "key blob: the two XTS key halves are equal");
     }
   }
-  auto key = ice::Key::create(cap.mode(), material);
+  auto key = Key::create(cap.mode(), material);
   if (!key) {
     const Errc code = key.error().code == Errc::kUnsupported ? Errc::kUnsupported
                                                               : Errc::kInvalidArgument;
@@ -65,15 +64,11 @@ Result<ice::Key> parse_key_blob(std::span<const uint8_t, kKeyBlobSize> blob,
   return std::move(*key);
 }
 
-WireStatus key_blob_status(const Error& e) {
-  return e.code == Errc::kUnsupported ? WireStatus::kUnsupported : WireStatus::kInvalid;
-}
-
-Status encode_key_blob(const ice::CryptoMode& mode, std::span<const uint8_t> key,
+Status encode_key_blob(const CryptoMode& mode, std::span<const uint8_t> key,
                        std::span<uint8_t, kKeyBlobSize> out) {
-  ICEBLK_TRY(ice::validate_mode(mode));
-  ICEBLK_ASSIGN_OR_RETURN(const size_t need, ice::key_length(mode.alg, mode.key_size));
-  ICEBLK_ASSIGN_OR_RETURN(const uint8_t du_exp, ice::data_unit_size_exp(mode.data_unit_size));
+  ICEBLK_TRY(validate_mode(mode));
+  ICEBLK_ASSIGN_OR_RETURN(const size_t need, key_length(mode.alg, mode.key_size));
+  ICEBLK_ASSIGN_OR_RETURN(const uint8_t du_exp, data_unit_size_exp(mode.data_unit_size));
   if (key.size() != need || need > kKeyBlobKeyBytes) {
     return fail(Errc::kInvalidArgument, "key is {} bytes, the mode needs {}", key.size(), need);
   }
@@ -88,4 +83,4 @@ Status encode_key_blob(const ice::CryptoMode& mode, std::span<const uint8_t> key
   return {};
 }
 
-}  // namespace iceblk::secure_world
+}  // namespace iceblk::ice
