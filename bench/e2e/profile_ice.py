@@ -63,10 +63,6 @@ def perf_profile(iceblkd: Path, iceblk: Path, img: Path, work: Path, out: Path, 
         report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--pid", str(pid),
                                  "--percentage", "relative", "--sort", "dso,symbol", "-g", "none",
                                  "--percent-limit", "0.7"], text=True, capture_output=True).stdout
-        by_dso = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--pid", str(pid),
-                                 "--percentage", "relative", "--sort", "dso", "-g", "none"],
-                                text=True, capture_output=True).stdout
-        report = by_dso + "\n" + report
         (out / f"perf-{w.key}.txt").write_text(res + "\n\n" + report)
         print(f"== perf cpu-clock, iceblkd ICE, {w.label} ({res.splitlines()[2].strip() if res else ''})")
         print("\n".join(l for l in report.splitlines() if l.strip() and not l.startswith("#"))[:4000])
