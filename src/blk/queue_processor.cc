@@ -14,7 +14,12 @@ namespace iceblk::blk {
 namespace {
 
 constexpr size_t kBounceAlign = 4096;
-constexpr size_t kMaxIdleBounce = 16;
+// Bounce buffers come in two sizes so that small encrypted requests (the common 4 KiB
+// case) neither take a 256 KiB buffer nor return it to the allocator at high queue
+// depth (each trip through malloc of a large block is an mmap + page faults).
+constexpr size_t kSmallBounce = 16 * 1024;
+constexpr size_t kMaxIdleSmallBounce = 256;  // 4 MiB per queue at most
+constexpr size_t kMaxIdleLargeBounce = 16;   // 4 MiB per queue at most
 
 // Copy between a flat buffer and bytes [off, off + buf.size()) of an iovec list.
 void iov_copy(std::span<const iovec> iov, uint64_t off, std::span<uint8_t> buf, bool to_iov) {
@@ -43,6 +48,7 @@ struct QueueProcessor::InFlight {
   Request req;
   std::shared_ptr<const memory::GuestMemory> mem;  // keeps the request's host pointers alive
   uint8_t* bounce = nullptr;
+  size_t bounce_size = 0;  // kSmallBounce or kCryptChunk
   uint64_t chunk_off = 0;  // encrypted: bytes of the request finished
   uint64_t chunk_len = 0;  // encrypted: bytes of the chunk in flight
   unsigned outstanding = 0;
@@ -53,6 +59,7 @@ struct QueueProcessor::InFlight {
     req = Request{};
     mem.reset();
     bounce = nullptr;
+    bounce_size = 0;
     chunk_off = chunk_len = 0;
     outstanding = 0;
     error.reset();
@@ -69,6 +76,7 @@ QueueProcessor::~QueueProcessor() {
     io_.reset();
   }
   for (auto* b : bounce_free_) std::free(b);
+  for (auto* b : small_bounce_free_) std::free(b);
   for (auto& f : states_) {
     if (f->bounce) std::free(f->bounce);  // requests abandoned without drain(q)
   }
@@ -89,23 +97,26 @@ QueueProcessor::InFlight* QueueProcessor::acquire() {
 
 void QueueProcessor::release(InFlight* f) {
   --in_flight_;
-  if (f->bounce) release_bounce(f->bounce);
+  if (f->bounce) release_bounce(f->bounce, f->bounce_size);
   f->clear();
   free_.push_back(f);
 }
 
-uint8_t* QueueProcessor::acquire_bounce() {
-  if (!bounce_free_.empty()) {
-    uint8_t* b = bounce_free_.back();
-    bounce_free_.pop_back();
+uint8_t* QueueProcessor::acquire_bounce(size_t size) {
+  auto& pool = size == kSmallBounce ? small_bounce_free_ : bounce_free_;
+  if (!pool.empty()) {
+    uint8_t* b = pool.back();
+    pool.pop_back();
     return b;
   }
-  return static_cast<uint8_t*>(std::aligned_alloc(kBounceAlign, kCryptChunk));
+  return static_cast<uint8_t*>(std::aligned_alloc(kBounceAlign, size));
 }
 
-void QueueProcessor::release_bounce(uint8_t* b) {
-  if (bounce_free_.size() < kMaxIdleBounce) {
-    bounce_free_.push_back(b);
+void QueueProcessor::release_bounce(uint8_t* b, size_t size) {
+  const bool small = size == kSmallBounce;
+  auto& pool = small ? small_bounce_free_ : bounce_free_;
+  if (pool.size() < (small ? kMaxIdleSmallBounce : kMaxIdleLargeBounce)) {
+    pool.push_back(b);
   } else {
     std::free(b);
   }
@@ -139,7 +150,11 @@ bool QueueProcessor::submit_crypt_chunk(InFlight* f) {
   const Request& r = f->req;
   const uint64_t len = std::min<uint64_t>(kCryptChunk, r.length - f->chunk_off);
   f->chunk_len = len;
-  if (f->bounce == nullptr) f->bounce = acquire_bounce();
+  if (f->bounce == nullptr) {
+    // One buffer serves every chunk of the request: sized by the whole request.
+    f->bounce_size = r.length <= kSmallBounce ? kSmallBounce : kCryptChunk;
+    f->bounce = acquire_bounce(f->bounce_size);
+  }
   if (f->bounce == nullptr) {
     f->error = make_error(Errc::kIo, "out of memory for a bounce buffer");
     return false;

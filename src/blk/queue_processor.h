@@ -75,8 +75,8 @@ class QueueProcessor {
   void complete(virtio::SplitQueue& q, uint16_t head, uint32_t used_len);
   InFlight* acquire();
   void release(InFlight* f);
-  uint8_t* acquire_bounce();
-  void release_bounce(uint8_t* b);
+  uint8_t* acquire_bounce(size_t size);
+  void release_bounce(uint8_t* b, size_t size);
 
   BlkDevice& dev_;
   ParseEnv env_;
@@ -88,6 +88,7 @@ class QueueProcessor {
   std::vector<InFlight*> ready_;                  // sub-operations all finished
   std::vector<InFlight*> batch_;
   std::vector<uint8_t*> bounce_free_;             // kCryptChunk bytes each, 4 KiB aligned
+  std::vector<uint8_t*> small_bounce_free_;       // 16 KiB each, for requests up to 16 KiB
   size_t in_flight_ = 0;
   size_t pushed_ = 0;
   std::optional<Error> ring_error_;
