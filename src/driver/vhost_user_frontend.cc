@@ -21,21 +21,6 @@ std::vector<uint8_t> bytes_of(const T& t) {
   return {s.begin(), s.end()};
 }
 
-bool expects_own_reply(Request r) {
-  switch (r) {
-    case Request::kGetFeatures:
-    case Request::kGetProtocolFeatures:
-    case Request::kGetVringBase:
-    case Request::kGetQueueNum:
-    case Request::kGetConfig:
-    case Request::kGetMaxMemSlots:
-    case Request::kGetStatus:
-      return true;
-    default:
-      return false;
-  }
-}
-
 MemRegionDesc to_desc(const SharedRegion& r) {
   return MemRegionDesc{r.guest_addr, r.size, r.user_addr, r.mmap_offset};
 }
@@ -87,7 +72,7 @@ Result<std::vector<uint8_t>> VhostUserFrontend::call(Request req, std::span<cons
 
 Status VhostUserFrontend::request(Request req, std::span<const uint8_t> payload, std::span<const int> fds) {
   std::lock_guard lk(mu_);
-  const bool ack = reply_ack() && !expects_own_reply(req);
+  const bool ack = reply_ack() && !has_own_reply(req);
   const uint32_t flags = vhost_user::kVersion | (ack ? vhost_user::kFlagNeedReply : 0);
   Status s;
   if (payload.empty() && !fds.empty()) {

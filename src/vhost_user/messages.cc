@@ -267,4 +267,19 @@ Result<Message> decode(RawMessage raw) {
   return Message{req, h.flags, std::move(body)};
 }
 
+bool has_own_reply(Request r) {
+  switch (r) {
+    case Request::kGetFeatures:
+    case Request::kGetProtocolFeatures:
+    case Request::kGetVringBase:
+    case Request::kGetQueueNum:
+    case Request::kGetConfig:
+    case Request::kGetMaxMemSlots:
+    case Request::kGetStatus:
+      return true;
+    default:
+      return false;
+  }
+}
+
 }  // namespace iceblk::vhost_user

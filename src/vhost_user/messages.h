@@ -99,6 +99,10 @@ enum class Request : uint32_t {
 
 // "GET_FEATURES" etc.; "UNKNOWN(<n>)" style is produced by request_name_of().
 std::string_view request_name(Request r);
+
+// Requests whose reply is their own payload (GET_*): with REPLY_ACK negotiated they
+// get that reply, never an extra ack (vhost-user.rst, "REPLY_ACK").
+bool has_own_reply(Request r);
 std::string request_name_of(uint32_t raw);
 
 // ---- Feature bits ------------------------------------------------------------

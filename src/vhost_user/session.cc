@@ -29,21 +29,6 @@ std::vector<uint8_t> u64_bytes(uint64_t v) {
 
 Reply u64_reply(Request r, uint64_t v) { return Reply{static_cast<uint32_t>(r), u64_bytes(v)}; }
 
-bool has_own_reply(Request r) {
-  switch (r) {
-    case Request::kGetFeatures:
-    case Request::kGetProtocolFeatures:
-    case Request::kGetVringBase:
-    case Request::kGetQueueNum:
-    case Request::kGetConfig:
-    case Request::kGetMaxMemSlots:
-    case Request::kGetStatus:
-      return true;
-    default:
-      return false;
-  }
-}
-
 // Peer-caused warnings are rate limited so a front-end cannot flood the log.
 #define ICEBLK_PEER_WARN(...)                                   \
   do {                                                          \
