@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/result.h"
@@ -60,6 +61,13 @@ class BlockBackend {
   [[nodiscard]] virtual std::string describe() const = 0;  // e.g. "file(io_uring) disk.img"
   virtual Result<std::unique_ptr<IoQueue>> make_queue(unsigned depth) = 0;
 };
+
+// The check every backend applies before running a request: no writes (write,
+// discard, write-zeroes) on a read-only backend, and the byte range (the iovecs'
+// total for read/write, `length` otherwise) inside `size`, overflow-checked.
+// `name` prefixes the error message (e.g. the image path). Returns the byte length
+// (0 for flush).
+Result<uint64_t> check_io_request(const IoRequest& req, uint64_t size, bool read_only, std::string_view name);
 
 enum class FileEngine { kAuto, kSync, kIoUring };
 

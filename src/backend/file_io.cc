@@ -125,22 +125,7 @@ Status write_zeroes_range(FileShared& f, uint64_t offset, uint64_t len, bool unm
 }
 
 Status check_request(const FileShared& f, const IoRequest& req) {
-  const bool writes = req.op == IoOp::kWrite || req.op == IoOp::kDiscard || req.op == IoOp::kWriteZeroes;
-  if (writes && f.read_only) return fail(Errc::kPermissionDenied, "{} is read-only", f.path);
-  if (req.op == IoOp::kFlush) return {};
-  uint64_t len = req.length;
-  if (req.op == IoOp::kRead || req.op == IoOp::kWrite) {
-    len = 0;
-    for (const auto& v : req.iov) {
-      auto s = checked_add<uint64_t>(len, v.iov_len);
-      if (!s) return fail(Errc::kOverflow, "request length overflows");
-      len = *s;
-    }
-  }
-  auto end = checked_add(req.offset, len);
-  if (!end || *end > f.size) {
-    return fail(Errc::kOutOfRange, "{}: range {}+{} beyond size {}", f.path, req.offset, len, f.size);
-  }
+  ICEBLK_TRY(check_io_request(req, f.size, f.read_only, f.path));
   return {};
 }
 

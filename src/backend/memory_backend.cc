@@ -35,23 +35,8 @@ class MemoryBackend final : public BlockBackend {
   }
 
   Result<uint64_t> run(const IoRequest& req) {
-    const bool writes = req.op != IoOp::kRead && req.op != IoOp::kFlush;
-    if (writes && ro_) return fail(Errc::kPermissionDenied, "memory backend is read-only");
+    ICEBLK_ASSIGN_OR_RETURN(const uint64_t len, check_io_request(req, bytes_.size(), ro_, "memory backend"));
     if (req.op == IoOp::kFlush) return uint64_t{0};
-    uint64_t len = req.length;
-    if (req.op == IoOp::kRead || req.op == IoOp::kWrite) {
-      len = 0;
-      for (const auto& v : req.iov) {
-        auto s = checked_add<uint64_t>(len, v.iov_len);
-        if (!s) return fail(Errc::kOverflow, "request length overflows");
-        len = *s;
-      }
-    }
-    auto end = checked_add(req.offset, len);
-    if (!end || *end > bytes_.size()) {
-      return fail(Errc::kOutOfRange, "memory backend: range {}+{} beyond size {}", req.offset, len,
-                  bytes_.size());
-    }
     std::lock_guard lock(mu_);
     uint8_t* p = bytes_.data() + req.offset;
     switch (req.op) {

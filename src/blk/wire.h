@@ -9,6 +9,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
 #include "base/le.h"
 
@@ -83,6 +85,24 @@ static_assert(sizeof(IceHdr) == 32 && offsetof(IceHdr, ice) == 16);
 
 inline constexpr uint32_t kPlainHeaderSize = sizeof(OutHdr);
 inline constexpr uint32_t kIceHeaderSize = sizeof(IceHdr);
+
+// Driver side: the request header bytes, 16 (plain) or 32 (ICE) of them. `size` must
+// be kPlainHeaderSize or kIceHeaderSize; the ICE fields are dropped for 16.
+inline std::vector<uint8_t> encode_header(uint32_t size, uint32_t type, uint64_t sector, uint8_t slot = 0,
+                                          uint8_t activate = 0, uint64_t dun = 0, uint16_t reserved1 = 0,
+                                          uint32_t reserved2 = 0) {
+  IceHdr h{};
+  h.out.type = type;
+  h.out.sector = sector;
+  h.ice.slot = slot;
+  h.ice.activate = activate;
+  h.ice.reserved1 = reserved1;
+  h.ice.reserved2 = reserved2;
+  h.ice.data_unit_num = dun;
+  std::vector<uint8_t> v(size <= kPlainHeaderSize ? kPlainHeaderSize : kIceHeaderSize);
+  std::memcpy(v.data(), &h, v.size());
+  return v;
+}
 
 // --- DISCARD / WRITE_ZEROES segment (VIRTIO 1.3 §5.2.6) -------------------------
 struct DiscardWriteZeroes {

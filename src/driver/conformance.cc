@@ -145,17 +145,7 @@ class Suite {
 
   std::vector<uint8_t> hdr(uint32_t type, uint64_t sector, uint8_t slot = 0, uint8_t activate = 0, uint64_t dun = 0,
                            uint16_t r1 = 0, uint32_t r2 = 0) const {
-    blk::IceHdr h{};
-    h.out.type = type;
-    h.out.sector = sector;
-    h.ice.slot = slot;
-    h.ice.activate = activate;
-    h.ice.reserved1 = r1;
-    h.ice.reserved2 = r2;
-    h.ice.data_unit_num = dun;
-    std::vector<uint8_t> v(dev_->header_size());
-    std::memcpy(v.data(), &h, v.size());
-    return v;
+    return blk::encode_header(dev_->header_size(), type, sector, slot, activate, dun, r1, r2);
   }
   // Status byte of a request, or 0xfe if the transport failed.
   uint8_t raw(std::vector<uint8_t> header, std::span<const uint8_t> out = {}, std::span<uint8_t> in = {},

@@ -325,15 +325,7 @@ void Device::Impl::free_mem(GuestAddr a) {
 
 std::vector<uint8_t> Device::Impl::header(uint32_t type, uint64_t sector, uint8_t slot, uint8_t activate,
                                           uint64_t dun) const {
-  blk::IceHdr h{};
-  h.out.type = type;
-  h.out.sector = sector;
-  h.ice.slot = slot;
-  h.ice.activate = activate;
-  h.ice.data_unit_num = dun;
-  std::vector<uint8_t> v(hdr_size);
-  std::memcpy(v.data(), &h, hdr_size);
-  return v;
+  return blk::encode_header(hdr_size, type, sector, slot, activate, dun);
 }
 
 Status Device::Impl::submit_raw(uint16_t qi, std::span<const uint8_t> hdr, std::span<const uint8_t> out,
