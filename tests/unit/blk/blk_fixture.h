@@ -177,17 +177,7 @@ class BlkHarness {
   // Request header in the negotiated format (16 or 32 bytes).
   std::vector<uint8_t> header(uint32_t type, uint64_t sector, uint8_t slot = 0, uint8_t activate = 0,
                               uint64_t dun = 0, uint16_t res1 = 0, uint32_t res2 = 0) const {
-    IceHdr h{};
-    h.out.type = type;
-    h.out.sector = sector;
-    h.ice.slot = slot;
-    h.ice.activate = activate;
-    h.ice.reserved1 = res1;
-    h.ice.reserved2 = res2;
-    h.ice.data_unit_num = dun;
-    auto v = as_bytes(h);
-    v.resize(dev_->header_size());
-    return v;
+    return encode_header(dev_->header_size(), type, sector, slot, activate, dun, res1, res2);
   }
 
   // Place the chain, run the processor until it completes (or gives up).
