@@ -5,6 +5,9 @@
 # remount; then the host stops the device and checks the image on its own.
 # Installs what it needs (apt packages, the guest kernel) and is safe to re-run.
 #   ICEBLK_DEMO_QUEUES=N   virtqueues (and guest CPUs), default 2
+#   ICEBLK_DEMO_HOLD=S     pause S seconds in part 2 with the ICE daemon up (for
+#                          tests/e2e/demo_test.sh, which interrupts the demo there)
+# Every process it starts is stopped when it ends, however it ends (Ctrl-C included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,24 +20,39 @@ ninja -C "$build"
 # shellcheck source=tests/e2e/lib.sh
 source tests/e2e/lib.sh
 queues=${ICEBLK_DEMO_QUEUES:-2}
-run=$build/run
+run=$PWD/$build/run   # absolute: the socket paths are matched against live listeners
 mkdir -p "$run"
 img=$run/disk.img
 sock=$run/iceblkd.sock
 serial=$run/serial.log
 devlog=$run/device.log
+ice_img=$run/ice.img ice_sock=$run/ice.sock key=$run/demo.key
+iceblkd=$build/tools/iceblkd/iceblkd
+iceblk=$build/tools/iceblk/iceblk
+for exe in "$iceblkd" "$iceblk"; do
+  [[ -x $exe ]] || { echo "demo: $exe was not built" >&2; exit 1; }
+done
+kind=iceblkd
 
-iceblkd=$(find "$build/tools" -type f -name iceblkd -perm -u+x 2>/dev/null | head -n 1 || true)
-if [[ -n $iceblkd ]]; then
-  kind=iceblkd
-  what="iceblkd ($iceblkd)"
-else
-  kind=qsd
-  what="qemu-storage-daemon -- TEMPORARY stand-in: iceblkd is not built yet"
-fi
+# Every process this script starts is stopped on every way out: the normal end, a
+# failed step, a set -e abort, Ctrl-C and SIGTERM. The key file goes with them.
+demo_cleanup() {
+  e2e_cleanup
+  rm -f "$key"
+}
+trap demo_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-trap e2e_cleanup EXIT
-trap 'exit 130' INT TERM
+demo_hold() {
+  [[ -n ${ICEBLK_DEMO_HOLD:-} ]] || return 0
+  echo "  (ICEBLK_DEMO_HOLD: pausing ${ICEBLK_DEMO_HOLD} s with the engine up)"
+  sleep "$ICEBLK_DEMO_HOLD"
+}
+
+# A socket left by a daemon that died is removed; one still served by a live process
+# stops the demo here, before anything starts, with a line that names the process.
+e2e_claim_socket "$sock" && e2e_claim_socket "$ice_sock" || exit 1
 
 # The embedded default image: a fresh, empty 64 MiB raw disk on every run.
 rm -f "$img"
@@ -43,7 +61,7 @@ truncate -s 64M "$img"
 cat <<EOF
 ==================================================================
  iceblk demo: a Linux guest on a vhost-user-blk disk
-   device : $what
+   device : iceblkd ($iceblkd)
    image  : $img (64 MiB)
    guest  : Debian kernel $(cat "$E2E_GUEST_DIR"/kernel/*/version 2>/dev/null), $queues vCPU(s) / virtqueue(s), QEMU TCG
 ==================================================================
@@ -60,7 +78,8 @@ stopped=ok
 e2e_stop_device || stopped="NOT clean"
 echo "device stopped with SIGTERM: $stopped"
 
-result=$(tr -d '\r' <"$serial" | grep -m1 -E '^ICEBLK-(DEMO|E2E): ' || true)
+tr -d '\r' <"$serial" >"$serial.txt"
+result=$(grep -m1 -E '^ICEBLK-(DEMO|E2E): ' "$serial.txt" || true)
 sum=""
 [[ $result == "ICEBLK-DEMO: OK "* ]] && sum=${result#ICEBLK-DEMO: OK }
 
@@ -78,52 +97,44 @@ ok=1
 # Part 2: the inline crypto engine. A stock QEMU guest never sees VIRTIO_BLK_F_ICE
 # (QEMU filters unknown virtio-blk feature bits), so the ICE is driven here by our
 # own userspace driver, the `iceblk` CLI, against the same iceblkd binary.
-iceblk=$(find "$build/tools" -type f -name iceblk -perm -u+x 2>/dev/null | head -n 1 || true)
-ice_ok=skipped
-if [[ $kind == iceblkd && -n $iceblk ]]; then
-  ice_ok=FAILED
-  ice_img=$run/ice.img ice_sock=$run/ice.sock key=$run/demo.key
-  rm -f "$ice_img" "$key"
-  head -c 64 /dev/urandom >"$key"   # AES-256-XTS key, never printed
-  chmod 600 "$key"
-  echo
-  echo "---------------- the inline crypto engine, driven by iceblk ----------------"
-  "$iceblkd" --socket "$ice_sock" --image "$ice_img" --size 16M --log-level warn >"$run/ice-device.log" 2>&1 &
-  ice_pid=$!
-  for _ in $(seq 100); do [[ -S $ice_sock ]] && break; sleep 0.1; done
-  text="$run/secret.txt"
-  for i in $(seq 64); do echo "line $i: this sentence is stored encrypted by the inline crypto engine"; done | head -c 4096 >"$text"
-  if "$iceblk" info --socket "$ice_sock" | sed 's/^/  /' &&
-     echo "\$ iceblk write --offset 1M --key-file demo.key --algorithm aes-256-xts --data-unit-size 4096 --file secret.txt" &&
-     "$iceblk" write --socket "$ice_sock" --offset 1M --length 4096 --file "$text" --key-file "$key" \
-       --algorithm aes-256-xts --data-unit-size 4096 &&
-     "$iceblk" read --socket "$ice_sock" --offset 1M --length 4096 --file "$run/decrypted.txt" --key-file "$key" \
-       --algorithm aes-256-xts --data-unit-size 4096 &&
-     cmp -s "$text" "$run/decrypted.txt" && echo "  read back with the key: identical to secret.txt" &&
-     echo "  the same bytes on the image file (host view, first 64 bytes):" &&
-     dd if="$ice_img" bs=1 skip=$((1 << 20)) count=64 status=none | od -A d -t x1 | head -4 | sed 's/^/    /' &&
-     ! grep -q "inline crypto engine" "$ice_img" && echo "  the plaintext does not appear anywhere in the image" &&
-     echo "\$ iceblk verify (seeded pattern, encrypted write + read back + raw-medium check)" &&
-     "$iceblk" verify --socket "$ice_sock" --offset 2M --length 1M --key-file "$key" --algorithm aes-256-xts \
-       --data-unit-size 4096 | sed 's/^/  /'; then
-    ice_ok=ok
-  fi
-  kill -TERM "$ice_pid" 2>/dev/null || true
-  wait "$ice_pid" 2>/dev/null || true
-  rm -f "$key"
-  echo "-----------------------------------------------------------------------------"
-  [[ $ice_ok == ok ]] || ok=0
+ice_ok=FAILED
+rm -f "$ice_img" "$key"
+truncate -s 16M "$ice_img"
+head -c 64 /dev/urandom >"$key"   # AES-256-XTS key, never printed
+chmod 600 "$key"
+echo
+echo "---------------- the inline crypto engine, driven by iceblk ----------------"
+text=$run/secret.txt
+for i in $(seq 64); do echo "line $i: this sentence is stored encrypted by the inline crypto engine"; done >"$text"
+truncate -s 4096 "$text"   # one data unit
+ice_args=(--socket "$ice_sock" --key-file "$key" --algorithm aes-256-xts --data-unit-size 4096)
+if e2e_start_device iceblkd "$ice_sock" "$ice_img" 1 "$run/ice-device.log" "$iceblkd" --log-level warn &&
+   "$iceblk" info --socket "$ice_sock" | sed 's/^/  /' &&
+   echo "\$ iceblk write --offset 1M --key-file demo.key --algorithm aes-256-xts --data-unit-size 4096 --file secret.txt" &&
+   demo_hold &&
+   "$iceblk" write "${ice_args[@]}" --offset 1M --length 4096 --file "$text" &&
+   "$iceblk" read "${ice_args[@]}" --offset 1M --length 4096 --file "$run/decrypted.txt" &&
+   cmp -s "$text" "$run/decrypted.txt" && echo "  read back with the key: identical to secret.txt" &&
+   echo "  the same bytes on the image file (host view, first 64 bytes at offset 1M):" &&
+   od -A d -t x1 -j $((1 << 20)) -N 64 "$ice_img" | sed 's/^/    /' &&
+   ! grep -q "inline crypto engine" "$ice_img" && echo "  the plaintext does not appear anywhere in the image" &&
+   echo "\$ iceblk verify (seeded pattern, encrypted write + read back + raw-medium check)" &&
+   "$iceblk" verify "${ice_args[@]}" --offset 2M --length 1M | sed 's/^/  /' &&
+   e2e_stop_device; then
+  ice_ok=ok
 fi
+rm -f "$key"
+echo "-----------------------------------------------------------------------------"
+[[ $ice_ok == ok ]] || ok=0
 echo "=================================================================="
 if ((ok)); then
   echo " demo OK: the guest used the disk served by $kind for ${guest_s}s; the"
   echo " file it wrote is on the image, bit for bit, and the file system is clean."
-  [[ $ice_ok == ok ]] && echo " ICE: data written through the engine is ciphertext on the image and decrypts back."
-  [[ $kind == qsd ]] && echo " (qemu-storage-daemon stood in for iceblkd, which is not built yet.)"
+  echo " ICE: data written through the engine is ciphertext on the image and decrypts back."
   echo "=================================================================="
   exit 0
 fi
 echo " demo FAILED (qemu status $rc, guest said: ${result:-nothing})"
-echo " logs: $serial, $devlog, $run/e2fsck.log"
+echo " logs: $serial, $devlog, $run/ice-device.log, $run/e2fsck.log"
 echo "=================================================================="
 exit 1

@@ -2,7 +2,8 @@
 # Installs the Debian 12 packages iceblk needs to build and test. Idempotent:
 # packages already present are skipped, so a second run does no network work.
 #   scripts/install-deps.sh          build + unit test dependencies
-#   scripts/install-deps.sh --e2e    also QEMU, busybox and cpio for the guest tests
+#   scripts/install-deps.sh --e2e    also QEMU, busybox and cpio for the guest tests (and ss,
+#                                    ps/pgrep, python3 for the demo and its test)
 #   scripts/install-deps.sh --bench  also what bench/run_e2e_bench.sh needs (qemu-storage-daemon,
 #                                    qemu-img, python3-matplotlib, valgrind for profiling)
 # Groups combine: scripts/install-deps.sh --e2e --bench
@@ -14,7 +15,7 @@ pkgs=(build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
       libbenchmark-dev e2fsprogs util-linux)
 for group in "$@"; do
   case "$group" in
-    --e2e) pkgs+=(qemu-system-x86 qemu-utils busybox-static cpio gzip kmod) ;;
+    --e2e) pkgs+=(qemu-system-x86 qemu-utils busybox-static cpio gzip kmod iproute2 procps python3) ;;
     --bench) pkgs+=(qemu-system-common qemu-utils python3 python3-matplotlib valgrind) ;;
     *) echo "install-deps: unknown group '$group' (use --e2e, --bench)" >&2; exit 2 ;;
   esac
@@ -22,7 +23,7 @@ done
 
 missing=()
 for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
 done
 if ((${#missing[@]} == 0)); then
   exit 0

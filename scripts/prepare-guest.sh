@@ -38,7 +38,7 @@ apt_update() {
 # --- 1. the kernel package ------------------------------------------------------
 resolve_kernel() {
   apt-cache depends linux-image-amd64 2>/dev/null |
-    awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9].*-amd64$/ { print $2; exit }'
+    awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9].*-amd64$/ && !found { found = $2 } END { print found }'
 }
 kpkg=$(resolve_kernel || true)
 if [[ -z "$kpkg" && ! -s "$out/kernel.pkg" ]]; then
@@ -96,7 +96,7 @@ cp -f "$kdir/vmlinuz" "$out/vmlinuz.tmp" && mv -f "$out/vmlinuz.tmp" "$out/vmlin
 stamp=$( {
   echo "$kpkg"
   sha256sum "$0" "$guest_src"/* /bin/busybox /sbin/mke2fs /etc/mke2fs.conf
-  c++ --version | head -1
+  c++ --version | sed -n 1p
 } | sha256sum | cut -d' ' -f1)
 if [[ -f "$out/initrd.gz" && -x "$out/iceblk-pattern" && "$(cat "$out/initrd.stamp" 2>/dev/null)" == "$stamp" ]]; then
   exit 0

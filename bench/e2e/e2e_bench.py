@@ -220,14 +220,33 @@ def make_raw_image(path: Path, size: int) -> None:
         os.posix_fallocate(f.fileno(), 0, size)
 
 
+# qemu-img calibrates the LUKS PBKDF by timing a fixed number of iterations with the
+# thread's CPU clock; on a busy machine that clock can read no progress at all, and
+# qemu-img gives up with this message whatever iter-time says. It is a measuring
+# accident, not a property of the image, so it is retried (and said).
+PBKDF_CALIBRATION_ERROR = "Unable to get accurate CPU usage"
+LUKS_CREATE_ATTEMPTS = 5
+
+
 def make_luks_image(path: Path, size: int, secret_file: Path) -> None:
     # iter-time keeps the PBKDF short (the benchmark measures the data path, not the
     # key slot unlock); preallocation=full writes every payload sector.
-    run(["qemu-img", "create", "-q", "-f", "luks",
-         "--object", f"secret,id=sec0,file={secret_file}",
-         "-o", "key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,"
-               "iter-time=10,preallocation=full",
-         str(path), str(size)])
+    argv = ["qemu-img", "create", "-q", "-f", "luks",
+            "--object", f"secret,id=sec0,file={secret_file}",
+            "-o", "key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,"
+                  "iter-time=10,preallocation=full",
+            str(path), str(size)]
+    for attempt in range(1, LUKS_CREATE_ATTEMPTS + 1):
+        p = subprocess.run(argv, text=True, capture_output=True)
+        if p.returncode == 0:
+            return
+        err = p.stderr.strip()
+        if PBKDF_CALIBRATION_ERROR not in err or attempt == LUKS_CREATE_ATTEMPTS:
+            raise RuntimeError(f"qemu-img create -f luks {path} failed (attempt {attempt}): {err}")
+        log(f"qemu-img's PBKDF calibration failed ({PBKDF_CALIBRATION_ERROR!r}: the machine is busy); "
+            f"retrying, attempt {attempt + 1} of {LUKS_CREATE_ATTEMPTS}")
+        path.unlink(missing_ok=True)
+        time.sleep(0.2 * attempt)
 
 
 def qsd_argv(img: Path, sock: Path, luks: bool, secret_file: Path, aio: str) -> list[str]:
@@ -636,6 +655,10 @@ def main() -> int:
                     help="measure nothing: recompute ratios from a results.json and redo table, chart, docs")
     ap.add_argument("--docs", default=str(REPO / "docs" / "benchmarks.md"))
     args = ap.parse_args()
+    # SIGTERM (and SIGHUP) unwind like Ctrl-C does, through the finally below that stops
+    # every daemon this run started; Python's default would exit on the spot.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
 
     if args.render:
         doc = json.loads(Path(args.render).read_text())

@@ -5,6 +5,7 @@ generated docs section (markers) and the chart. Run: python3 -m unittest discove
 -s bench/e2e (also registered with ctest as e2e_bench_plumbing)."""
 
 import copy
+import os
 import sys
 import tempfile
 import unittest
@@ -214,3 +215,49 @@ class Rendering(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class LuksImageCreation(unittest.TestCase):
+    """make_luks_image retries qemu-img's PBKDF calibration failure, and only that."""
+
+    def run_with_fake_qemu_img(self, failures: int, message: str):
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d)
+            count = tmp / "attempts"
+            fake = tmp / "qemu-img"
+            # Fails `failures` times with `message`, then creates the image file.
+            fake.write_text(f"""#!/bin/sh
+n=$(cat {count} 2>/dev/null || echo 0); n=$((n + 1)); echo $n >{count}
+if [ $n -le {failures} ]; then echo "qemu-img: {message}" >&2; exit 1; fi
+eval img=\\${{$(($# - 1))}}; : >"$img"
+""")
+            fake.chmod(0o755)
+            img = tmp / "x.luks"
+            old_path = os.environ["PATH"]
+            os.environ["PATH"] = f"{tmp}:{old_path}"
+            try:
+                err = None
+                try:
+                    eb.make_luks_image(img, 1 << 20, tmp / "secret")
+                except RuntimeError as e:
+                    err = e
+                return int(count.read_text()), img.exists(), err
+            finally:
+                os.environ["PATH"] = old_path
+
+    def test_calibration_failure_is_retried(self):
+        attempts, made, err = self.run_with_fake_qemu_img(2, eb.PBKDF_CALIBRATION_ERROR)
+        self.assertIsNone(err)
+        self.assertEqual(attempts, 3)
+        self.assertTrue(made)
+
+    def test_other_failures_are_not_retried(self):
+        attempts, made, err = self.run_with_fake_qemu_img(1, "Could not open: Permission denied")
+        self.assertEqual(attempts, 1)
+        self.assertIsNotNone(err)
+        self.assertIn("Permission denied", str(err))
+
+    def test_gives_up_after_the_last_attempt(self):
+        attempts, _, err = self.run_with_fake_qemu_img(99, eb.PBKDF_CALIBRATION_ERROR)
+        self.assertEqual(attempts, eb.LUKS_CREATE_ATTEMPTS)
+        self.assertIn(eb.PBKDF_CALIBRATION_ERROR, str(err))

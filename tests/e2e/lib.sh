@@ -17,11 +17,41 @@ e2e_guest_ready() {
   [[ -f $E2E_GUEST_DIR/vmlinuz && -f $E2E_GUEST_DIR/initrd.gz && -x $E2E_GUEST_DIR/iceblk-pattern ]]
 }
 
-# e2e_start_device KIND SOCKET IMAGE QUEUES LOG [ICEBLKD]
-# KIND is qsd (the reference, qemu-storage-daemon) or iceblkd. Waits for the socket.
+# e2e_socket_holder PATH: "NAME (pid N)" of each process listening on the unix socket
+# PATH (bound by that absolute path), one line each; nothing when none listens.
+e2e_socket_holder() {
+  ss -xlpH src "$1" 2>/dev/null |
+    grep -oE '\("[^"]+",pid=[0-9]+' | sed -E 's/^\("([^"]+)",pid=([0-9]+)$/\1 (pid \2)/' | sort -u
+}
+
+# e2e_claim_socket PATH: makes PATH free for a new listener. A socket nobody listens
+# on any more (its daemon died) is removed; a live listener is reported in one line
+# that names it, and the call fails. Anything at PATH that is not a socket fails too.
+e2e_claim_socket() {
+  local sock=$1 holder
+  [[ -e $sock || -L $sock ]] || return 0
+  if [[ ! -S $sock ]]; then
+    e2e_log "$sock exists and is not a socket; not touching it"
+    return 1
+  fi
+  holder=$(e2e_socket_holder "$sock" | paste -sd, -)
+  if [[ -n $holder ]]; then
+    e2e_log "$sock is in use: held by $holder; stop that process or use another path"
+    return 1
+  fi
+  rm -f "$sock"
+  e2e_log "removed stale socket $sock (the daemon that made it is gone)"
+}
+
+# e2e_start_device KIND SOCKET IMAGE QUEUES LOG [ICEBLKD [EXTRA_ARGS...]]
+# KIND is qsd (the reference, qemu-storage-daemon) or iceblkd (EXTRA_ARGS are passed
+# on to it). Claims SOCKET (e2e_claim_socket) and waits for the device to bind it.
+# One device at a time: e2e_stop_device (or e2e_cleanup) stops it.
 e2e_start_device() {
   local kind=$1 sock=$2 img=$3 queues=$4 log=$5 bin=${6:-}
-  rm -f "$sock"
+  shift $(($# < 6 ? $# : 6))
+  [[ -z $E2E_DEVICE_PID ]] || { e2e_log "a device (pid $E2E_DEVICE_PID) is already running"; return 1; }
+  e2e_claim_socket "$sock" || return 1
   case "$kind" in
     qsd)
       qemu-storage-daemon \
@@ -32,7 +62,7 @@ e2e_start_device() {
       ;;
     iceblkd)
       [[ -x $bin ]] || { e2e_log "iceblkd binary '$bin' not found"; return 1; }
-      "$bin" --socket "$sock" --image "$img" --num-queues "$queues" >"$log" 2>&1 &
+      "$bin" --socket "$sock" --image "$img" --num-queues "$queues" "$@" >"$log" 2>&1 &
       ;;
     *) e2e_log "unknown device '$kind'"; return 1 ;;
   esac
@@ -57,8 +87,9 @@ e2e_start_device() {
 # killed or exited with a status other than 0 (or 143, the SIGTERM default).
 e2e_stop_device() {
   [[ -n $E2E_DEVICE_PID ]] || return 0
+  # The pid stays recorded until the device is gone: a signal that interrupts this
+  # wait runs e2e_cleanup, which must still find it.
   local pid=$E2E_DEVICE_PID i rc=0
-  E2E_DEVICE_PID=""
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < 150; ++i)); do
     kill -0 "$pid" 2>/dev/null || break
@@ -68,9 +99,11 @@ e2e_stop_device() {
     e2e_log "device (pid $pid) ignored SIGTERM for 15 s; killing it"
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
+    E2E_DEVICE_PID=""
     return 1
   fi
   wait "$pid" || rc=$?
+  E2E_DEVICE_PID=""
   if [[ $rc -ne 0 && $rc -ne 143 ]]; then
     e2e_log "device exited with status $rc after SIGTERM"
     return 1
@@ -115,13 +148,29 @@ e2e_boot_guest() {
   return $rc
 }
 
-# Kills whatever is still running; for the callers' EXIT trap.
-e2e_cleanup() {
-  local p
-  for p in "$E2E_QEMU_PID" "$E2E_TAIL_PID"; do
-    [[ -n $p ]] && kill -TERM "$p" 2>/dev/null
+# e2e_reap PID...: SIGTERM, up to 10 s to exit, then SIGKILL; waits for each (they
+# are this shell's children), so that nothing is left when the caller exits.
+e2e_reap() {
+  local p i
+  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "$@"; do
+    for ((i = 0; i < 100; ++i)); do
+      kill -0 "$p" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
   done
+}
+
+# Stops whatever is still running (guest, console follower, device) and waits for it;
+# for the callers' EXIT trap, on every exit path (normal end, failure, signal).
+e2e_cleanup() {
+  local pids=()
+  [[ -n $E2E_QEMU_PID ]] && pids+=("$E2E_QEMU_PID")  # timeout(1) passes SIGTERM on to QEMU
+  [[ -n $E2E_TAIL_PID ]] && pids+=("$E2E_TAIL_PID")
   E2E_QEMU_PID=""
   E2E_TAIL_PID=""
+  ((${#pids[@]} == 0)) || e2e_reap "${pids[@]}"
   e2e_stop_device || true
 }
