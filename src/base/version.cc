@@ -13,8 +13,12 @@
 
 namespace iceblk::version {
 
-std::string_view project() { return ICEBLK_VERSION; }
-std::string_view git_revision() { return ICEBLK_GIT_REVISION; }
+std::string_view project() {
+  return ICEBLK_VERSION;
+}
+std::string_view git_revision() {
+  return ICEBLK_GIT_REVISION;
+}
 
 std::string full() {
   std::string s(project());
@@ -42,8 +46,12 @@ std::string liburing() {
   return path.substr(at + marker.size());
 }
 
-std::string_view build_liburing() { return ICEBLK_LIBURING_BUILD_VERSION; }
-std::string_view build_libsystemd() { return ICEBLK_LIBSYSTEMD_BUILD_VERSION; }
+std::string_view build_liburing() {
+  return ICEBLK_LIBURING_BUILD_VERSION;
+}
+std::string_view build_libsystemd() {
+  return ICEBLK_LIBSYSTEMD_BUILD_VERSION;
+}
 
 std::string banner(std::string_view program) {
   std::string s = std::string(program) + " " + full() + "\n";

@@ -8,10 +8,10 @@
 // formatter), and this sink adds only the fields above.
 #pragma once
 
+#include <spdlog/sinks/sink.h>
+
 #include <memory>
 #include <string>
-
-#include <spdlog/sinks/sink.h>
 
 namespace iceblk::daemon {
 

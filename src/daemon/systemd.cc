@@ -19,13 +19,16 @@ namespace {
 std::string bound_path(int fd) {
   sockaddr_un a{};
   socklen_t len = sizeof a;
-  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0 || a.sun_family != AF_UNIX) return {};
-  if (len <= offsetof(sockaddr_un, sun_path) || a.sun_path[0] == '\0') return {};  // unnamed or abstract
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0 || a.sun_family != AF_UNIX)
+    return {};
+  if (len <= offsetof(sockaddr_un, sun_path) || a.sun_path[0] == '\0')
+    return {};  // unnamed or abstract
   return std::string(a.sun_path, strnlen(a.sun_path, len - offsetof(sockaddr_un, sun_path)));
 }
 
 std::string describe(const ListenFd& f) {
-  return fmt::format("fd {} (FileDescriptorName={}{}{})", f.fd, f.name, f.path.empty() ? "" : ", ", f.path);
+  return fmt::format("fd {} (FileDescriptorName={}{}{})", f.fd, f.name, f.path.empty() ? "" : ", ",
+                     f.path);
 }
 
 }  // namespace
@@ -33,7 +36,9 @@ std::string describe(const ListenFd& f) {
 Result<std::vector<ListenFd>> take_listen_fds() {
   char** names = nullptr;
   const int n = sd_listen_fds_with_names(/*unset_environment=*/1, &names);
-  if (n < 0) return tl::unexpected(errno_error(Errc::kInvalidArgument, "systemd socket activation (LISTEN_FDS)", -n));
+  if (n < 0)
+    return tl::unexpected(
+        errno_error(Errc::kInvalidArgument, "systemd socket activation (LISTEN_FDS)", -n));
   std::vector<ListenFd> out;
   for (int i = 0; i < n; ++i) {
     ListenFd f;
@@ -56,13 +61,14 @@ Status assign_listen_fds(DaemonConfig& cfg, std::vector<ListenFd> fds) {
     used[i] = true;
     e.listen_fd = fds[i].fd;
     if (!fds[i].path.empty() && !e.socket.empty() && e.socket != fds[i].path) {
-      spdlog::warn("export '{}': socket {} from the config, but systemd passed {}; serving the latter", e.name,
-                   e.socket, describe(fds[i]));
+      spdlog::warn(
+          "export '{}': socket {} from the config, but systemd passed {}; serving the latter",
+          e.name, e.socket, describe(fds[i]));
     }
     if (!fds[i].path.empty()) e.socket = fds[i].path;
     if (e.socket.empty()) e.socket = fmt::format("fd:{}", fds[i].fd);
-    spdlog::debug("export '{}': serving the socket systemd passed, {} (matched by {})", e.name, describe(fds[i]),
-                  how);
+    spdlog::debug("export '{}': serving the socket systemd passed, {} (matched by {})", e.name,
+                  describe(fds[i]), how);
   };
   // "fd:N" naming a passed fd: that one is taken.
   for (auto& e : cfg.exports) {
@@ -93,7 +99,8 @@ Status assign_listen_fds(DaemonConfig& cfg, std::vector<ListenFd> fds) {
   for (size_t i = 0; i < fds.size(); ++i) {
     if (!used[i]) {
       return fail(Errc::kInvalidArgument,
-                  "systemd passed a socket that no export uses: {} (FileDescriptorName= must be an export's name, "
+                  "systemd passed a socket that no export uses: {} (FileDescriptorName= must be an "
+                  "export's name, "
                   "or the socket bound to an export's socket path)",
                   describe(fds[i]));
     }

@@ -4,12 +4,11 @@
 // verify run through the activated socket; exports matched by FileDescriptorName=
 // and by path), and the sd_notify protocol (READY=1, STOPPING=1).
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -52,7 +51,8 @@ int listen_on(const std::string& path, int type = SOCK_STREAM, bool do_listen = 
   sockaddr_un a{};
   a.sun_family = AF_UNIX;
   std::memcpy(a.sun_path, path.data(), path.size());
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || (do_listen && ::listen(fd, 8) != 0)) {
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      (do_listen && ::listen(fd, 8) != 0)) {
     if (fd >= 0) ::close(fd);
     return -1;
   }
@@ -62,7 +62,9 @@ int listen_on(const std::string& path, int type = SOCK_STREAM, bool do_listen = 
 // Sets an environment variable for the children spawned while it lives.
 class ScopedEnv {
  public:
-  ScopedEnv(const char* name, const std::string& value) : name_(name) { ::setenv(name, value.c_str(), 1); }
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    ::setenv(name, value.c_str(), 1);
+  }
   ~ScopedEnv() { ::unsetenv(name_); }
   ScopedEnv(const ScopedEnv&) = delete;
   ScopedEnv& operator=(const ScopedEnv&) = delete;
@@ -142,7 +144,8 @@ TEST_F(IceblkdSystemd, InheritedListeningFd) {
   const int fd = listen_on(sock);
   ASSERT_GE(fd, 0);
   {
-    Subprocess p({ICEBLKD_PATH, "--socket", "fd:" + std::to_string(fd), "--image", dir_ + "/d.img", "--size", "16M"},
+    Subprocess p({ICEBLKD_PATH, "--socket", "fd:" + std::to_string(fd), "--image", dir_ + "/d.img",
+                  "--size", "16M"},
                  log("fd"));
     ASSERT_GT(p.pid(), 0);
     check_io(sock);
@@ -159,8 +162,8 @@ TEST_F(IceblkdSystemd, InheritedListeningFd) {
 
   // The same through the config file.
   const std::string cfg = dir_ + "/c.json";
-  testing::write_file(cfg, "{\"exports\": [{\"name\": \"vm1\", \"socket\": \"fd:" + std::to_string(fd) +
-                               "\", \"image\": \"" + dir_ + "/d.img\"}]}");
+  testing::write_file(cfg, "{\"exports\": [{\"name\": \"vm1\", \"socket\": \"fd:" +
+                               std::to_string(fd) + "\", \"image\": \"" + dir_ + "/d.img\"}]}");
   {
     Subprocess p({ICEBLKD_PATH, "--config", cfg}, log("fdcfg"));
     ASSERT_GT(p.pid(), 0);
@@ -184,7 +187,8 @@ TEST_F(IceblkdSystemd, InheritedFdErrors) {
   expect_error({ICEBLKD_PATH, "--socket", "fd:x", "--image", img, "--size", "1M"}, "fd:N");
   const int not_listening = listen_on(dir_ + "/n.sock", SOCK_STREAM, false);
   ASSERT_GE(not_listening, 0);
-  expect_error({ICEBLKD_PATH, "--socket", "fd:" + std::to_string(not_listening), "--image", img, "--size", "1M"},
+  expect_error({ICEBLKD_PATH, "--socket", "fd:" + std::to_string(not_listening), "--image", img,
+                "--size", "1M"},
                "listening unix stream socket");
   ::close(not_listening);
   EXPECT_FALSE(std::filesystem::exists(img));  // a failed start leaves no image
@@ -193,17 +197,20 @@ TEST_F(IceblkdSystemd, InheritedFdErrors) {
 // systemd-socket-activate listens, and execs iceblkd with LISTEN_FDS on the first
 // connection; the whole conformance suite then runs through the activated socket.
 TEST_F(IceblkdSystemd, SocketActivationConformance) {
-  if (!std::filesystem::exists(kSocketActivate)) GTEST_SKIP() << "systemd-socket-activate not installed";
+  if (!std::filesystem::exists(kSocketActivate))
+    GTEST_SKIP() << "systemd-socket-activate not installed";
   const std::string sock = dir_ + "/vm0.sock";
-  Subprocess p({kSocketActivate, "-l", sock, "--fdname=vm0", ICEBLKD_PATH, "--image", dir_ + "/d.img", "--size",
-                "64M"},
+  Subprocess p({kSocketActivate, "-l", sock, "--fdname=vm0", ICEBLKD_PATH, "--image",
+                dir_ + "/d.img", "--size", "64M"},
                log("sa"));
   ASSERT_GT(p.pid(), 0);
   ASSERT_TRUE(testing::wait_for_listener(sock)) << p.output();
-  auto conf = testing::run_to_exit({ICEBLK_CLI_PATH, "conformance", "-s", sock}, log("conformance"));
+  auto conf =
+      testing::run_to_exit({ICEBLK_CLI_PATH, "conformance", "-s", sock}, log("conformance"));
   EXPECT_EQ(conf.code, 0) << conf.output;
   EXPECT_NE(conf.output.find(" 0 failed"), std::string::npos) << conf.output;
-  auto verify = testing::run_to_exit({ICEBLK_CLI_PATH, "verify", "-s", sock, "--length", "1M"}, log("verify"));
+  auto verify = testing::run_to_exit({ICEBLK_CLI_PATH, "verify", "-s", sock, "--length", "1M"},
+                                     log("verify"));
   EXPECT_EQ(verify.code, 0) << verify.output;
   check_io(sock);
   stop_cleanly(p);  // the activator exec'd iceblkd: same pid
@@ -216,13 +223,18 @@ TEST_F(IceblkdSystemd, SocketActivationConformance) {
 // Two sockets for a two-export config: "web" by FileDescriptorName= (no socket path
 // in the config), "db" by the path its socket is bound to.
 TEST_F(IceblkdSystemd, SocketActivationMatchesNamesAndPaths) {
-  if (!std::filesystem::exists(kSocketActivate)) GTEST_SKIP() << "systemd-socket-activate not installed";
+  if (!std::filesystem::exists(kSocketActivate))
+    GTEST_SKIP() << "systemd-socket-activate not installed";
   const std::string a = dir_ + "/a.sock", b = dir_ + "/b.sock", cfg = dir_ + "/c.json";
-  testing::write_file(cfg, "{\"exports\": [{\"name\": \"web\", \"image\": \"" + dir_ +
-                               "/web.img\", \"size\": \"8M\", \"max_slots\": 8},"
-                               "{\"name\": \"db\", \"socket\": \"" + b + "\", \"image\": \"" + dir_ +
-                               "/db.img\", \"size\": \"8M\", \"slot_offset\": 8, \"max_slots\": 8}]}");
-  Subprocess p({kSocketActivate, "-l", a, "-l", b, "--fdname=web:shared", ICEBLKD_PATH, "--config", cfg}, log("sa2"));
+  testing::write_file(cfg,
+                      "{\"exports\": [{\"name\": \"web\", \"image\": \"" + dir_ +
+                          "/web.img\", \"size\": \"8M\", \"max_slots\": 8},"
+                          "{\"name\": \"db\", \"socket\": \"" +
+                          b + "\", \"image\": \"" + dir_ +
+                          "/db.img\", \"size\": \"8M\", \"slot_offset\": 8, \"max_slots\": 8}]}");
+  Subprocess p(
+      {kSocketActivate, "-l", a, "-l", b, "--fdname=web:shared", ICEBLKD_PATH, "--config", cfg},
+      log("sa2"));
   ASSERT_GT(p.pid(), 0);
   ASSERT_TRUE(testing::wait_for_listener(a)) << p.output();
   check_io(a);
@@ -231,8 +243,8 @@ TEST_F(IceblkdSystemd, SocketActivationMatchesNamesAndPaths) {
   EXPECT_NE(p.output().find("export 'web'"), std::string::npos) << p.output();
 
   // A passed socket that no export takes is refused at start-up.
-  Subprocess q({kSocketActivate, "-l", dir_ + "/c.sock", "-l", dir_ + "/d.sock", "--fdname=vm0:stray", ICEBLKD_PATH,
-                "--image", dir_ + "/x.img", "--size", "1M"},
+  Subprocess q({kSocketActivate, "-l", dir_ + "/c.sock", "-l", dir_ + "/d.sock",
+                "--fdname=vm0:stray", ICEBLKD_PATH, "--image", dir_ + "/x.img", "--size", "1M"},
                log("stray"));
   ASSERT_TRUE(testing::wait_for_listener(dir_ + "/c.sock")) << q.output();
   ASSERT_TRUE(q.wait(20000)) << q.output();
@@ -258,7 +270,8 @@ TEST_F(IceblkdSystemd, NotifyReadyAndStopping) {
   {
     ScopedEnv env("NOTIFY_SOCKET", ns);
     p = std::make_unique<Subprocess>(
-        std::vector<std::string>{ICEBLKD_PATH, "--socket", sock, "--image", dir_ + "/d.img", "--size", "4M"},
+        std::vector<std::string>{ICEBLKD_PATH, "--socket", sock, "--image", dir_ + "/d.img",
+                                 "--size", "4M"},
         log("notify"));
   }
   ASSERT_GT(p->pid(), 0);

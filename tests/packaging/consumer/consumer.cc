@@ -25,8 +25,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::vector<uint8_t> key(64);
-  for (size_t i = 0; i < key.size(); ++i) key[i] = static_cast<uint8_t>(i * 3 + 1);  // XTS: halves differ
-  if (auto st = (*dev)->add_key("k", {ice::Algorithm::kAesXts, ice::KeySize::k256, 4096}, key); !st) {
+  for (size_t i = 0; i < key.size(); ++i)
+    key[i] = static_cast<uint8_t>(i * 3 + 1);  // XTS: halves differ
+  if (auto st = (*dev)->add_key("k", {ice::Algorithm::kAesXts, ice::KeySize::k256, 4096}, key);
+      !st) {
     std::fprintf(stderr, "add_key: %s\n", st.error().to_string().c_str());
     return 1;
   }
@@ -52,6 +54,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "the medium holds plaintext\n");
     return 1;
   }
-  std::printf("consumer: encrypted write/read through %s OK (%s keys)\n", argv[1], key_mode_name((*dev)->key_mode()));
+  std::printf("consumer: encrypted write/read through %s OK (%s keys)\n", argv[1],
+              key_mode_name((*dev)->key_mode()));
   return 0;
 }
