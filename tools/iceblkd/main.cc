@@ -67,9 +67,9 @@ int main(int argc, char** argv) {
   // Per-export options describe the single command-line export: refuse them next to
   // --config instead of silently ignoring them.
   CLI::Option* config_opt = app.get_option("--config");
-  for (const char* opt : {"--socket", "--name", "--image", "--size", "--readonly", "--num-queues", "--queue-size", "--no-ice",
-                           "--max-slots", "--slot-offset", "--num-slots", "--keys", "--secure-world-socket",
-                           "--algorithms", "--io-engine", "--serial"}) {
+  for (const char* opt : {"--socket", "--name", "--image", "--size", "--readonly", "--num-queues", "--queue-size",
+                          "--no-ice", "--max-slots", "--slot-offset", "--num-slots", "--keys", "--secure-world-socket",
+                          "--algorithms", "--io-engine", "--serial"}) {
     config_opt->excludes(app.get_option(opt));
   }
   app.get_option("--log-level")->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
