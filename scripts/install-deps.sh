@@ -19,7 +19,7 @@ for group in "$@"; do
   case "$group" in
     --e2e) pkgs+=(qemu-system-x86 qemu-utils busybox-static cpio gzip kmod) ;;
     --bench) pkgs+=(qemu-system-common qemu-utils python3 python3-matplotlib valgrind) ;;
-    --package) pkgs+=(lintian dpkg-dev debootstrap debian-archive-keyring fakeroot) ;;
+    --package) pkgs+=(lintian dpkg-dev debootstrap debian-archive-keyring) ;;
     *) echo "install-deps: unknown group '$group' (use --e2e, --bench, --package)" >&2; exit 2 ;;
   esac
 done
