@@ -35,8 +35,11 @@ set(ICEBLK_SYSTEMD_UNITDIR "lib/systemd/system" CACHE STRING "systemd unit direc
 install(CODE "
   set(_prefix \"\${CMAKE_INSTALL_PREFIX}\")
   set(ICEBLKD \"\${_prefix}/${CMAKE_INSTALL_SBINDIR}/iceblkd\")
-  configure_file(${PROJECT_SOURCE_DIR}/packaging/systemd/iceblkd@.service.in ${_pkg_dir}/units/iceblkd@.service @ONLY)
-  file(INSTALL ${_pkg_dir}/units/iceblkd@.service ${PROJECT_SOURCE_DIR}/packaging/systemd/iceblkd@.socket
+  # One staging file per destination: concurrent installs (the tests) do not race.
+  string(MD5 _key \"\$ENV{DESTDIR}\${_prefix}\")
+  set(_unit ${_pkg_dir}/units/\${_key}/iceblkd@.service)
+  configure_file(${PROJECT_SOURCE_DIR}/packaging/systemd/iceblkd@.service.in \${_unit} @ONLY)
+  file(INSTALL \${_unit} ${PROJECT_SOURCE_DIR}/packaging/systemd/iceblkd@.socket
        DESTINATION \"\${_prefix}/${ICEBLK_SYSTEMD_UNITDIR}\" FILE_PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ)
 " COMPONENT daemon)
 
