@@ -23,7 +23,12 @@ done
 
 if [[ -z "$build" ]]; then
   build=$root/build/package
+  # Debian's hardening flags (dpkg-buildflags: fortify, stack protector, relro) plus
+  # immediate binding, as a Debian package build would use.
+  cxxflags="$(dpkg-buildflags --get CPPFLAGS) $(dpkg-buildflags --get CXXFLAGS)"
+  ldflags="$(dpkg-buildflags --get LDFLAGS) -Wl,-z,now"
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFIX=/usr \
+    -DCMAKE_CXX_FLAGS="$cxxflags" -DCMAKE_EXE_LINKER_FLAGS="$ldflags" \
     -DICEBLK_WERROR=ON -DICEBLK_BUILD_TESTS=OFF -DICEBLK_BUILD_BENCH=OFF >/dev/null
 fi
 ninja -C "$build" >/dev/null
