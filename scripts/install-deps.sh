@@ -6,18 +6,22 @@
 #                                    ps/pgrep, python3 for the demo and its test)
 #   scripts/install-deps.sh --bench  also what bench/run_e2e_bench.sh needs (qemu-storage-daemon,
 #                                    qemu-img, python3-matplotlib, valgrind for profiling)
+#   scripts/install-deps.sh --package  also what scripts/package.sh and its tests need (lintian,
+#                                    dpkg-dev, debootstrap for the clean-root install test)
 # Groups combine: scripts/install-deps.sh --e2e --bench
 set -euo pipefail
 
 pkgs=(build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
       libssl-dev openssl liburing-dev libexpected-dev libfmt-dev libspdlog-dev
       libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev googletest
-      libbenchmark-dev e2fsprogs util-linux)
+      libbenchmark-dev e2fsprogs util-linux
+      libsystemd-dev systemd help2man groff-base python3)
 for group in "$@"; do
   case "$group" in
     --e2e) pkgs+=(qemu-system-x86 qemu-utils busybox-static cpio gzip kmod iproute2 procps python3) ;;
     --bench) pkgs+=(qemu-system-common qemu-utils python3 python3-matplotlib valgrind) ;;
-    *) echo "install-deps: unknown group '$group' (use --e2e, --bench)" >&2; exit 2 ;;
+    --package) pkgs+=(lintian dpkg-dev debootstrap debian-archive-keyring) ;;
+    *) echo "install-deps: unknown group '$group' (use --e2e, --bench, --package)" >&2; exit 2 ;;
   esac
 done
 

@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "base/log.h"
+#include "base/log_context.h"
 
 namespace iceblk::daemon {
 
@@ -57,6 +58,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
   std::vector<secure_world::VmChannel> channels;
   std::vector<ice::Capability> sw_caps;
   for (const ExportConfig& ec : d->cfg_.exports) {
+    log::ScopedExport log_scope(ec.name);
     auto ex = std::make_unique<Export>();
     ex->cfg = ec;
     // `size` creates a missing image; an existing one is used as it is (it must be
@@ -113,7 +115,10 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
       }
     }
     ex->device = std::make_unique<VhostBlkDevice>(std::shared_ptr<blk::BlkDevice>(std::move(*dev)));
-    auto server = vhost_user::Server::create(ec.socket, *ex->device);
+    // A socket handed in (systemd socket activation, or --socket fd:N) is served
+    // as it is; otherwise bind ec.socket.
+    auto server = ec.listen_fd >= 0 ? vhost_user::Server::adopt(UniqueFd(ec.listen_fd), ec.socket, *ex->device)
+                                    : vhost_user::Server::create(ec.socket, *ex->device);
     if (!server) return fail(server.error().code, "export '{}': {}", ec.name, server.error().message);
     ex->server = std::move(*server);
     spdlog::info("export '{}': {} on {} ({} bytes, {} queue(s), ICE {}{})", ec.name, ex->backend->describe(),
@@ -145,6 +150,7 @@ Status Daemon::start() {
   for (auto& ex : exports_) {
     Export* e = ex.get();
     e->thread = std::thread([e] {
+      log::thread_context().export_name = e->cfg.name;  // journal field ICEBLK_EXPORT
       Status st = e->server->run();
       if (!st) spdlog::error("export '{}': server stopped: {}", e->cfg.name, st.error().to_string());
     });

@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "base/log.h"
+#include "base/version.h"
 #include "blk/wire.h"
 #include "bench.h"
 #include "common.h"
@@ -336,6 +337,8 @@ int main(int argc, char** argv) {
       "  iceblk bench -s /tmp/vm0.sock --rw randread --bs 4k --iodepth 32 --runtime 10 --encrypt on\n"
       "  iceblk conformance --socket /tmp/vm0.sock\n"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", [] { return version::banner("iceblk"); },
+                       "print the version, the git revision and the library versions, and exit");
   std::string log_level = "warn";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
 
