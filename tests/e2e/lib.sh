@@ -9,6 +9,13 @@ E2E_GUEST_DIR=${ICEBLK_GUEST_DIR:-$E2E_ROOT/build/guest}
 E2E_DEVICE_PID=""
 E2E_QEMU_PID=""
 E2E_TAIL_PID=""
+# Extra iceblkd arguments for e2e_start_device (e.g. --max-slots 4).
+E2E_ICEBLKD_ARGS=()
+# The QEMU that e2e_boot_guest runs: ICEBLK_QEMU overrides the system one (e.g. the
+# patched build/qemu-ice/qemu-system-x86_64, which needs the packaged firmware).
+E2E_QEMU=${ICEBLK_QEMU:-qemu-system-x86_64}
+E2E_QEMU_FW=()
+[[ -n ${ICEBLK_QEMU:-} ]] && E2E_QEMU_FW=(-L /usr/share/qemu -L /usr/share/seabios)
 
 e2e_log() { echo "e2e: $*" >&2; }
 
@@ -32,7 +39,7 @@ e2e_start_device() {
       ;;
     iceblkd)
       [[ -x $bin ]] || { e2e_log "iceblkd binary '$bin' not found"; return 1; }
-      "$bin" --socket "$sock" --image "$img" --num-queues "$queues" >"$log" 2>&1 &
+      "$bin" --socket "$sock" --image "$img" --num-queues "$queues" "${E2E_ICEBLKD_ARGS[@]}" >"$log" 2>&1 &
       ;;
     *) e2e_log "unknown device '$kind'"; return 1 ;;
   esac
@@ -88,7 +95,7 @@ e2e_boot_guest() {
   : >"$serial"
   # vhost-user needs guest RAM the device can map: a shared memfd backs all of it.
   # One vCPU per queue, so that blk-mq puts requests on every virtqueue.
-  timeout -k 5 "$limit" qemu-system-x86_64 \
+  timeout -k 5 "$limit" "$E2E_QEMU" "${E2E_QEMU_FW[@]}" \
     -nodefaults -no-user-config -machine q35 -accel tcg -smp "$queues" -m "$mem" \
     -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem \
     -chardev "socket,id=c0,path=$sock" \
@@ -124,4 +131,69 @@ e2e_cleanup() {
   E2E_QEMU_PID=""
   E2E_TAIL_PID=""
   e2e_stop_device || true
+}
+
+# --- the inline-encryption guest (tests/e2e/run_fscrypt_e2e.sh, demo-fscrypt.sh) ---
+E2E_QEMU_ICE=${ICEBLK_QEMU_ICE:-$E2E_ROOT/build/qemu-ice/qemu-system-x86_64}
+E2E_GUEST_ICE_DIR=${ICEBLK_GUEST_ICE_DIR:-$E2E_ROOT/build/guest-ice}
+
+# True when scripts/build-qemu.sh and scripts/prepare-guest.sh --ice have run.
+e2e_ice_ready() {
+  [[ -x $E2E_QEMU_ICE && -f $E2E_GUEST_ICE_DIR/vmlinuz && -f $E2E_GUEST_ICE_DIR/initrd.gz &&
+     -x $E2E_GUEST_ICE_DIR/fscrypt-tool ]]
+}
+
+# e2e_ice_initrd KEYFILE OUT: the guest initramfs plus a segment holding the
+# master key as /iceblk/run/master-key.hex (the kernel unpacks concatenated
+# archives), so that the key is on no command line and in no log.
+e2e_ice_initrd() {
+  local keyfile=$1 out=$2 d
+  d=$(mktemp -d "${TMPDIR:-/tmp}/iceblk-key.XXXXXX")
+  mkdir -p "$d/iceblk/run"
+  cp "$keyfile" "$d/iceblk/run/master-key.hex"
+  (cd "$d" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip >"$out.key"
+  rm -rf "$d"
+  cat "$E2E_GUEST_ICE_DIR/initrd.gz" "$out.key" >"$out"
+  rm -f "$out.key"
+}
+
+# e2e_boot_guest_ice SOCKET QUEUES DEVICE_PROPS INITRD APPEND SERIAL_LOG TIMEOUT_S [follow]
+# Like e2e_boot_guest, with the patched QEMU and the inline-encryption kernel.
+# DEVICE_PROPS is appended to -device vhost-user-blk-pci (e.g. ",inline-crypto=off").
+e2e_boot_guest_ice() {
+  local sock=$1 queues=$2 props=$3 initrd=$4 append=$5 serial=$6 limit=$7 follow=${8:-}
+  local mem=512 rc=0
+  : >"$serial"
+  timeout -k 5 "$limit" "$E2E_QEMU_ICE" -L /usr/share/qemu -L /usr/share/seabios \
+    -nodefaults -no-user-config -machine q35 -accel tcg -smp "$queues" -m "$mem" \
+    -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem \
+    -chardev "socket,id=c0,path=$sock" \
+    -device "vhost-user-blk-pci,chardev=c0,num-queues=$queues$props" \
+    -kernel "$E2E_GUEST_ICE_DIR/vmlinuz" -initrd "$initrd" \
+    -append "console=ttyS0 panic=-1 quiet $append" \
+    -display none -monitor none -serial "file:$serial" -no-reboot \
+    </dev/null >"$serial.qemu" 2>&1 &
+  E2E_QEMU_PID=$!
+  if [[ $follow == follow ]]; then
+    tail -n +1 -f --pid="$E2E_QEMU_PID" "$serial" &
+    E2E_TAIL_PID=$!
+  fi
+  wait "$E2E_QEMU_PID" || rc=$?
+  E2E_QEMU_PID=""
+  if [[ -n $E2E_TAIL_PID ]]; then
+    wait "$E2E_TAIL_PID" 2>/dev/null || true
+    E2E_TAIL_PID=""
+  fi
+  if [[ -s $serial.qemu ]]; then
+    e2e_log "qemu said:"
+    sed 's/^/  | /' "$serial.qemu" >&2
+  fi
+  return $rc
+}
+
+# e2e_ice_counters DEVICE_LOG: "E D P V" from the line iceblkd prints when the
+# export closes ("ICE counters: requests encrypted E, decrypted D; keys programmed
+# P, evicted V"); nothing if there is no such line.
+e2e_ice_counters() {
+  sed -n 's/.*ICE counters: requests encrypted \([0-9]*\), decrypted \([0-9]*\); keys programmed \([0-9]*\), evicted \([0-9]*\).*/\1 \2 \3 \4/p' "$1" | tail -n 1
 }
