@@ -129,7 +129,7 @@ record_manifest() {
 
 # --- the disk and its crypto profile ---------------------------------------------
 step "mkfs.ext4 -O encrypt,stable_inodes"
-mke2fs -q -t ext4 -b 4096 -O encrypt,stable_inodes -F "$dev" || fail "mke2fs"
+/sbin/mke2fs -q -t ext4 -b 4096 -O encrypt,stable_inodes -F "$dev" || fail "mke2fs"
 dmesg | grep -E 'virtio_blk|inline encryption' | sed 's/^/ICEBLK-INFO: dmesg: /'
 cdir=/sys/block/vda/queue/crypto
 if [ "$expect" = native ]; then
