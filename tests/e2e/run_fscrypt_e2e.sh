@@ -15,6 +15,10 @@
 #                    and reprogram
 #   --queue-depth N  virtio_blk.queue_depth in the guest: a small one puts every tag
 #                    in use while requests wait for keyslots
+#   --inline-crypto off   QEMU hides the ICE (vhost-user-blk-pci,inline-crypto=off):
+#                    the guest must see a plain disk and stay in software
+#   --algorithms L   iceblkd --algorithms L; with none that blk-crypto knows (e.g.
+#                    aes-128-xts) the guest must register no profile and stay in software
 #   --keep DIR       leave DIR/disk.img, DIR/master-key.hex, DIR/manifest.sha256
 # Exit status: 0 pass, 1 fail, 77 skipped (scripts/build-qemu.sh and
 # scripts/prepare-guest.sh --ice have not run).
@@ -22,7 +26,7 @@ set -euo pipefail
 # shellcheck source=tests/e2e/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-device="" iceblkd="" queues=1 slots=32 depth="" readers=8 keep="" verbose=""
+device="" iceblkd="" queues=1 slots=32 depth="" readers=8 keep="" verbose="" props="" algorithms=""
 size=$((256 << 20))
 timeout_s=${ICEBLK_E2E_TIMEOUT:-900}
 usage() {
@@ -39,6 +43,8 @@ while (($#)); do
     --queue-depth) depth=$2; shift 2 ;;
     --readers) readers=$2; shift 2 ;;
     --keep) keep=$2; shift 2 ;;
+    --inline-crypto) [[ $2 == on || $2 == off ]] || usage; props=",inline-crypto=$2"; shift 2 ;;
+    --algorithms) algorithms=$2; shift 2 ;;
     --verbose) verbose=follow; shift ;;
     *) usage ;;
   esac
@@ -80,6 +86,8 @@ keyfile=$tmp/master-key.hex
 name="fscrypt[$device, $queues queue(s)"
 [[ $device == iceblkd ]] && name+=", $slots slots"
 [[ -n $depth ]] && name+=", queue depth $depth"
+[[ -n $props ]] && name+=", ${props#,}"
+[[ -n $algorithms ]] && name+=", algorithms $algorithms"
 name+="]"
 start=$SECONDS
 failed=0
@@ -96,15 +104,16 @@ e2e_ice_initrd "$keyfile" "$tmp/initrd.gz"
 truncate -s "$size" "$img"
 
 expect=native
-[[ $device == qsd ]] && expect=software
+[[ $device == qsd || $props == ,inline-crypto=off || -n $algorithms ]] && expect=software
 append="iceblk.test=fscrypt iceblk.token=$token iceblk.expect=$expect iceblk.slots=$slots iceblk.readers=$readers"
 [[ -n $depth ]] && append+=" virtio_blk.queue_depth=$depth"
 E2E_ICEBLKD_ARGS=(--max-slots "$slots")
+[[ -n $algorithms ]] && E2E_ICEBLKD_ARGS+=(--algorithms "$algorithms")
 e2e_start_device "$device" "$sock" "$img" "$queues" "$devlog" "$iceblkd" ||
   { echo "FAIL $name: device did not start"; exit 1; }
 
 rc=0
-e2e_boot_guest_ice "$sock" "$queues" "" "$tmp/initrd.gz" "$append" "$serial" "$timeout_s" "$verbose" || rc=$?
+e2e_boot_guest_ice "$sock" "$queues" "$props" "$tmp/initrd.gz" "$append" "$serial" "$timeout_s" "$verbose" || rc=$?
 guest_s=$((SECONDS - start))
 if [[ $rc -eq 124 || $rc -eq 137 ]]; then
   fail "guest did not power off within ${timeout_s}s"
@@ -123,7 +132,13 @@ gstat() { awk -v k="$1" '$1 == "ICEBLK-STAT:" && $2 == k { print $3 }' "$serial.
 
 # --- the device's counters --------------------------------------------------------
 counters=""
-if [[ $failed -eq 0 && $device == iceblkd ]]; then
+if [[ $failed -eq 0 && $device == iceblkd && $expect == software ]]; then
+  # The guest did all its crypto in software: the device must have done none.
+  read -r enc dec prog evict <<<"$(e2e_ice_counters "$devlog")" || true
+  counters="requests encrypted ${enc:-?}, decrypted ${dec:-?}; keys programmed ${prog:-?}, evicted ${evict:-?}"
+  [[ "${enc:-x} ${dec:-x} ${prog:-x} ${evict:-x}" == "0 0 0 0" ]] ||
+    fail "the guest stayed in software, but iceblkd reports $counters"
+elif [[ $failed -eq 0 && $device == iceblkd ]]; then
   read -r enc dec prog evict <<<"$(e2e_ice_counters "$devlog")" || true
   if [[ -z ${evict:-} ]]; then
     fail "iceblkd printed no ICE counters when the export closed"
@@ -179,7 +194,7 @@ if [[ $failed -ne 0 ]]; then
   echo "RESULT $name: FAIL (${guest_s}s)"
   exit 1
 fi
-grep -E '^ICEBLK-E2E: step|^ICEBLK-INFO: (blk-crypto|policy|dmesg: fscrypt|dmesg: virtio_blk)' "$serial.txt" |
+grep -E '^ICEBLK-E2E: step|^ICEBLK-INFO: (blk-crypto|policy|virtqueues|dmesg: fscrypt: .* blk-crypto|dmesg: virtio_blk virtio0: (inline|no inline))' "$serial.txt" |
   sed 's/^ICEBLK-E2E: step /  guest: /; s/^ICEBLK-INFO: /  guest: /'
 [[ -n $counters ]] && echo "  device: $counters"
 echo "  host: no plaintext of $(gstat software_files) encrypted files on the image (control file found), e2fsck -fn clean"

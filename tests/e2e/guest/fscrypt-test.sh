@@ -131,6 +131,7 @@ record_manifest() {
 step "mkfs.ext4 -O encrypt,stable_inodes"
 /sbin/mke2fs -q -t ext4 -b 4096 -O encrypt,stable_inodes -F "$dev" || fail "mke2fs"
 dmesg | grep -E 'virtio_blk|inline encryption' | sed 's/^/ICEBLK-INFO: dmesg: /'
+info "virtqueues: $(ls -d /sys/block/vda/mq/* | wc -l), tags per queue: $(cat /sys/block/vda/mq/0/nr_tags)"
 cdir=/sys/block/vda/queue/crypto
 if [ "$expect" = native ]; then
   [ -d "$cdir" ] || fail "no blk-crypto profile on vda ($cdir missing)"
@@ -159,6 +160,8 @@ done
 sync
 record_manifest
 info "files written through inlinecrypt: $(count_files)"
+info "plaintext of xts/big1-a: $(head -c 63 "$mnt/xts/big1-a")"
+echo "ICEBLK-STAT: ino_xts_big1 $(stat -c %i "$mnt/xts/big1-a")"
 echo "ICEBLK-STAT: inline_files $(grep -c -v plain-control "$manifest")"
 echo "ICEBLK-STAT: perfile_inline $(grep -c -E '  (xts|essiv)/' "$manifest")"
 do_umount
