@@ -25,7 +25,9 @@ ice_out=${ICEBLK_GUEST_ICE_DIR:-$root/build/guest-ice}
 guest_src=$root/tests/e2e/guest
 export PATH=$PATH:/usr/sbin:/sbin
 # Modules to load, with their dependencies (resolved with modprobe --show-depends).
-modules=(virtio_pci virtio_blk crc32c_generic ext4)
+# The crypto ones let this stock kernel read fscrypt files in software: the
+# independent check of what the inline-encryption guest wrote (run_fscrypt_e2e.sh).
+modules=(virtio_pci virtio_blk crc32c_generic ext4 ecb xts cts essiv sha512_generic)
 
 log() { echo "prepare-guest: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -61,7 +63,8 @@ if [[ -z "$kpkg" ]]; then
   kpkg=$(cat "$out/kernel.pkg")  # offline: keep the kernel we already have
   log "apt-cache cannot resolve linux-image-amd64; using cached $kpkg"
 fi
-kdir=$out/kernel/$kpkg
+# The cache directory names the module list too: a changed list fetches again.
+kdir=$out/kernel/$kpkg-$(echo "${modules[*]}" | sha256sum | cut -c1-8)
 
 if [[ ! -f "$kdir/done" ]]; then
   log "fetching $kpkg"
@@ -174,8 +177,11 @@ initrd_base "$s"
 c++ -std=c++20 -O2 -static -s -Wall -Wextra -o "$out/iceblk-pattern.tmp" "$guest_src/iceblk_pattern.cc"
 mv -f "$out/iceblk-pattern.tmp" "$out/iceblk-pattern"
 cp "$out/iceblk-pattern" "$s/bin/iceblk-pattern"
+# fscrypt-tool (static C) for fscrypt-check.sh: the stock kernel's view of an image
+# the inline-encryption guest wrote.
+cc -std=gnu11 -O2 -static -s -Wall -Wextra -Werror -o "$s/bin/fscrypt-tool" "$guest_src/fscrypt-tool.c"
 cp "$kdir"/modules/* "$s/lib/modules/"
-cp "$guest_src/disk-test.sh" "$guest_src/demo.sh" "$s/iceblk/"
+cp "$guest_src/disk-test.sh" "$guest_src/demo.sh" "$guest_src/fscrypt-check.sh" "$s/iceblk/"
 chmod 755 "$s"/iceblk/*.sh
 pack "$s" "$out/initrd.gz"
 echo "$stamp" >"$out/initrd.stamp"

@@ -100,7 +100,7 @@ e2e_boot_guest() {
     -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem \
     -chardev "socket,id=c0,path=$sock" \
     -device "vhost-user-blk-pci,chardev=c0,num-queues=$queues" \
-    -kernel "$E2E_GUEST_DIR/vmlinuz" -initrd "$E2E_GUEST_DIR/initrd.gz" \
+    -kernel "$E2E_GUEST_DIR/vmlinuz" -initrd "${E2E_INITRD:-$E2E_GUEST_DIR/initrd.gz}" \
     -append "console=ttyS0 panic=-1 quiet $append" \
     -display none -monitor none -serial "file:$serial" -no-reboot \
     </dev/null >"$serial.qemu" 2>&1 &
@@ -143,18 +143,25 @@ e2e_ice_ready() {
      -x $E2E_GUEST_ICE_DIR/fscrypt-tool ]]
 }
 
-# e2e_ice_initrd KEYFILE OUT: the guest initramfs plus a segment holding the
-# master key as /iceblk/run/master-key.hex (the kernel unpacks concatenated
-# archives), so that the key is on no command line and in no log.
-e2e_ice_initrd() {
-  local keyfile=$1 out=$2 d
-  d=$(mktemp -d "${TMPDIR:-/tmp}/iceblk-key.XXXXXX")
+# e2e_initrd_segment BASE OUT FILE...: BASE (an initramfs) plus a segment holding
+# each FILE as /iceblk/run/<name> (the kernel unpacks concatenated archives): how
+# the fscrypt master key reaches the guest without being on a command line or in a log.
+e2e_initrd_segment() {
+  local base=$1 out=$2 d
+  shift 2
+  d=$(mktemp -d "${TMPDIR:-/tmp}/iceblk-seg.XXXXXX")
   mkdir -p "$d/iceblk/run"
-  cp "$keyfile" "$d/iceblk/run/master-key.hex"
-  (cd "$d" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip >"$out.key"
+  cp "$@" "$d/iceblk/run/"
+  (cd "$d" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip >"$out.seg"
   rm -rf "$d"
-  cat "$E2E_GUEST_ICE_DIR/initrd.gz" "$out.key" >"$out"
-  rm -f "$out.key"
+  cat "$base" "$out.seg" >"$out"
+  rm -f "$out.seg"
+}
+
+# e2e_ice_initrd KEYFILE OUT: the inline-encryption initramfs with the master key
+# (a file named master-key.hex).
+e2e_ice_initrd() {
+  e2e_initrd_segment "$E2E_GUEST_ICE_DIR/initrd.gz" "$2" "$1"
 }
 
 # e2e_boot_guest_ice SOCKET QUEUES DEVICE_PROPS INITRD APPEND SERIAL_LOG TIMEOUT_S [follow]

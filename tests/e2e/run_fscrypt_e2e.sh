@@ -9,7 +9,9 @@
 # "blk-crypto (native)", and iceblkd's counters (printed when the export closes)
 # must agree with what the guest did. qsd (qemu-storage-daemon, no ICE): the
 # profile must not register and inlinecrypt silently stays in software.
-# Either way: the plaintext of no file is on the image, e2fsck -fn is clean.
+# Either way: the plaintext of no file is on the image, e2fsck -fn is clean, and
+# Debian's stock kernel (software fscrypt only; scripts/prepare-guest.sh) on the stock
+# QEMU and qemu-storage-daemon reads every file of the manifest back identically.
 #   --max-slots N    keyslots iceblkd offers (default 32); with fewer slots than
 #                    parallel readers (--readers, default 8) the guest must evict
 #                    and reprogram
@@ -177,6 +179,31 @@ if [[ $failed -eq 0 ]]; then
     fail "manifest has $nman lines for $(gstat software_files) encrypted files + the control file"
 fi
 
+# --- an independent reader: Debian's kernel, stock QEMU, qemu-storage-daemon ------
+if [[ $failed -eq 0 ]]; then
+  if ! e2e_guest_ready; then
+    fail "no stock guest in $E2E_GUEST_DIR for the independent check (scripts/prepare-guest.sh)"
+  else
+    sed -n 's/^ICEBLK-MANIFEST: //p' "$serial.txt" >"$tmp/manifest.sha256"
+    e2e_initrd_segment "$E2E_GUEST_DIR/initrd.gz" "$tmp/check-initrd.gz" "$keyfile" "$tmp/manifest.sha256"
+    e2e_start_device qsd "$sock" "$img" 1 "$tmp/check-device.log" ||
+      { echo "FAIL $name: qemu-storage-daemon did not start"; exit 1; }
+    rc=0
+    E2E_INITRD=$tmp/check-initrd.gz \
+      e2e_boot_guest "$sock" 1 "iceblk.test=fscrypt-check" "$tmp/check.log" 300 || rc=$?
+    e2e_stop_device || fail "qemu-storage-daemon did not stop cleanly"
+    tr -d '\r' <"$tmp/check.log" >"$tmp/check.txt"
+    if [[ $rc -ne 0 ]]; then
+      fail "stock guest: qemu exited with status $rc"
+    elif ! grep -qx 'ICEBLK-E2E: PASS' "$tmp/check.txt"; then
+      fail "stock kernel: $(grep -m1 '^ICEBLK-E2E: FAIL' "$tmp/check.txt" || echo 'no marker')"
+      tail -n 20 "$tmp/check.txt"
+    else
+      checked=$(sed -n 's/^ICEBLK-INFO: \(stock kernel .*\)/\1/p' "$tmp/check.txt")
+    fi
+  fi
+fi
+
 if [[ -n $keep ]]; then
   mkdir -p "$keep"
   cp --sparse=always "$img" "$keep/disk.img"
@@ -198,4 +225,5 @@ grep -E '^ICEBLK-E2E: step|^ICEBLK-INFO: (blk-crypto|policy|virtqueues|dmesg: fs
   sed 's/^ICEBLK-E2E: step /  guest: /; s/^ICEBLK-INFO: /  guest: /'
 [[ -n $counters ]] && echo "  device: $counters"
 echo "  host: no plaintext of $(gstat software_files) encrypted files on the image (control file found), e2fsck -fn clean"
+echo "  host: $checked"
 echo "RESULT $name: PASS (guest ${guest_s}s, total $((SECONDS - start))s)"
