@@ -78,12 +78,16 @@ while read -r line; do
 done <"$fragment"
 
 log "[4/4] compiling bzImage with -j$jobs (about 3 minutes on 2 cores)"
-# Progress: one line per 250 objects (a tinyconfig bzImage has about 1200).
-set +e
-make -j"$jobs" bzImage 2>&1 | tee "$work/build.log" | awk '
-  $1 ~ /^(CC|AS|LD|AR)$/ { if (++n % 250 == 0) printf "build-guest-kernel:       %d objects\n", n > "/dev/stderr" }'
-rc=${PIPESTATUS[0]}
-set -e
+# Progress: every 20 s, how many of the about 1600 build steps are done.
+make -j"$jobs" bzImage >"$work/build.log" 2>&1 &
+mpid=$!
+while kill -0 "$mpid" 2>/dev/null; do
+  sleep 20
+  kill -0 "$mpid" 2>/dev/null || break
+  log "      $(grep -cE '^  (CC|AS|LD|AR|GEN|HOSTCC) ' "$work/build.log" || true) build steps done"
+done
+rc=0
+wait "$mpid" || rc=$?
 [[ $rc -eq 0 && -f arch/x86/boot/bzImage ]] ||
   { grep -m5 -B2 -A10 'error' "$work/build.log" >&2 || tail -n 30 "$work/build.log" >&2; die "kernel build failed"; }
 cp arch/x86/boot/bzImage "$out/vmlinuz.tmp"

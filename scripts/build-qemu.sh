@@ -95,7 +95,10 @@ log "[1/4] fetching the qemu $version source package (apt-get source)"
 dsc=$(ls "$work"/qemu_*.dsc 2>/dev/null | head -1)
 [[ -n $dsc ]] || die "apt-get source qemu=$version downloaded nothing"
 log "[2/4] unpacking (with Debian's patches) and applying patches/qemu"
-dpkg-source -q -x "$dsc" "$work/src" >/dev/null
+# dpkg-source cannot check the .dsc signature without debian-keyring and says so
+# on stderr; apt already checked the files against the signed Sources index.
+dpkg-source -q -x "$dsc" "$work/src" >"$work/dpkg-source.log" 2>&1 ||
+  { cat "$work/dpkg-source.log" >&2; die "dpkg-source -x $(basename "$dsc") failed"; }
 cd "$work/src"
 for p in "$patches"/*.patch; do
   log "      $(basename "$p")"
