@@ -57,6 +57,17 @@ struct BlkDeviceConfig {
 
 inline constexpr uint16_t kMaxQueues = 64;
 
+// What the ICE did for one device since it was created (reset does not clear
+// them): encrypted OUT / IN requests that completed successfully, and successful
+// PROGRAM_KEY / EVICT_KEY requests. Updated by the queue workers; the daemon
+// prints them when the export closes.
+struct IceCounters {
+  std::atomic<uint64_t> requests_encrypted{0};
+  std::atomic<uint64_t> requests_decrypted{0};
+  std::atomic<uint64_t> keys_programmed{0};
+  std::atomic<uint64_t> keys_evicted{0};
+};
+
 class BlkDevice {
  public:
   // Validates the config (queue count/size, serial length, ICE range) against the
@@ -107,6 +118,8 @@ class BlkDevice {
   [[nodiscard]] backend::BlockBackend& backend() { return *backend_; }
   // What the parser needs for the current negotiated features.
   [[nodiscard]] ParseEnv parse_env() const;
+  [[nodiscard]] IceCounters& ice_counters() { return counters_; }
+  [[nodiscard]] const IceCounters& ice_counters() const { return counters_; }
 
  private:
   BlkDevice(BlkDeviceConfig cfg, std::shared_ptr<backend::BlockBackend> backend);
@@ -121,6 +134,7 @@ class BlkDevice {
   uint64_t offered_ = 0;
   std::atomic<uint64_t> negotiated_{0};  // read by queue workers (writeback())
   std::atomic<bool> writeback_{true};
+  IceCounters counters_;
 };
 
 }  // namespace iceblk::blk

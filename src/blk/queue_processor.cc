@@ -236,10 +236,12 @@ void QueueProcessor::start(InFlight* f, virtio::SplitQueue& q) {
         ICEBLK_GUEST_ERROR("queue {}: PROGRAM_KEY: {}", index_, s.error().to_string());
         return finish(f, q, status_for(s.error()), 1);
       }
+      dev_.ice_counters().keys_programmed.fetch_add(1, std::memory_order_relaxed);
       return finish(f, q, kStatusOk, 1);
     }
     case RequestKind::kEvictKey: {
       auto s = engine_->evict(r.slot);
+      if (s) dev_.ice_counters().keys_evicted.fetch_add(1, std::memory_order_relaxed);
       return finish(f, q, s ? kStatusOk : status_for(s.error()), 1);
     }
   }
@@ -273,6 +275,10 @@ void QueueProcessor::advance(InFlight* f, virtio::SplitQueue& q) {
     return submit(f, backend::IoRequest{backend::IoOp::kFlush, 0, 0, {}, false, {}});
   }
   const uint32_t used = r.kind == RequestKind::kIn ? static_cast<uint32_t>(r.length + 1) : 1;
+  if (r.encrypted()) {
+    auto& c = dev_.ice_counters();
+    (r.kind == RequestKind::kOut ? c.requests_encrypted : c.requests_decrypted).fetch_add(1, std::memory_order_relaxed);
+  }
   finish(f, q, kStatusOk, used);
 }
 

@@ -169,6 +169,12 @@ void Daemon::shutdown() {
   for (auto& ex : exports_) {
     if (ex->thread.joinable()) ex->thread.join();
     ex->server.reset();  // removes the socket file
+    if (ex->cfg.ice) {
+      const auto& c = ex->device->blk().ice_counters();
+      spdlog::info("export '{}': ICE counters: requests encrypted {}, decrypted {}; keys programmed {}, evicted {}",
+                   ex->cfg.name, c.requests_encrypted.load(), c.requests_decrypted.load(), c.keys_programmed.load(),
+                   c.keys_evicted.load());
+    }
     if (Status st = flush_backend(*ex->backend); !st) {
       spdlog::error("export '{}': final flush failed: {}", ex->cfg.name, st.error().to_string());
     }

@@ -9,6 +9,11 @@ E2E_GUEST_DIR=${ICEBLK_GUEST_DIR:-$E2E_ROOT/build/guest}
 E2E_DEVICE_PID=""
 E2E_QEMU_PID=""
 E2E_TAIL_PID=""
+# Extra iceblkd arguments for e2e_start_device (e.g. --max-slots 4).
+E2E_ICEBLKD_ARGS=()
+# The QEMU that e2e_boot_guest runs: ICEBLK_QEMU overrides the system one (e.g. the
+# patched build/qemu-ice/qemu-system-x86_64, which needs the packaged firmware).
+E2E_QEMU=${ICEBLK_QEMU:-qemu-system-x86_64}
 
 e2e_log() { echo "e2e: $*" >&2; }
 
@@ -62,7 +67,7 @@ e2e_start_device() {
       ;;
     iceblkd)
       [[ -x $bin ]] || { e2e_log "iceblkd binary '$bin' not found"; return 1; }
-      "$bin" --socket "$sock" --image "$img" --num-queues "$queues" "$@" >"$log" 2>&1 &
+      "$bin" --socket "$sock" --image "$img" --num-queues "$queues" "${E2E_ICEBLKD_ARGS[@]}" "$@" >"$log" 2>&1 &
       ;;
     *) e2e_log "unknown device '$kind'"; return 1 ;;
   esac
@@ -111,22 +116,25 @@ e2e_stop_device() {
   return 0
 }
 
-# e2e_boot_guest SOCKET QUEUES APPEND SERIAL_LOG TIMEOUT_S [follow]
-# Boots the guest (TCG; never KVM, it hangs on these machines) with the disk on
-# SOCKET and waits for it to power off. Returns QEMU's status (124: timed out).
+# e2e_run_qemu QEMU FW KERNEL INITRD DEVICE_PROPS SOCKET QUEUES APPEND SERIAL_LOG TIMEOUT_S [follow]
+# Boots a guest (TCG; never KVM, it hangs on these machines) with the disk on SOCKET
+# and waits for it to power off. Returns QEMU's status (124: timed out). FW is "fw"
+# for a QEMU built here (it needs the packaged firmware), "" for the system one.
+# DEVICE_PROPS is appended to -device vhost-user-blk-pci (e.g. ",inline-crypto=off").
 # With "follow", the serial console is copied to stdout as it arrives.
-e2e_boot_guest() {
-  local sock=$1 queues=$2 append=$3 serial=$4 limit=$5 follow=${6:-}
-  local mem=512 rc=0
+e2e_run_qemu() {
+  local qemu=$1 fw=$2 kernel=$3 initrd=$4 props=$5 sock=$6 queues=$7 append=$8 serial=$9
+  local limit=${10} follow=${11:-} mem=512 rc=0 fw_args=()
+  [[ $fw == fw ]] && fw_args=(-L /usr/share/qemu -L /usr/share/seabios)
   : >"$serial"
   # vhost-user needs guest RAM the device can map: a shared memfd backs all of it.
   # One vCPU per queue, so that blk-mq puts requests on every virtqueue.
-  timeout -k 5 "$limit" qemu-system-x86_64 \
+  timeout -k 5 "$limit" "$qemu" "${fw_args[@]}" \
     -nodefaults -no-user-config -machine q35 -accel tcg -smp "$queues" -m "$mem" \
     -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem \
     -chardev "socket,id=c0,path=$sock" \
-    -device "vhost-user-blk-pci,chardev=c0,num-queues=$queues" \
-    -kernel "$E2E_GUEST_DIR/vmlinuz" -initrd "$E2E_GUEST_DIR/initrd.gz" \
+    -device "vhost-user-blk-pci,chardev=c0,num-queues=$queues$props" \
+    -kernel "$kernel" -initrd "$initrd" \
     -append "console=ttyS0 panic=-1 quiet $append" \
     -display none -monitor none -serial "file:$serial" -no-reboot \
     </dev/null >"$serial.qemu" 2>&1 &
@@ -146,6 +154,14 @@ e2e_boot_guest() {
     sed 's/^/  | /' "$serial.qemu" >&2
   fi
   return $rc
+}
+
+# e2e_boot_guest SOCKET QUEUES APPEND SERIAL_LOG TIMEOUT_S [follow]
+# The guest of scripts/prepare-guest.sh (Debian's kernel) on $E2E_QEMU.
+e2e_boot_guest() {
+  local fw=""
+  [[ -n ${ICEBLK_QEMU:-} ]] && fw=fw
+  e2e_run_qemu "$E2E_QEMU" "$fw" "$E2E_GUEST_DIR/vmlinuz" "${E2E_INITRD:-$E2E_GUEST_DIR/initrd.gz}" "" "$@"
 }
 
 # e2e_reap PID...: SIGTERM, up to 10 s to exit, then SIGKILL; waits for each (they
@@ -173,4 +189,50 @@ e2e_cleanup() {
   E2E_TAIL_PID=""
   ((${#pids[@]} == 0)) || e2e_reap "${pids[@]}"
   e2e_stop_device || true
+}
+
+# --- the inline-encryption guest (tests/e2e/run_fscrypt_e2e.sh, demo-fscrypt.sh) ---
+E2E_QEMU_ICE=${ICEBLK_QEMU_ICE:-$E2E_ROOT/build/qemu-ice/qemu-system-x86_64}
+E2E_GUEST_ICE_DIR=${ICEBLK_GUEST_ICE_DIR:-$E2E_ROOT/build/guest-ice}
+
+# True when scripts/build-qemu.sh and scripts/prepare-guest.sh --ice have run.
+e2e_ice_ready() {
+  [[ -x $E2E_QEMU_ICE && -f $E2E_GUEST_ICE_DIR/vmlinuz && -f $E2E_GUEST_ICE_DIR/initrd.gz &&
+     -x $E2E_GUEST_ICE_DIR/fscrypt-tool ]]
+}
+
+# e2e_initrd_segment BASE OUT FILE...: BASE (an initramfs) plus a segment holding
+# each FILE as /iceblk/run/<name> (the kernel unpacks concatenated archives): how
+# the fscrypt master key reaches the guest without being on a command line or in a log.
+e2e_initrd_segment() {
+  local base=$1 out=$2 d
+  shift 2
+  d=$(mktemp -d "${TMPDIR:-/tmp}/iceblk-seg.XXXXXX")
+  mkdir -p "$d/iceblk/run"
+  cp "$@" "$d/iceblk/run/"
+  (cd "$d" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip >"$out.seg"
+  rm -rf "$d"
+  cat "$base" "$out.seg" >"$out"
+  rm -f "$out.seg"
+}
+
+# e2e_ice_initrd KEYFILE OUT: the inline-encryption initramfs with the master key
+# (a file named master-key.hex).
+e2e_ice_initrd() {
+  e2e_initrd_segment "$E2E_GUEST_ICE_DIR/initrd.gz" "$2" "$1"
+}
+
+# e2e_boot_guest_ice SOCKET QUEUES DEVICE_PROPS INITRD APPEND SERIAL_LOG TIMEOUT_S [follow]
+# Like e2e_boot_guest, with the patched QEMU and the inline-encryption kernel.
+e2e_boot_guest_ice() {
+  local sock=$1 queues=$2 props=$3 initrd=$4
+  shift 4
+  e2e_run_qemu "$E2E_QEMU_ICE" fw "$E2E_GUEST_ICE_DIR/vmlinuz" "$initrd" "$props" "$sock" "$queues" "$@"
+}
+
+# e2e_ice_counters DEVICE_LOG: "E D P V" from the line iceblkd prints when the
+# export closes ("ICE counters: requests encrypted E, decrypted D; keys programmed
+# P, evicted V"); nothing if there is no such line.
+e2e_ice_counters() {
+  sed -n 's/.*ICE counters: requests encrypted \([0-9]*\), decrypted \([0-9]*\); keys programmed \([0-9]*\), evicted \([0-9]*\).*/\1 \2 \3 \4/p' "$1" | tail -n 1
 }
