@@ -22,7 +22,7 @@ while (($#)); do
 done
 
 scripts/install-deps.sh --e2e --guest-ice
-if [[ ! -x build/qemu-ice/qemu-system-x86_64 || ! -f build/guest-ice/vmlinuz ]]; then
+if [[ ! -x ${ICEBLK_QEMU_DIR:-build/qemu-ice}/qemu-system-x86_64 || ! -f ${ICEBLK_GUEST_ICE_DIR:-build/guest-ice}/vmlinuz ]]; then
   echo "demo-fscrypt: first use: building the patched QEMU and guest kernel (about 3 minutes each)"
 fi
 scripts/build-qemu.sh
@@ -31,7 +31,7 @@ if [[ -z $iceblkd ]]; then
   build=${ICEBLK_BUILD_DIR:-build/demo}
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DICEBLK_BUILD_TESTS=OFF -DICEBLK_BUILD_BENCH=OFF >/dev/null
   ninja -C "$build" iceblkd >/dev/null
-  iceblkd=$(find "$build/tools" -type f -name iceblkd -perm -u+x | head -n 1)
+  iceblkd=$build/tools/iceblkd/iceblkd
 fi
 [[ -x $iceblkd ]] || { echo "demo-fscrypt: no iceblkd binary" >&2; exit 1; }
 
@@ -74,9 +74,11 @@ echo
 echo "--- the host's view: the image holds ciphertext only ---------------------"
 ino=$(awk '$1 == "ICEBLK-STAT:" && $2 == "ino_xts_big1" { print $3 }' "$serial")
 echo "  xts/big1-a (inode $ino) on the image, first 64 bytes:"
-# (debugfs gets SIGPIPE from head: not an error here)
-{ debugfs -R "cat <$ino>" "$dir/disk.img" 2>/dev/null | head -c 64 | od -An -c | sed 's/^/   /'; } || true
-names=$( { debugfs -R 'ls /xts' "$dir/disk.img" 2>/dev/null | tr -s ' \n' ' ' | cut -c1-100; } || true)
+debugfs -R "dump <$ino> $dir/big1-a.raw" "$dir/disk.img" 2>/dev/null
+od -An -c -N 64 "$dir/big1-a.raw" | sed 's/^/   /'
+rm -f "$dir/big1-a.raw"
+names=$(debugfs -R 'ls /xts' "$dir/disk.img" 2>/dev/null | tr -s ' \n' ' ')
+names=${names:0:100}
 echo "  names in /xts on the image (debugfs ls): $names..."
 sed -n 's/^  host: /  /p' "$out"
 echo

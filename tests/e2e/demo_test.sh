@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quick start's first command, tested as a new user runs it (ctest e2e_demo):
 # scripts/demo.sh in a clean copy of the tree (no build/, no leftovers of earlier runs),
-#   1. run twice in a row: each exits 0 and prints its OK lines;
+#   1. run twice in a row: each exits 0 and prints its OK lines (parts 1 to 3, the
+#      third being fscrypt on the patched guest, whose builds are shared with the tree);
 #   2. run a third time and interrupted with SIGINT (as Ctrl-C does, to the whole
 #      process group) in the middle of its second part, while the ICE daemon is up;
 #   3. run again right after the interrupted run: exits 0 with its OK lines;
@@ -44,14 +45,29 @@ say "clean copy of the tree in $copy"
 # The prepared guest (kernel package download, initramfs) is shared with the tree the
 # test runs from: it is an input of the demo, not state of a run.
 export ICEBLK_GUEST_DIR=${ICEBLK_GUEST_DIR:-$root/build/guest}
+export ICEBLK_GUEST_ICE_DIR=${ICEBLK_GUEST_ICE_DIR:-$root/build/guest-ice}   # the ICE guest kernel
+export ICEBLK_QEMU_DIR=${ICEBLK_QEMU_DIR:-$root/build/qemu-ice}              # the patched QEMU
 
-# Processes the demo of session SID left alive, one "pid args" line each.
+# Every process the demo starts inherits this tag in its environment, whatever
+# session or process group it moves to (part 3 runs in a group of its own).
+# (The test's own processes do not carry it: it is set on the demo's command only.)
+tag=$(basename "$copy")
+
+# Processes the demo of session SID left alive, one "pid args" line each: in its
+# session, carrying the tag, or naming the copy on their command line.
 leftovers() {
-  local sid=$1
+  local sid=$1 f pid
   {
     ps -e -o sid=,pid=,args= | awk -v sid="$sid" '$1 == sid { $1 = ""; print substr($0, 2) }'
     pgrep -a -f -- "$copy/" || true
-  } | sort -u | awk -v skip="${listener_pid:-none}" '$1 != skip' 
+    for f in /proc/[0-9]*/environ; do
+      pid=${f#/proc/}
+      pid=${pid%/environ}
+      if grep -qxzF "ICEBLK_DEMO_TEST_TAG=$tag" "$f" 2>/dev/null; then
+        echo "$pid $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
+      fi
+    done
+  } | sort -u | awk -v skip="${listener_pid:-none}" '$1 != skip'
 }
 
 check_no_leftovers() {
@@ -67,16 +83,18 @@ check_no_leftovers() {
   fi
 }
 
-# run_demo NAME [expect-fail]: one full run; asserts exit 0 and the OK lines.
+# run_demo NAME ok|fail [DEMO_ARGS...]: one run. "ok" asserts exit 0 and the OK lines
+# (the fscrypt one too unless --quick); "fail" returns the demo's status.
 run_demo() {
-  local name=$1 log=$copy/$1.log rc=0
-  say "$name: scripts/demo.sh"
+  local name=$1 mode=$2 log=$copy/$1.log rc=0
+  shift 2
+  say "$name: scripts/demo.sh $*"
   # setsid: a session (and process group) of its own, as a terminal would give it.
-  setsid --wait bash -c 'echo $$ >"$1.sid"; exec "$2/scripts/demo.sh"' _ "$copy/$name" "$copy" \
+  ICEBLK_DEMO_TEST_TAG=$tag setsid --wait bash -c 'echo $$ >"$1.sid"; shift 2; exec "$0/scripts/demo.sh" "$@"' "$copy" "$copy/$name" _ "$@" \
     >"$log" 2>&1 </dev/null || rc=$?
   local sid
   sid=$(cat "$copy/$name.sid")
-  if [[ ${2:-} == expect-fail ]]; then
+  if [[ $mode == fail ]]; then
     check_no_leftovers "$name" "$sid"
     return $rc
   fi
@@ -85,7 +103,9 @@ run_demo() {
     tail -n 25 "$log" | sed 's/^/    | /'
   fi
   local line
-  for line in ' demo OK: ' ' ICE: data written through the engine is ciphertext on the image'; do
+  local lines=(' demo OK: ' ' ICE: data written through the engine is ciphertext on the image')
+  [[ " $* " == *" --quick "* ]] || lines+=(" fscrypt: the guest's inlinecrypt files were encrypted by iceblkd's engine")
+  for line in "${lines[@]}"; do
     grep -qF -- "$line" "$log" || bad "$name did not print '${line# }...'"
   done
   check_no_leftovers "$name" "$sid"
@@ -93,8 +113,8 @@ run_demo() {
   return 0
 }
 
-run_demo run1
-run_demo run2
+run_demo run1 ok
+run_demo run2 ok
 
 # --- an interrupted run -----------------------------------------------------------
 name=run3-interrupted
@@ -103,7 +123,7 @@ say "$name: scripts/demo.sh, SIGINT in the middle of its second part"
 # A command started with & in a script begins with SIGINT ignored (and bash cannot trap
 # a signal ignored on entry); a terminal's foreground job does not, so SIGINT's default
 # is restored before the demo starts.
-ICEBLK_DEMO_HOLD=60 setsid python3 -c 'import os, signal, sys
+ICEBLK_DEMO_TEST_TAG=$tag ICEBLK_DEMO_HOLD=60 setsid python3 -c 'import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 os.execvp("bash", ["bash", "-c", "echo $$ >\"$1.sid\"; exec \"$2/scripts/demo.sh\"", "_"] + sys.argv[1:])' \
   "$copy/$name" "$copy" >"$log" 2>&1 </dev/null &
@@ -135,21 +155,21 @@ else
 fi
 check_no_leftovers "$name" "$(cat "$copy/$name.sid")"
 
-run_demo run4-after-interrupt
+run_demo run4-after-interrupt ok
 
 # --- sockets left on the demo's paths ------------------------------------------------
 run_dir=$copy/build/demo/run
 # A stale socket: bound by a process that is gone. The demo removes it and runs.
 python3 -c 'import socket, sys; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])' "$run_dir/ice.sock" ||
   bad "could not make a stale socket at $run_dir/ice.sock"
-run_demo run5-stale-socket
+run_demo run5-stale-socket ok --quick
 # A live listener: the demo must refuse in one clear line that names the holder.
 python3 -c 'import socket, sys, time
 s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); time.sleep(600)' "$run_dir/ice.sock" &
 listener_pid=$!
 for ((i = 0; i < 100; ++i)); do [[ -S $run_dir/ice.sock ]] && break; sleep 0.05; done
 rc=0
-run_demo run6-live-socket expect-fail || rc=$?
+run_demo run6-live-socket fail --quick || rc=$?
 if ((rc == 0)); then
   bad "run6-live-socket exited 0 with a live listener on $run_dir/ice.sock"
 elif ! grep -E "ice\.sock.*(held|in use).*python3.*pid $listener_pid|pid $listener_pid.*ice\.sock" \

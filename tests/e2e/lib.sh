@@ -192,7 +192,7 @@ e2e_cleanup() {
 }
 
 # --- the inline-encryption guest (tests/e2e/run_fscrypt_e2e.sh, demo-fscrypt.sh) ---
-E2E_QEMU_ICE=${ICEBLK_QEMU_ICE:-$E2E_ROOT/build/qemu-ice/qemu-system-x86_64}
+E2E_QEMU_ICE=${ICEBLK_QEMU_DIR:-$E2E_ROOT/build/qemu-ice}/qemu-system-x86_64  # scripts/build-qemu.sh
 E2E_GUEST_ICE_DIR=${ICEBLK_GUEST_ICE_DIR:-$E2E_ROOT/build/guest-ice}
 
 # True when scripts/build-qemu.sh and scripts/prepare-guest.sh --ice have run.
