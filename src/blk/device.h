@@ -14,6 +14,7 @@
 #include "base/result.h"
 #include "base/strong_types.h"
 #include "blk/request.h"
+#include "blk/stats.h"
 #include "blk/wire.h"
 #include "ice/crypto_mode.h"
 #include "ice/engine.h"
@@ -105,6 +106,9 @@ class BlkDevice {
   [[nodiscard]] ice::SlotRange slot_range() const { return range_; }
   [[nodiscard]] const std::vector<ice::Capability>& capabilities() const { return caps_; }
   [[nodiscard]] backend::BlockBackend& backend() { return *backend_; }
+  // Counters of queue q (< num_queues), kept across reconnects (control socket).
+  [[nodiscard]] QueueStats& queue_stats(uint16_t q) { return stats_[q]; }
+  [[nodiscard]] const QueueStats& queue_stats(uint16_t q) const { return stats_[q]; }
   // What the parser needs for the current negotiated features.
   [[nodiscard]] ParseEnv parse_env() const;
 
@@ -121,6 +125,7 @@ class BlkDevice {
   uint64_t offered_ = 0;
   std::atomic<uint64_t> negotiated_{0};  // read by queue workers (writeback())
   std::atomic<bool> writeback_{true};
+  std::unique_ptr<QueueStats[]> stats_;  // one per queue
 };
 
 }  // namespace iceblk::blk

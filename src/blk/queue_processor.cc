@@ -54,6 +54,7 @@ struct QueueProcessor::InFlight {
   unsigned outstanding = 0;
   std::optional<Error> error;
   bool flushed = false;  // writethrough flush issued
+  uint64_t start_ns = 0;  // when the chain was popped (latency statistics)
 
   void clear() {
     req = Request{};
@@ -68,7 +69,12 @@ struct QueueProcessor::InFlight {
 };
 
 QueueProcessor::QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<backend::IoQueue> io)
-    : dev_(dev), env_(dev.parse_env()), engine_(dev.config().engine.get()), index_(index), io_(std::move(io)) {}
+    : dev_(dev),
+      env_(dev.parse_env()),
+      engine_(dev.config().engine.get()),
+      index_(index),
+      stats_(&dev.queue_stats(index)),
+      io_(std::move(io)) {}
 
 QueueProcessor::~QueueProcessor() {
   if (io_) {
@@ -134,6 +140,10 @@ void QueueProcessor::finish(InFlight* f, virtio::SplitQueue& q, uint8_t status, 
   // ORDER: the status byte is stored before push_used's release of used->idx.
   std::memcpy(f->req.status, &status, 1);
   complete(q, f->req.head, used_len);
+  const Request& r = f->req;
+  const bool data = r.kind == RequestKind::kIn || r.kind == RequestKind::kOut;
+  stats_->record(static_cast<size_t>(r.kind), data ? r.length : 0, status, stats_now_ns() - f->start_ns,
+                 r.encrypted(), r.kind == RequestKind::kOut);
   release(f);
 }
 
@@ -289,6 +299,7 @@ void QueueProcessor::handle_chain(const virtio::DescriptorChain& chain, virtio::
   auto status = locate_status(chain, mem);
   if (!status) {
     ICEBLK_GUEST_ERROR("queue {}: chain {}: {}", index_, chain.head, status.error().to_string());
+    stats_->record(kStatInvalid, 0, 0xff, 0, false, false);
     return complete(q, chain.head, 0);
   }
   auto req = parse_request(chain, mem, env_);
@@ -296,9 +307,11 @@ void QueueProcessor::handle_chain(const virtio::DescriptorChain& chain, virtio::
     const uint8_t st = status_for(req.error());
     ICEBLK_GUEST_ERROR("queue {}: request {}: {}", index_, chain.head, req.error().to_string());
     std::memcpy(*status, &st, 1);
+    stats_->record(kStatInvalid, 0, st, 0, false, false);
     return complete(q, chain.head, 1);
   }
   InFlight* f = acquire();
+  f->start_ns = stats_now_ns();
   f->req = std::move(*req);
   f->mem = q.memory_ptr();
   start(f, q);
@@ -318,6 +331,7 @@ Result<bool> QueueProcessor::process(virtio::SplitQueue& q) {
       if (!*c) break;
       if (auto* bad = std::get_if<virtio::BadChain>(&**c)) {
         ICEBLK_GUEST_ERROR("queue {}: bad chain {}: {}", index_, bad->head, bad->error.to_string());
+        stats_->record(kStatInvalid, 0, 0xff, 0, false, false);
         complete(q, bad->head, 0);
       } else {
         handle_chain(std::get<virtio::DescriptorChain>(**c), q);
@@ -336,6 +350,7 @@ Result<bool> QueueProcessor::process(virtio::SplitQueue& q) {
     if (!c) return tl::unexpected(std::move(c).error());
     if (!*c) break;
     if (auto* bad = std::get_if<virtio::BadChain>(&**c)) {
+      stats_->record(kStatInvalid, 0, 0xff, 0, false, false);
       complete(q, bad->head, 0);
     } else {
       handle_chain(std::get<virtio::DescriptorChain>(**c), q);

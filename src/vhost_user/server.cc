@@ -104,7 +104,9 @@ Status Server::run() {
     accepted_.fetch_add(1);
     spdlog::info("vhost-user front-end connected on {}", path_);
     Connection conn(std::move(c));
+    if (observer_) observer_(true);
     (void)serve_connection(device_, conn, stop_.get());  // logs why it ended
+    if (observer_) observer_(false);
   }
   listen_.reset();
   remove_socket_file();

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -36,6 +37,9 @@ class Server {
   void shutdown();
 
   [[nodiscard]] const std::string& path() const { return path_; }
+  // Called on run()'s thread when a front-end was accepted (true) and when its
+  // connection ended (false). Set it before run().
+  void set_connection_observer(std::function<void(bool connected)> obs) { observer_ = std::move(obs); }
   // Number of front-ends accepted so far.
   [[nodiscard]] uint64_t connections_accepted() const { return accepted_.load(); }
 
@@ -50,6 +54,7 @@ class Server {
   UniqueFd stop_;  // eventfd, readable once shutdown() was called
   std::atomic<uint64_t> accepted_{0};
   std::atomic<bool> removed_{false};
+  std::function<void(bool)> observer_;
 };
 
 }  // namespace iceblk::vhost_user

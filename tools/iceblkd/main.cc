@@ -5,6 +5,7 @@
 // AES-XTS and ESSIV) until SIGINT/SIGTERM. `--config FILE` declares several exports
 // sharing one engine (docs/iceblkd.md).
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 
 #include "base/log.h"
+#include "control/qmp_server.h"
 #include "daemon/daemon.h"
 
 using namespace iceblk;
@@ -28,7 +30,7 @@ int die(const std::string& msg) {
 int main(int argc, char** argv) {
   CLI::App app{"iceblkd: vhost-user-blk device with an Inline Crypto Engine (VIRTIO_BLK_F_ICE)"};
   std::string config_file, socket, image, size, keys = "inband", algorithms, log_level = "info", io_engine = "auto";
-  std::string sw_socket, serial;
+  std::string sw_socket, serial, control;
   bool readonly = false, no_ice = false, allow_ecb = false;
   uint16_t num_queues = 1, queue_size = 256;
   uint32_t max_slots = 32, slot_offset = 0, num_slots = 64;
@@ -52,6 +54,7 @@ int main(int argc, char** argv) {
   app.add_flag("--allow-ecb", allow_ecb, "allow AES-ECB (leaks equal blocks)");
   app.add_option("--io-engine", io_engine, "auto, io_uring or sync")->check(CLI::IsMember({"auto", "io_uring", "sync"}));
   app.add_option("--serial", serial, "serial number returned by GET_ID (max 20 bytes)");
+  app.add_option("--control", control, "QMP control socket (docs/control.md): add/remove exports at runtime");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
   // Per-export options describe the single command-line export: refuse them next to
   // --config instead of silently ignoring them.
@@ -82,6 +85,8 @@ int main(int argc, char** argv) {
     auto c = daemon::load_config_file(config_file);
     if (!c) return die(c.error().message);
     cfg = std::move(*c);
+  } else if (socket.empty() && image.empty() && !control.empty()) {
+    cfg.num_slots = num_slots;  // no export yet: they come over the control socket
   } else {
     if (socket.empty()) return die("--socket PATH is required (or --config FILE)");
     if (image.empty()) return die("--image FILE is required (or --config FILE)");
@@ -115,6 +120,7 @@ int main(int argc, char** argv) {
     cfg.num_slots = num_slots;
   }
   cfg.allow_ecb = cfg.allow_ecb || allow_ecb;
+  if (!control.empty()) cfg.control_socket = control;
 
   // Block the signals before any thread starts, so only sigwait() below sees them;
   // a front-end closing its socket must not kill us with SIGPIPE.
@@ -127,12 +133,23 @@ int main(int argc, char** argv) {
 
   auto d = daemon::Daemon::create(std::move(cfg));
   if (!d) return die(d.error().message);
+  std::unique_ptr<control::QmpServer> qmp;
+  if (!(*d)->config().control_socket.empty()) {
+    // "quit" ends the daemon like SIGTERM does: the signal reaches sigwait() below.
+    auto q = control::QmpServer::create((*d)->config().control_socket, **d, {}, [] { ::kill(::getpid(), SIGTERM); });
+    if (!q) return die(q.error().message);
+    qmp = std::move(*q);
+  }
   if (auto st = (*d)->start(); !st) return die(st.error().message);
+  if (qmp) {
+    if (auto st = qmp->start(); !st) return die(st.error().message);
+  }
   spdlog::info("iceblkd: serving {} export(s); SIGINT/SIGTERM to stop", (*d)->num_exports());
 
   int sig = 0;
   sigwait(&set, &sig);
   spdlog::info("iceblkd: {} received, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  if (qmp) qmp->stop();  // no command runs while the exports go away
   (*d)->shutdown();
   return 0;
 }
