@@ -127,13 +127,13 @@ void QmpServer::stop() {
     stopped_ = true;
     stopping_ = true;
   }
+  daemon_.set_observer(nullptr);  // events after this are not wanted
   const uint64_t one = 1;
   [[maybe_unused]] ssize_t n = ::write(wake_.get(), &one, sizeof one);
   if (thread_.joinable()) thread_.join();
   clients_.clear();
   listen_.reset();
   ::unlink(path_.c_str());
-  daemon_.set_observer(nullptr);
 }
 
 size_t QmpServer::clients() const {
@@ -162,6 +162,11 @@ void QmpServer::export_disconnected(const std::string& name) {
 }
 void QmpServer::keyslot_changed(uint32_t slot, const std::string& vm, bool programmed) {
   emit(programmed ? "KEYSLOT_PROGRAMMED" : "KEYSLOT_EVICTED", json{{"slot", slot}, {"vm", vm}});
+}
+
+void QmpServer::peer_refused(const std::string& channel, const std::string& export_name,
+                             const std::string& reason) {
+  emit("PEER_REFUSED", json{{"channel", channel}, {"export", export_name}, {"reason", reason}});
 }
 
 void QmpServer::refuse(int fd, const std::string& reason) {
@@ -248,7 +253,14 @@ void QmpServer::read_client(Client& c) {
         } else if (ch == '"') {
           c.in_string = true;
         } else if (ch == '{' || ch == '[') {
-          ++c.depth;
+          if (++c.depth > opts_.max_depth) {
+            send(c, error_reply("GenericError", fmt::format("message nested deeper than {} levels; closing the "
+                                                            "connection", opts_.max_depth)));
+            c.closing = true;
+            c.cur.clear();
+            write_client(c);
+            return;
+          }
         } else if (ch == '}' || ch == ']') {
           --c.depth;
           complete = c.depth <= 0;

@@ -30,6 +30,7 @@ namespace iceblk::control {
 struct QmpOptions {
   size_t max_clients = 16;             // more: refused with an error (and a PEER_REFUSED event)
   size_t max_message = 64 * 1024;      // one JSON message; longer: error, then disconnect
+  int max_depth = 64;                  // nesting of one message; deeper: error, then disconnect
   size_t max_output = 4 * 1024 * 1024;  // queued for a client: input is not read meanwhile, events dropped
   int negotiation_timeout_ms = 30000;  // no qmp_capabilities by then: disconnect
 };
@@ -60,6 +61,7 @@ class QmpServer final : public daemon::DaemonObserver {
   void export_connected(const std::string& name) override;
   void export_disconnected(const std::string& name) override;
   void keyslot_changed(uint32_t slot, const std::string& vm, bool programmed) override;
+  void peer_refused(const std::string& channel, const std::string& export_name, const std::string& reason) override;
 
  private:
   struct Client;

@@ -128,12 +128,13 @@ Result<std::unique_ptr<Daemon::Export>> Daemon::make_export(const ExportConfig& 
   {
     std::shared_ptr<Live> live = ex->live;
     std::string name = ec.name;
-    ex->server->set_connection_observer([this, live, name](bool connected) {
+    ex->server->set_connection_observer([this, live, name](bool connected, const std::string& error) {
       live->connected.store(connected);
       if (DaemonObserver* o = observer_.load()) {
         if (connected) {
           o->export_connected(name);
         } else {
+          if (!error.empty()) o->peer_refused("vhost-user", name, error);
           o->export_disconnected(name);
         }
       }

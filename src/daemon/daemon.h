@@ -30,6 +30,9 @@ class DaemonObserver {
   virtual void export_disconnected(const std::string& name) = 0;
   // A slot of VM `vm` (its export's name; empty if no VM owns it) gained or lost a key.
   virtual void keyslot_changed(uint32_t slot, const std::string& vm, bool programmed) = 0;
+  // A peer was turned away: a front-end on `export_name` that broke the protocol.
+  virtual void peer_refused(const std::string& channel, const std::string& export_name,
+                            const std::string& reason) = 0;
 };
 
 // A consistent view of one live export, for the control socket.

@@ -37,9 +37,11 @@ class Server {
   void shutdown();
 
   [[nodiscard]] const std::string& path() const { return path_; }
-  // Called on run()'s thread when a front-end was accepted (true) and when its
-  // connection ended (false). Set it before run().
-  void set_connection_observer(std::function<void(bool connected)> obs) { observer_ = std::move(obs); }
+  // Called on run()'s thread when a front-end was accepted (connected true, error
+  // empty) and when its connection ended (false; `error` says why when the
+  // front-end broke the protocol, empty for an orderly end). Set it before run().
+  using ConnectionObserver = std::function<void(bool connected, const std::string& error)>;
+  void set_connection_observer(ConnectionObserver obs) { observer_ = std::move(obs); }
   // Number of front-ends accepted so far.
   [[nodiscard]] uint64_t connections_accepted() const { return accepted_.load(); }
 
@@ -54,7 +56,7 @@ class Server {
   UniqueFd stop_;  // eventfd, readable once shutdown() was called
   std::atomic<uint64_t> accepted_{0};
   std::atomic<bool> removed_{false};
-  std::function<void(bool)> observer_;
+  ConnectionObserver observer_;
 };
 
 }  // namespace iceblk::vhost_user

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <thread>
@@ -325,6 +326,40 @@ TEST_F(Control, OneMiBLineIsRefusedAndClosedOthersUnaffected) {
   io.stop();
   EXPECT_EQ(io.errors(), 0u) << io.first_error();
   EXPECT_GT(io.rounds(), 0u);
+}
+
+TEST_F(Control, DeepNestingIsRefusedAndClosed) {
+  start({});
+  QmpClient c;
+  ASSERT_TRUE(c.open(ctl()));
+  c.send_raw(std::string(10000, '['));
+  json r = c.reply();
+  ASSERT_TRUE(r.contains("error")) << r;
+  EXPECT_NE(r["error"]["desc"].get<std::string>().find("nested deeper than 64"), std::string::npos) << r;
+  EXPECT_TRUE(c.closed_by_peer());
+}
+
+TEST_F(Control, FrontEndBreakingTheProtocolIsReportedAsRefused) {
+  start({make_export("vm0", 0, 8)});
+  QmpClient c;
+  ASSERT_TRUE(c.open(ctl()));
+  UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const std::string path = dir_ + "/vm0.sock";
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  ASSERT_EQ(::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const std::vector<uint8_t> garbage(64, 0xff);
+  ASSERT_EQ(::send(s.get(), garbage.data(), garbage.size(), MSG_NOSIGNAL), 64);
+  auto ev = c.wait_event("PEER_REFUSED", "channel", "vhost-user");
+  ASSERT_TRUE(ev);
+  EXPECT_EQ((*ev)["data"]["export"], "vm0");
+  EXPECT_FALSE((*ev)["data"]["reason"].get<std::string>().empty());
+  EXPECT_TRUE(c.wait_event("EXPORT_DISCONNECTED", "export", "vm0"));
+  // The export still serves the next front-end.
+  auto dev = connect_export(path);
+  ASSERT_TRUE(dev);
+  ASSERT_TRUE(dev->write(0, pattern(4096, 1)));
 }
 
 TEST_F(Control, HundredConnectionsBeyondTheLimitAreRefused) {
