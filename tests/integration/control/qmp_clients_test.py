@@ -133,6 +133,27 @@ def run_raw(args, d):
     assert stats["exports"][0]["queues"][0]["bytes-encrypted"] >= 256 * 1024, stats
     text = c.cmd("query-stats", {"format": "prometheus"})["return"]["text"]
     assert 'iceblk_crypt_bytes_total{export="a",queue="0",direction="encrypt"}' in text, text
+    # The iceblk ctl client on the same daemon, beside the raw client.
+    ctl = [args.iceblk, "ctl", "-c", d.ctl]
+    r = subprocess.run(ctl + ["query-exports"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "NAME" in r.stdout and "\na " in r.stdout, (r.stdout, r.stderr)
+    b = d.export_args("b", 8, 8)
+    r = subprocess.run(ctl + ["add-export"] + [f"{k}={v}" for k, v in b.items()], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0 and "add-export: ok" in r.stdout, (r.stdout, r.stderr)
+    r = subprocess.run(ctl + ["add-export", "name=c", f"socket={d.tmp}/c.sock", f"image={d.tmp}/c.img", "size=8M",
+                              "slot_offset=12"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "slot ranges overlap" in r.stderr, (r.stdout, r.stderr)
+    r = subprocess.run(ctl + ["query-engine"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "engine: 64 slots" in r.stdout, (r.stdout, r.stderr)
+    r = subprocess.run(ctl + ["query-stats"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "ENCRYPTED B" in r.stdout, (r.stdout, r.stderr)
+    r = subprocess.run(ctl + ["query-exports", "--json"], capture_output=True, text=True, timeout=30)
+    assert [e["name"] for e in json.loads(r.stdout)] == ["a", "b"], r.stdout
+    r = subprocess.run(ctl + ["no-such"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "no-such has not been found" in r.stderr, (r.stdout, r.stderr)
+    r = subprocess.run(ctl + ["remove-export", "name=b"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, (r.stdout, r.stderr)
     assert c.cmd("remove-export", {"name": "a"}) == {"return": {}}
     assert not os.path.exists(os.path.join(d.tmp, "a.sock"))
     assert c.cmd("query-exports") == {"return": []}
