@@ -328,6 +328,31 @@ TEST_F(Control, OneMiBLineIsRefusedAndClosedOthersUnaffected) {
   EXPECT_GT(io.rounds(), 0u);
 }
 
+TEST_F(Control, RandomBytesFromManyClientsChangeNothing) {
+  start({make_export("vm0", 0, 8)});
+  QmpClient good;
+  ASSERT_TRUE(good.open(ctl()));
+  IoLoop io(connect_export(dir_ + "/vm0.sock"), 8);
+  const json before = exports_now(good);
+  std::mt19937 rng(42);
+  const std::string alphabet = "{}[]\":,\\ \n\t0123456789abcdefnulltrue-execute arguments id qmp_capabilities";
+  for (int client = 0; client < 12; ++client) {
+    QmpClient c;
+    ASSERT_TRUE(c.connect(ctl()));
+    if (client % 2 == 0) c.execute("qmp_capabilities");
+    for (int chunk = 0; chunk < 20; ++chunk) {
+      std::string bytes(static_cast<size_t>(rng() % 512), '\0');
+      for (auto& b : bytes) b = client % 3 == 0 ? static_cast<char>(rng()) : alphabet[rng() % alphabet.size()];
+      if (!c.send_raw(bytes)) break;  // the server may have closed it (e.g. too deep)
+    }
+  }
+  EXPECT_EQ(exports_now(good), before);
+  json r = good.execute("query-engine");
+  EXPECT_TRUE(r.contains("return")) << r;
+  io.stop();
+  EXPECT_EQ(io.errors(), 0u) << io.first_error();
+}
+
 TEST_F(Control, DeepNestingIsRefusedAndClosed) {
   start({});
   QmpClient c;
