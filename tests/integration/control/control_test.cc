@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -176,6 +177,32 @@ class Control : public ::testing::Test {
   std::unique_ptr<control::QmpServer> qmp_;
   std::atomic<bool> quit_{false};
 };
+
+// --- configuration ---------------------------------------------------------------------
+
+TEST_F(Control, ConfigFileControlSocketAllowsNoExports) {
+  const std::string path = dir_ + "/cfg.json";
+  auto write = [&](const std::string& text) {
+    FILE* f = std::fopen(path.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs(text.c_str(), f);
+    std::fclose(f);
+  };
+  write("{\"control\": \"" + ctl() + "\"}");
+  auto c = daemon::load_config_file(path);
+  ASSERT_TRUE(c) << c.error().to_string();
+  EXPECT_EQ(c->control_socket, ctl());
+  EXPECT_TRUE(c->exports.empty());
+  EXPECT_TRUE(daemon::validate(*c));
+  write("{\"control\": \"" + ctl() + "\", \"exports\": []}");
+  EXPECT_TRUE(daemon::load_config_file(path));
+  write("{\"exports\": []}");
+  EXPECT_FALSE(daemon::load_config_file(path));  // no control socket: exports are required
+  write("{\"control\": 5, \"exports\": []}");
+  auto bad = daemon::load_config_file(path);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("'control' must be a string"), std::string::npos) << bad.error().message;
+}
 
 // --- protocol ------------------------------------------------------------------------
 
