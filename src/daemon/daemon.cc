@@ -110,15 +110,22 @@ Result<std::unique_ptr<Daemon::Export>> Daemon::make_export(const ExportConfig& 
   }
   auto dev = blk::BlkDevice::create(std::move(bc), ex->backend);
   if (!dev) return fail(dev.error().code, "export '{}': {}", ec.name, dev.error().message);
-  if (ec.ice && ec.keys == blk::KeyMode::kOutOfBand) {
-    if (channels == nullptr || sw_caps == nullptr) {
-      return fail(Errc::kUnsupported, "export '{}': keys \"secure-world\" exports are declared at start-up only",
-                  ec.name);
-    }
+  if (ec.ice && ec.keys == blk::KeyMode::kOutOfBand && channels != nullptr && sw_caps != nullptr) {
     channels->push_back({ec.name, ex->vm, ec.secure_world_socket});
     for (const auto& c : (*dev)->capabilities()) {
       if (std::find(sw_caps->begin(), sw_caps->end(), c) == sw_caps->end()) sw_caps->push_back(c);
     }
+  } else if (ec.ice && ec.keys == blk::KeyMode::kOutOfBand) {
+    // Added at runtime: its own key channel service, bound now (binding errors,
+    // e.g. a channel path in use, refuse the export).
+    secure_world::SecureWorldOptions so;
+    so.capabilities = (*dev)->capabilities();
+    auto sw = secure_world::SecureWorld::create(*engine_, {{ec.name, ex->vm, ec.secure_world_socket}}, std::move(so));
+    if (!sw) return fail(sw.error().code, "export '{}': secure world: {}", ec.name, sw.error().message);
+    if (auto started = (*sw)->start(); !started) {
+      return fail(started.error().code, "export '{}': secure world: {}", ec.name, started.error().message);
+    }
+    ex->own_secure_world = std::move(*sw);
   }
   ex->blk = std::shared_ptr<blk::BlkDevice>(std::move(*dev));
   ex->device = std::make_unique<VhostBlkDevice>(ex->blk);
@@ -245,10 +252,10 @@ Status Daemon::remove_export(const std::string& name) {
     if (stopped_) return fail(Errc::kInvalidArgument, "daemon is shutting down");
     auto it = std::find_if(exports_.begin(), exports_.end(), [&](const auto& e) { return e->cfg.name == name; });
     if (it == exports_.end()) return fail(Errc::kNotFound, "no export named '{}'", name);
-    if ((*it)->cfg.ice && (*it)->cfg.keys == blk::KeyMode::kOutOfBand) {
+    if ((*it)->cfg.ice && (*it)->cfg.keys == blk::KeyMode::kOutOfBand && !(*it)->own_secure_world) {
       return fail(Errc::kUnsupported,
-                  "export '{}' uses secure-world keys: its key channel is fixed at start-up, it cannot be removed "
-                  "at runtime",
+                  "export '{}' uses secure-world keys declared at start-up: their shared key service cannot drop "
+                  "one channel, so it cannot be removed at runtime (exports added with add-export can)",
                   name);
     }
     ex = std::move(*it);
@@ -264,6 +271,7 @@ Status Daemon::remove_export(const std::string& name) {
   if (Status st = flush_backend(*ex->backend); !st) {
     spdlog::error("export '{}': final flush failed: {}", name, st.error().to_string());
   }
+  if (ex->own_secure_world) ex->own_secure_world->stop();  // closes its channel, removes the socket
   if (ex->cfg.ice) {
     engine_->remove_vm(ex->vm);  // evicts and zeroises every slot of the range
     std::lock_guard lk2(live_mu_);
@@ -306,6 +314,9 @@ void Daemon::shutdown() {
     }
   }
   if (secure_world_) secure_world_->stop();
+  for (auto& ex : exports_) {
+    if (ex->own_secure_world) ex->own_secure_world->stop();
+  }
   if (!engine_) return;  // create() failed before the engine existed
   // Zeroise every key still in the engine (out-of-band keys included).
   for (const auto& ex : exports_) {

@@ -95,6 +95,9 @@ class Daemon {
     std::unique_ptr<VhostBlkDevice> device;
     std::unique_ptr<vhost_user::Server> server;
     std::thread thread;
+    // A secure-world export added at runtime has a key service of its own (the
+    // start-up ones share secure_world_).
+    std::unique_ptr<secure_world::SecureWorld> own_secure_world;
   };
   explicit Daemon(DaemonConfig cfg) : cfg_(std::move(cfg)) {}
   // Opens the image (records a created one in `created`), registers the VM, makes

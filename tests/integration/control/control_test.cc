@@ -613,6 +613,54 @@ TEST_F(Control, RemoveOneMidIoOthersSeeNothing) {
   ASSERT_TRUE(again->read(0, back));
 }
 
+TEST_F(Control, SecureWorldExportAddedAndRemovedAtRuntime) {
+  start({make_export("vm0", 0, 8)});
+  QmpClient c;
+  ASSERT_TRUE(c.open(ctl()));
+  IoLoop io(connect_export(dir_ + "/vm0.sock"), 40);
+  json a = export_args("sw1", 8, 8);
+  a["keys"] = "secure-world";
+  ASSERT_TRUE(c.execute("add-export", a).contains("return"));
+  const std::string sw = dir_ + "/sw1.sock.sw";  // the default channel: <socket>.sw
+  ASSERT_TRUE(fs::exists(sw));
+  json ex = exports_now(c);
+  ASSERT_EQ(ex.size(), 2u);
+  EXPECT_EQ(ex[1]["keys"], "secure-world");
+  EXPECT_EQ(ex[1]["secure_world_socket"], sw);
+  {
+    drv::ConnectOptions o;
+    o.socket_path = dir_ + "/sw1.sock";
+    o.secure_world_socket = sw;
+    o.memory_size = 8 << 20;
+    auto dev = drv::Device::connect(o);
+    ASSERT_TRUE(dev) << dev.error().to_string();
+    EXPECT_EQ((*dev)->key_mode(), drv::KeyMode::kOutOfBand);
+    ASSERT_TRUE((*dev)->add_key("k", kXts256, pattern(64, 41)));
+    const auto data = pattern(8192, 42);
+    ASSERT_TRUE((*dev)->write(0, data, drv::KeyRef{"k", 0}));  // programs the key on first use
+    EXPECT_TRUE(c.wait_event("KEYSLOT_PROGRAMMED", "vm", "sw1")) << json(c.events()).dump();
+    std::vector<uint8_t> back(data.size());
+    ASSERT_TRUE((*dev)->read(0, back, drv::KeyRef{"k", 0}));
+    EXPECT_EQ(back, data);
+  }
+  // Out-of-band keys survive the disconnect; remove-export evicts them.
+  json eng = c.execute("query-engine")["return"];
+  ASSERT_EQ(eng["vms"][1]["programmed"], 1) << eng;
+  ASSERT_TRUE(c.execute("remove-export", json{{"name", "sw1"}}).contains("return"));
+  for (uint32_t s = 8; s < 16; ++s) EXPECT_TRUE(slot_empty(*daemon_, s)) << s;
+  EXPECT_FALSE(fs::exists(sw));
+  EXPECT_FALSE(fs::exists(dir_ + "/sw1.sock"));
+  // A channel path in use refuses the export, leaving nothing bound.
+  a["secure_world_socket"] = dir_ + "/vm0.sock";
+  json r = c.execute("add-export", a);
+  ASSERT_TRUE(r.contains("error")) << r;
+  EXPECT_NE(r["error"]["desc"].get<std::string>().find("in use"), std::string::npos) << r;
+  EXPECT_FALSE(fs::exists(dir_ + "/sw1.sock"));
+  EXPECT_EQ(exports_now(c).size(), 1u);
+  io.stop();
+  EXPECT_EQ(io.errors(), 0u) << io.first_error();
+}
+
 TEST_F(Control, QuitAndSetLogLevel) {
   start({});
   QmpClient c;
