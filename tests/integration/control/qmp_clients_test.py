@@ -213,7 +213,7 @@ async def run_qemu_async(args, d):
     await qmp.execute("quit")
     try:
         await qmp.disconnect()
-    except EOFError:  # the server closed first, as "quit" does
+    except (EOFError, OSError):  # the server closed first, as "quit" does
         pass
 
 
