@@ -6,6 +6,8 @@
 #                                    ps/pgrep, python3 for the demo and its test)
 #   scripts/install-deps.sh --bench  also what bench/run_e2e_bench.sh needs (qemu-storage-daemon,
 #                                    qemu-img, python3-matplotlib, valgrind for profiling)
+#   scripts/install-deps.sh --package  also what scripts/package.sh and its tests need (lintian,
+#                                    dpkg-dev, debootstrap for the clean-root install test)
 #   scripts/install-deps.sh --qmp    also the qemu.qmp library (PyPI) in build/qmp-venv, for the
 #                                    control-socket test with a real QMP client (no Debian package
 #                                    exists; without PyPI access that test is skipped)
@@ -15,14 +17,16 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
       libssl-dev openssl liburing-dev libexpected-dev libfmt-dev libspdlog-dev
       libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev googletest
-      libbenchmark-dev e2fsprogs util-linux)
+      libbenchmark-dev e2fsprogs util-linux
+      libsystemd-dev systemd help2man groff-base python3)
 want_qmp=0
 for group in "$@"; do
   case "$group" in
     --e2e) pkgs+=(qemu-system-x86 qemu-utils busybox-static cpio gzip kmod iproute2 procps python3) ;;
     --bench) pkgs+=(qemu-system-common qemu-utils python3 python3-matplotlib valgrind) ;;
+    --package) pkgs+=(lintian dpkg-dev debootstrap debian-archive-keyring) ;;
     --qmp) pkgs+=(python3 python3-venv); want_qmp=1 ;;
-    *) echo "install-deps: unknown group '$group' (use --e2e, --bench, --qmp)" >&2; exit 2 ;;
+    *) echo "install-deps: unknown group '$group' (use --e2e, --bench, --package, --qmp)" >&2; exit 2 ;;
   esac
 done
 

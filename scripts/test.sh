@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-deps.sh --e2e --qmp
+scripts/install-deps.sh --e2e --package --qmp
 if [[ -x scripts/prepare-guest.sh ]]; then
   scripts/prepare-guest.sh   # guest kernel + initramfs for the e2e tests (cached)
 fi

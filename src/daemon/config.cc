@@ -44,6 +44,16 @@ Result<uint64_t> parse_size(std::string_view text, std::string_view what) {
   return *bytes;
 }
 
+Result<int> parse_fd_socket(std::string_view text) {
+  int fd = -1;
+  const std::string_view num = text.substr(3);
+  auto [ptr, ec] = std::from_chars(num.data(), num.data() + num.size(), fd);
+  if (text.rfind("fd:", 0) != 0 || num.empty() || ec != std::errc() || ptr != num.data() + num.size() || fd < 0) {
+    return fail(Errc::kInvalidArgument, "socket '{}': use fd:N with N a file descriptor number", text);
+  }
+  return fd;
+}
+
 Result<std::vector<std::pair<ice::Algorithm, ice::KeySize>>> parse_algorithm_list(std::string_view text) {
   std::vector<std::pair<ice::Algorithm, ice::KeySize>> out;
   size_t pos = 0;
@@ -220,6 +230,13 @@ Status validate(DaemonConfig& cfg) {
     if (e.image.empty()) return fail(Errc::kInvalidArgument, "export '{}': no image", n);
     if (!sockets.insert(e.socket).second) {
       return fail(Errc::kInvalidArgument, "socket path {} used by two exports", e.socket);
+    }
+    if (e.socket.rfind("fd:", 0) == 0 && e.listen_fd < 0) {  // QEMU's addr.type=fd
+      ICEBLK_ASSIGN_OR_RETURN(e.listen_fd, parse_fd_socket(e.socket));
+      if (e.keys == blk::KeyMode::kOutOfBand && e.ice && e.secure_world_socket.empty()) {
+        return fail(Errc::kInvalidArgument, "export '{}': socket {} needs an explicit secure_world_socket "
+                    "(--secure-world-socket)", n, e.socket);
+      }
     }
     if (e.num_queues == 0 || e.num_queues > blk::kMaxQueues) {
       return fail(Errc::kInvalidArgument, "export '{}': num_queues (--num-queues) must be 1..{}, not {}", n,

@@ -17,7 +17,8 @@ namespace iceblk::daemon {
 
 struct ExportConfig {
   std::string name;                 // shown in logs and the secure world's audit log
-  std::string socket;               // vhost-user socket path
+  std::string socket;               // vhost-user socket path, or "fd:N" (a listening socket handed in)
+  int listen_fd = -1;               // >= 0: serve this listening socket (fd:N, or systemd's) instead of binding
   std::string image;                // image file (or block device)
   uint64_t size = 0;                // bytes; create the image with this size if missing
   bool read_only = false;
@@ -45,6 +46,9 @@ struct DaemonConfig {
 // "4096", "64M", "1G", "512K" (binary units). Refuses 0 and values that are not a
 // multiple of 512 bytes, with a message naming `what`.
 Result<uint64_t> parse_size(std::string_view text, std::string_view what);
+
+// "fd:N" (a listening socket inherited as file descriptor N, QEMU's addr.type=fd) -> N.
+Result<int> parse_fd_socket(std::string_view text);
 
 // Comma-separated algorithm names ("aes-256-xts,aes-128-cbc-essiv").
 Result<std::vector<std::pair<ice::Algorithm, ice::KeySize>>> parse_algorithm_list(std::string_view text);

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "base/log.h"
+#include "base/log_context.h"
 
 namespace iceblk::daemon {
 
@@ -129,7 +130,10 @@ Result<std::unique_ptr<Daemon::Export>> Daemon::make_export(const ExportConfig& 
   }
   ex->blk = std::shared_ptr<blk::BlkDevice>(std::move(*dev));
   ex->device = std::make_unique<VhostBlkDevice>(ex->blk);
-  auto server = vhost_user::Server::create(ec.socket, *ex->device);
+  // A socket handed in (systemd socket activation, or --socket fd:N) is served
+  // as it is; otherwise bind ec.socket.
+  auto server = ec.listen_fd >= 0 ? vhost_user::Server::adopt(UniqueFd(ec.listen_fd), ec.socket, *ex->device)
+                                  : vhost_user::Server::create(ec.socket, *ex->device);
   if (!server) return fail(server.error().code, "export '{}': {}", ec.name, server.error().message);
   ex->server = std::move(*server);
   {
@@ -185,6 +189,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
   std::vector<secure_world::VmChannel> channels;
   std::vector<ice::Capability> sw_caps;
   for (const ExportConfig& ec : d->cfg_.exports) {
+    log::ScopedExport log_scope(ec.name);
     std::vector<std::string> made;
     auto ex = d->make_export(ec, made, &channels, &sw_caps);
     for (auto& p : made) created.add(std::move(p));
@@ -216,6 +221,7 @@ Status Daemon::start() {
 void Daemon::start_export(Export& ex) {
   Export* e = &ex;
   e->thread = std::thread([e] {
+    log::thread_context().export_name = e->cfg.name;  // journal field ICEBLK_EXPORT
     Status st = e->server->run();
     if (!st) spdlog::error("export '{}': server stopped: {}", e->cfg.name, st.error().to_string());
   });
@@ -224,6 +230,12 @@ void Daemon::start_export(Export& ex) {
 Status Daemon::add_export(ExportConfig ec) {
   std::lock_guard lk(mu_);
   if (stopped_) return fail(Errc::kInvalidArgument, "daemon is shutting down");
+  // A socket handed in at start-up ("fd:N", systemd) is not for a control client to
+  // name: it could point the export at any descriptor of the daemon.
+  if (ec.listen_fd >= 0 || ec.socket.rfind("fd:", 0) == 0) {
+    return fail(Errc::kInvalidArgument, "export '{}': socket '{}': descriptor sockets are for start-up only; give a "
+                "path", ec.name, ec.socket);
+  }
   // The same checks as a config file, against every live export.
   DaemonConfig all;
   all.num_slots = cfg_.num_slots;

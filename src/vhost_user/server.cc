@@ -1,5 +1,6 @@
 #include "vhost_user/server.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -63,6 +64,27 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& socket_path, D
     return tl::unexpected(errno_error(Errc::kIo, "eventfd", e));
   }
   return std::unique_ptr<Server>(new Server(socket_path, device, std::move(lfd), std::move(stop)));
+}
+
+Result<std::unique_ptr<Server>> Server::adopt(UniqueFd lfd, const std::string& label, Device& device) {
+  int domain = 0, type = 0, listening = 0;
+  socklen_t len = sizeof domain;
+  if (::getsockopt(lfd.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0) {
+    return tl::unexpected(errno_error(Errc::kInvalidArgument, fmt::format("socket {}: not a socket", label), errno));
+  }
+  len = sizeof type;
+  ::getsockopt(lfd.get(), SOL_SOCKET, SO_TYPE, &type, &len);
+  len = sizeof listening;
+  ::getsockopt(lfd.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len);
+  if (domain != AF_UNIX || type != SOCK_STREAM || listening == 0) {
+    return fail(Errc::kInvalidArgument, "socket {}: must be a listening unix stream socket", label);
+  }
+  ::fcntl(lfd.get(), F_SETFD, FD_CLOEXEC);  // never leak it into anything we start
+  UniqueFd stop(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!stop) return tl::unexpected(errno_error(Errc::kIo, "eventfd", errno));
+  std::unique_ptr<Server> s(new Server(label, device, std::move(lfd), std::move(stop)));
+  s->removed_ = true;  // the socket file is not ours to remove
+  return s;
 }
 
 Server::~Server() {

@@ -23,6 +23,11 @@ class Server {
   // a path that exists but is not a socket is refused (kBusy). `device` must
   // outlive the server.
   static Result<std::unique_ptr<Server>> create(const std::string& socket_path, Device& device);
+  // Serve a socket that is already listening (systemd socket activation, or an
+  // inherited fd as with QEMU's addr.type=fd). It must be a listening AF_UNIX
+  // stream socket; `label` names it in logs. The socket's file belongs to whoever
+  // created it and is never removed.
+  static Result<std::unique_ptr<Server>> adopt(UniqueFd listen_fd, const std::string& label, Device& device);
   ~Server();  // shutdown() and remove the socket file
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -55,7 +60,7 @@ class Server {
   UniqueFd listen_;
   UniqueFd stop_;  // eventfd, readable once shutdown() was called
   std::atomic<uint64_t> accepted_{0};
-  std::atomic<bool> removed_{false};
+  std::atomic<bool> removed_{false};  // adopt(): true from the start (not ours)
   ConnectionObserver observer_;
 };
 

@@ -7,6 +7,7 @@
 #include <cerrno>
 
 #include "base/log.h"
+#include "base/log_context.h"
 
 namespace iceblk::vhost_user {
 
@@ -50,7 +51,11 @@ Result<std::unique_ptr<VringWorker>> VringWorker::start(uint16_t index, Device& 
   if (!ctl) return tl::unexpected(errno_error(Errc::kIo, "eventfd", errno));
   std::unique_ptr<VringWorker> w(
       new VringWorker(index, device, std::move(queue), std::move(kick), notifier, enabled, std::move(ctl)));
-  w->thread_ = std::thread([p = w.get()] { p->run(); });
+  w->thread_ = std::thread([p = w.get(), ctx = log::thread_context(), index] {
+    log::thread_context() = ctx;  // log records name the export and the queue
+    log::thread_context().queue = index;
+    p->run();
+  });
   return w;
 }
 

@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "base/log.h"
+#include "base/version.h"
 #include "blk/wire.h"
 #include "bench.h"
 #include "common.h"
@@ -338,6 +339,8 @@ int main(int argc, char** argv) {
       "  iceblk conformance --socket /tmp/vm0.sock\n"
       "  iceblk ctl -c /run/iceblkd.qmp query-exports\n"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", [] { return version::banner("iceblk"); },
+                       "print the version, the git revision and the library versions, and exit");
   std::string log_level = "warn";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
 

@@ -13,8 +13,11 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 
 #include "base/log.h"
+#include "base/version.h"
 #include "control/qmp_server.h"
 #include "daemon/daemon.h"
+#include "daemon/journal_sink.h"
+#include "daemon/systemd.h"
 
 using namespace iceblk;
 
@@ -30,12 +33,15 @@ int die(const std::string& msg) {
 int main(int argc, char** argv) {
   CLI::App app{"iceblkd: vhost-user-blk device with an Inline Crypto Engine (VIRTIO_BLK_F_ICE)"};
   std::string config_file, socket, image, size, keys = "inband", algorithms, log_level = "info", io_engine = "auto";
-  std::string sw_socket, serial, control;
+  std::string sw_socket, serial, name = "vm0", log_target = "auto", control;
   bool readonly = false, no_ice = false, allow_ecb = false;
   uint16_t num_queues = 1, queue_size = 256;
   uint32_t max_slots = 32, slot_offset = 0, num_slots = 64;
   app.add_option("--config", config_file, "JSON file declaring several exports sharing one engine");
-  app.add_option("--socket", socket, "vhost-user socket path to listen on");
+  app.add_option("--socket", socket,
+                 "vhost-user socket path to listen on, or fd:N to serve the listening socket inherited as "
+                 "file descriptor N");
+  app.add_option("--name", name, "export name, for logs and for FileDescriptorName= matching (default vm0)");
   app.add_option("--image", image, "disk image (file or block device)");
   app.add_option("--size", size, "create the image with this size if missing (e.g. 64M, 1G)");
   app.add_flag("--readonly", readonly, "serve the image read-only (VIRTIO_BLK_F_RO)");
@@ -56,13 +62,18 @@ int main(int argc, char** argv) {
   app.add_option("--serial", serial, "serial number returned by GET_ID (max 20 bytes)");
   app.add_option("--control", control, "QMP control socket (docs/control.md): add/remove exports at runtime");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
+  app.add_option("--log-target", log_target,
+                 "auto (the journal when JOURNAL_STREAM names stderr, else stderr), stderr or journal")
+      ->check(CLI::IsMember({"auto", "stderr", "journal"}));
+  app.set_version_flag("--version", [] { return version::banner("iceblkd"); },
+                       "print the version, the git revision and the library versions, and exit");
   // Per-export options describe the single command-line export: refuse them next to
   // --config instead of silently ignoring them.
   CLI::Option* config_opt = app.get_option("--config");
-  for (const char* name : {"--socket", "--image", "--size", "--readonly", "--num-queues", "--queue-size", "--no-ice",
-                           "--max-slots", "--slot-offset", "--num-slots", "--keys", "--secure-world-socket",
-                           "--algorithms", "--io-engine", "--serial"}) {
-    config_opt->excludes(app.get_option(name));
+  for (const char* opt : {"--socket", "--name", "--image", "--size", "--readonly", "--num-queues", "--queue-size",
+                          "--no-ice", "--max-slots", "--slot-offset", "--num-slots", "--keys", "--secure-world-socket",
+                          "--algorithms", "--io-engine", "--serial"}) {
+    config_opt->excludes(app.get_option(opt));
   }
   app.get_option("--log-level")->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
   try {
@@ -71,27 +82,35 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
   } catch (const CLI::ParseError& e) {
     // One line, like every other start-up error (CLI11 would add a second one).
     return die(e.what());
   }
 
-  // Log lines go to stderr (stdout stays free): "[time] [iceblkd] [level] message".
-  spdlog::set_default_logger(spdlog::stderr_color_mt("iceblkd"));
+  // Log lines go to stderr (stdout stays free): "[time] [iceblkd] [level] message";
+  // under systemd, to the journal with priorities and structured fields.
+  const bool journal = log_target == "journal" || (log_target == "auto" && daemon::stderr_is_journal());
+  spdlog::set_default_logger(journal ? std::make_shared<spdlog::logger>("iceblkd", daemon::make_journal_sink("iceblkd"))
+                                     : spdlog::stderr_color_mt("iceblkd"));
   log::set_level(log_level);
+  // Sockets handed in by systemd socket activation (LISTEN_FDS).
+  auto passed = daemon::take_listen_fds();
+  if (!passed) return die(passed.error().message);
   daemon::DaemonConfig cfg;
   if (!config_file.empty()) {
     if (!socket.empty() || !image.empty()) return die("use either --config or --socket/--image, not both");
     auto c = daemon::load_config_file(config_file);
     if (!c) return die(c.error().message);
     cfg = std::move(*c);
-  } else if (socket.empty() && image.empty() && !control.empty()) {
+  } else if (socket.empty() && image.empty() && passed->empty() && !control.empty()) {
     cfg.num_slots = num_slots;  // no export yet: they come over the control socket
   } else {
-    if (socket.empty()) return die("--socket PATH is required (or --config FILE)");
+    if (socket.empty() && passed->empty()) return die("--socket PATH is required (or --config FILE)");
     if (image.empty()) return die("--image FILE is required (or --config FILE)");
     daemon::ExportConfig e;
-    e.name = "vm0";
+    e.name = name;
     e.socket = socket;
     e.image = image;
     if (!size.empty()) {
@@ -121,6 +140,7 @@ int main(int argc, char** argv) {
   }
   cfg.allow_ecb = cfg.allow_ecb || allow_ecb;
   if (!control.empty()) cfg.control_socket = control;
+  if (auto st = daemon::assign_listen_fds(cfg, std::move(*passed)); !st) return die(st.error().message);
 
   // Block the signals before any thread starts, so only sigwait() below sees them;
   // a front-end closing its socket must not kill us with SIGPIPE.
@@ -145,11 +165,13 @@ int main(int argc, char** argv) {
     if (auto st = qmp->start(); !st) return die(st.error().message);
   }
   spdlog::info("iceblkd: serving {} export(s); SIGINT/SIGTERM to stop", (*d)->num_exports());
+  daemon::notify_ready(fmt::format("serving {} export(s)", (*d)->num_exports()));  // Type=notify
 
   int sig = 0;
   sigwait(&set, &sig);
   spdlog::info("iceblkd: {} received, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
   if (qmp) qmp->stop();  // no command runs while the exports go away
+  daemon::notify_stopping("shutting down");
   (*d)->shutdown();
   return 0;
 }

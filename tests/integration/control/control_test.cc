@@ -315,6 +315,9 @@ TEST_F(Control, BadInputGetsAClearErrorAndChangesNothing) {
   add_error(a, "socket path in use");
   EXPECT_FALSE(fs::exists(dir_ + "/vm1.img")) << "a refused add-export left its image behind";
   a = export_args("vm1", 8, 8);
+  a["socket"] = "fd:" + std::to_string(foreign.get());
+  add_error(a, "descriptor sockets are for start-up only");
+  a = export_args("vm1", 8, 8);
   a.erase("size");
   a["image"] = dir_ + "/missing.img";
   add_error(a, "missing.img does not exist");
