@@ -11,6 +11,9 @@
 #                                    qemu-img, python3-matplotlib, valgrind for profiling)
 #   scripts/install-deps.sh --package  also what scripts/package.sh and its tests need (lintian,
 #                                    dpkg-dev, debootstrap for the clean-root install test)
+#   scripts/install-deps.sh --qmp    also the qemu.qmp library (PyPI) in build/qmp-venv, for the
+#                                    control-socket test with a real QMP client (no Debian package
+#                                    exists; without PyPI access that test is skipped)
 # Groups combine: scripts/install-deps.sh --e2e --bench
 set -euo pipefail
 
@@ -19,6 +22,7 @@ pkgs=(build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
       libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev googletest
       libbenchmark-dev e2fsprogs util-linux
       libsystemd-dev systemd help2man groff-base python3)
+want_qmp=0
 for group in "$@"; do
   case "$group" in
     --e2e) pkgs+=(qemu-system-x86 qemu-utils busybox-static cpio gzip kmod iproute2 procps python3) ;;
@@ -27,7 +31,8 @@ for group in "$@"; do
                         cpio gzip) ;;
     --bench) pkgs+=(qemu-system-common qemu-utils python3 python3-matplotlib valgrind) ;;
     --package) pkgs+=(lintian dpkg-dev debootstrap debian-archive-keyring) ;;
-    *) echo "install-deps: unknown group '$group' (use --e2e, --guest-ice, --bench, --package)" >&2; exit 2 ;;
+    --qmp) pkgs+=(python3 python3-venv); want_qmp=1 ;;
+    *) echo "install-deps: unknown group '$group' (use --e2e, --guest-ice, --bench, --package, --qmp)" >&2; exit 2 ;;
   esac
 done
 
@@ -35,12 +40,26 @@ missing=()
 for p in "${pkgs[@]}"; do
   [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
 done
-if ((${#missing[@]} == 0)); then
-  exit 0
+if ((${#missing[@]} > 0)); then
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  echo "install-deps: installing ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-SUDO=""
-if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-echo "install-deps: installing ${missing[*]}" >&2
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# qemu.qmp from PyPI into a venv under build/ (pure Python). A failure (no PyPI
+# access) is not fatal: tests/integration/control/qmp_clients_test.py skips its
+# qemu.qmp half then.
+if ((want_qmp)); then
+  venv="$(cd "$(dirname "$0")/.." && pwd)/build/qmp-venv"
+  if [[ ! -x $venv/bin/python3 ]] || ! "$venv/bin/python3" -c 'import qemu.qmp' 2>/dev/null; then
+    mkdir -p "$(dirname "$venv")"
+    if /usr/bin/python3 -m venv "$venv" &&
+       timeout 120 "$venv/bin/pip" install -q --disable-pip-version-check --retries 1 --timeout 15 'qemu.qmp>=0.0.3' >&2; then
+      echo "install-deps: qemu.qmp installed in $venv" >&2
+    else
+      echo "install-deps: warning: could not install qemu.qmp from PyPI; its test will be skipped" >&2
+    fi
+  fi
+fi

@@ -20,7 +20,9 @@ std::vector<ice::Capability> default_capabilities(const ice::Engine& e) {
 }  // namespace
 
 BlkDevice::BlkDevice(BlkDeviceConfig cfg, std::shared_ptr<backend::BlockBackend> backend)
-    : cfg_(std::move(cfg)), backend_(std::move(backend)) {}
+    : cfg_(std::move(cfg)),
+      backend_(std::move(backend)),
+      stats_(std::make_unique<QueueStats[]>(cfg_.num_queues)) {}
 
 BlkDevice::~BlkDevice() = default;
 

@@ -14,6 +14,7 @@
 #include "base/result.h"
 #include "base/strong_types.h"
 #include "blk/request.h"
+#include "blk/stats.h"
 #include "blk/wire.h"
 #include "ice/crypto_mode.h"
 #include "ice/engine.h"
@@ -56,17 +57,6 @@ struct BlkDeviceConfig {
 };
 
 inline constexpr uint16_t kMaxQueues = 64;
-
-// What the ICE did for one device since it was created (reset does not clear
-// them): encrypted OUT / IN requests that completed successfully, and successful
-// PROGRAM_KEY / EVICT_KEY requests. Updated by the queue workers; the daemon
-// prints them when the export closes.
-struct IceCounters {
-  std::atomic<uint64_t> requests_encrypted{0};
-  std::atomic<uint64_t> requests_decrypted{0};
-  std::atomic<uint64_t> keys_programmed{0};
-  std::atomic<uint64_t> keys_evicted{0};
-};
 
 class BlkDevice {
  public:
@@ -116,10 +106,11 @@ class BlkDevice {
   [[nodiscard]] ice::SlotRange slot_range() const { return range_; }
   [[nodiscard]] const std::vector<ice::Capability>& capabilities() const { return caps_; }
   [[nodiscard]] backend::BlockBackend& backend() { return *backend_; }
+  // Counters of queue q (< num_queues), kept across reconnects (control socket).
+  [[nodiscard]] QueueStats& queue_stats(uint16_t q) { return stats_[q]; }
+  [[nodiscard]] const QueueStats& queue_stats(uint16_t q) const { return stats_[q]; }
   // What the parser needs for the current negotiated features.
   [[nodiscard]] ParseEnv parse_env() const;
-  [[nodiscard]] IceCounters& ice_counters() { return counters_; }
-  [[nodiscard]] const IceCounters& ice_counters() const { return counters_; }
 
  private:
   BlkDevice(BlkDeviceConfig cfg, std::shared_ptr<backend::BlockBackend> backend);
@@ -134,7 +125,7 @@ class BlkDevice {
   uint64_t offered_ = 0;
   std::atomic<uint64_t> negotiated_{0};  // read by queue workers (writeback())
   std::atomic<bool> writeback_{true};
-  IceCounters counters_;
+  std::unique_ptr<QueueStats[]> stats_;  // one per queue
 };
 
 }  // namespace iceblk::blk

@@ -54,6 +54,7 @@ struct QueueProcessor::InFlight {
   unsigned outstanding = 0;
   std::optional<Error> error;
   bool flushed = false;  // writethrough flush issued
+  uint64_t start_ns = 0;  // when the chain was popped (latency statistics)
 
   void clear() {
     req = Request{};
@@ -68,7 +69,12 @@ struct QueueProcessor::InFlight {
 };
 
 QueueProcessor::QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<backend::IoQueue> io)
-    : dev_(dev), env_(dev.parse_env()), engine_(dev.config().engine.get()), index_(index), io_(std::move(io)) {}
+    : dev_(dev),
+      env_(dev.parse_env()),
+      engine_(dev.config().engine.get()),
+      index_(index),
+      stats_(&dev.queue_stats(index)),
+      io_(std::move(io)) {}
 
 QueueProcessor::~QueueProcessor() {
   if (io_) {
@@ -134,6 +140,10 @@ void QueueProcessor::finish(InFlight* f, virtio::SplitQueue& q, uint8_t status, 
   // ORDER: the status byte is stored before push_used's release of used->idx.
   std::memcpy(f->req.status, &status, 1);
   complete(q, f->req.head, used_len);
+  const Request& r = f->req;
+  const bool data = r.kind == RequestKind::kIn || r.kind == RequestKind::kOut;
+  stats_->record(static_cast<size_t>(r.kind), data ? r.length : 0, status, stats_now_ns() - f->start_ns,
+                 r.encrypted(), r.kind == RequestKind::kOut);
   release(f);
 }
 
@@ -236,12 +246,10 @@ void QueueProcessor::start(InFlight* f, virtio::SplitQueue& q) {
         ICEBLK_GUEST_ERROR("queue {}: PROGRAM_KEY: {}", index_, s.error().to_string());
         return finish(f, q, status_for(s.error()), 1);
       }
-      dev_.ice_counters().keys_programmed.fetch_add(1, std::memory_order_relaxed);
       return finish(f, q, kStatusOk, 1);
     }
     case RequestKind::kEvictKey: {
       auto s = engine_->evict(r.slot);
-      if (s) dev_.ice_counters().keys_evicted.fetch_add(1, std::memory_order_relaxed);
       return finish(f, q, s ? kStatusOk : status_for(s.error()), 1);
     }
   }
@@ -275,10 +283,6 @@ void QueueProcessor::advance(InFlight* f, virtio::SplitQueue& q) {
     return submit(f, backend::IoRequest{backend::IoOp::kFlush, 0, 0, {}, false, {}});
   }
   const uint32_t used = r.kind == RequestKind::kIn ? static_cast<uint32_t>(r.length + 1) : 1;
-  if (r.encrypted()) {
-    auto& c = dev_.ice_counters();
-    (r.kind == RequestKind::kOut ? c.requests_encrypted : c.requests_decrypted).fetch_add(1, std::memory_order_relaxed);
-  }
   finish(f, q, kStatusOk, used);
 }
 
@@ -295,6 +299,7 @@ void QueueProcessor::handle_chain(const virtio::DescriptorChain& chain, virtio::
   auto status = locate_status(chain, mem);
   if (!status) {
     ICEBLK_GUEST_ERROR("queue {}: chain {}: {}", index_, chain.head, status.error().to_string());
+    stats_->record(kStatInvalid, 0, 0xff, 0, false, false);
     return complete(q, chain.head, 0);
   }
   auto req = parse_request(chain, mem, env_);
@@ -302,9 +307,11 @@ void QueueProcessor::handle_chain(const virtio::DescriptorChain& chain, virtio::
     const uint8_t st = status_for(req.error());
     ICEBLK_GUEST_ERROR("queue {}: request {}: {}", index_, chain.head, req.error().to_string());
     std::memcpy(*status, &st, 1);
+    stats_->record(kStatInvalid, 0, st, 0, false, false);
     return complete(q, chain.head, 1);
   }
   InFlight* f = acquire();
+  f->start_ns = stats_now_ns();
   f->req = std::move(*req);
   f->mem = q.memory_ptr();
   start(f, q);
@@ -324,6 +331,7 @@ Result<bool> QueueProcessor::process(virtio::SplitQueue& q) {
       if (!*c) break;
       if (auto* bad = std::get_if<virtio::BadChain>(&**c)) {
         ICEBLK_GUEST_ERROR("queue {}: bad chain {}: {}", index_, bad->head, bad->error.to_string());
+        stats_->record(kStatInvalid, 0, 0xff, 0, false, false);
         complete(q, bad->head, 0);
       } else {
         handle_chain(std::get<virtio::DescriptorChain>(**c), q);
@@ -342,6 +350,7 @@ Result<bool> QueueProcessor::process(virtio::SplitQueue& q) {
     if (!c) return tl::unexpected(std::move(c).error());
     if (!*c) break;
     if (auto* bad = std::get_if<virtio::BadChain>(&**c)) {
+      stats_->record(kStatInvalid, 0, 0xff, 0, false, false);
       complete(q, bad->head, 0);
     } else {
       handle_chain(std::get<virtio::DescriptorChain>(**c), q);

@@ -24,6 +24,7 @@
 #include "backend/block_backend.h"
 #include "base/result.h"
 #include "blk/request.h"
+#include "blk/stats.h"
 #include "ice/engine.h"
 #include "virtio/split_queue.h"
 
@@ -82,6 +83,7 @@ class QueueProcessor {
   ParseEnv env_;
   ice::Engine* engine_;
   uint16_t index_;
+  QueueStats* stats_;  // the device's counters of this queue
   ice::CryptContext crypt_;
   std::vector<std::unique_ptr<InFlight>> states_;  // every request state ever made (owner)
   std::vector<InFlight*> free_;                    // states not in use

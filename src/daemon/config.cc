@@ -180,8 +180,9 @@ Result<DaemonConfig> load_config_file(const std::string& path) {
   json j = json::parse(in, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
   if (j.is_discarded()) return fail(Errc::kInvalidArgument, "config file {}: not valid JSON", path);
   if (!j.is_object()) return fail(Errc::kInvalidArgument, "config file {}: top level must be an object", path);
-  ICEBLK_TRY(check_keys(j, {"engine", "exports"}, path));
+  ICEBLK_TRY(check_keys(j, {"engine", "exports", "control"}, path));
   DaemonConfig cfg;
+  ICEBLK_TRY(get_string(j, "control", cfg.control_socket, path));
   if (j.contains("engine")) {
     const json& e = j["engine"];
     const std::string where = path + ": engine";
@@ -190,9 +191,12 @@ Result<DaemonConfig> load_config_file(const std::string& path) {
     ICEBLK_TRY(get_uint(e, "num_slots", cfg.num_slots, where));
     ICEBLK_TRY(get_bool(e, "allow_ecb", cfg.allow_ecb, where));
   }
-  if (!j.contains("exports") || !j["exports"].is_array() || j["exports"].empty()) {
+  // With a control socket the daemon may start with no export and get them at runtime.
+  const bool may_be_empty = !cfg.control_socket.empty() && (!j.contains("exports") || j["exports"].is_array());
+  if (!may_be_empty && (!j.contains("exports") || !j["exports"].is_array() || j["exports"].empty())) {
     return fail(Errc::kInvalidArgument, "config file {}: 'exports' must be a non-empty array", path);
   }
+  if (!j.contains("exports")) return cfg;
   size_t i = 0;
   for (const auto& item : j["exports"]) {
     ICEBLK_ASSIGN_OR_RETURN(ExportConfig e, parse_export(item, fmt::format("{}: exports[{}]", path, i)));
@@ -203,11 +207,19 @@ Result<DaemonConfig> load_config_file(const std::string& path) {
   return cfg;
 }
 
+Result<ExportConfig> parse_export_json(std::string_view json_text, const std::string& where) {
+  json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return fail(Errc::kInvalidArgument, "{}: not valid JSON", where);
+  return parse_export(j, where);
+}
+
 Status validate(DaemonConfig& cfg) {
   if (cfg.num_slots == 0 || cfg.num_slots > 256) {
     return fail(Errc::kInvalidArgument, "engine: num_slots must be 1..256, not {}", cfg.num_slots);
   }
-  if (cfg.exports.empty()) return fail(Errc::kInvalidArgument, "no exports configured");
+  if (cfg.exports.empty() && cfg.control_socket.empty()) {
+    return fail(Errc::kInvalidArgument, "no exports configured");
+  }
   std::set<std::string> names, sockets;
   for (size_t i = 0; i < cfg.exports.size(); ++i) {
     ExportConfig& e = cfg.exports[i];

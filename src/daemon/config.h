@@ -40,6 +40,7 @@ struct DaemonConfig {
   uint32_t num_slots = 64;  // physical keyslots of the shared engine
   bool allow_ecb = false;   // AES-ECB leaks equal blocks: opt-in only
   std::vector<ExportConfig> exports;
+  std::string control_socket;  // QMP control socket (--control, "control"); empty: none
 };
 
 // "4096", "64M", "1G", "512K" (binary units). Refuses 0 and values that are not a
@@ -54,6 +55,10 @@ Result<std::vector<std::pair<ice::Algorithm, ice::KeySize>>> parse_algorithm_lis
 
 // Parse the JSON config file (format in docs/iceblkd.md). Errors name the file and field.
 Result<DaemonConfig> load_config_file(const std::string& path);
+
+// One export from its JSON text (the config file's export object; add-export's
+// arguments). Unknown fields and wrong types are refused, naming `where` and the field.
+Result<ExportConfig> parse_export_json(std::string_view json_text, const std::string& where);
 
 // Cross-field checks: names/sockets unique, queue counts and sizes, slot ranges inside
 // the engine and not overlapping (the error names both exports), ECB only if allowed.

@@ -34,6 +34,28 @@ struct Engine::Impl {
   std::vector<VmEntry> vms;
   uint32_t next_vm = 1;
   std::atomic<uint64_t> next_generation{1};
+  SlotObserver observer;
+
+  // The observer is told which VM owns the slot (looked up under vm_mu).
+  void notify(PhysSlot s, bool programmed) const {
+    if (!observer) return;
+    SlotEvent ev;
+    ev.slot = s;
+    ev.programmed = programmed;
+    std::string name;
+    {
+      std::lock_guard lock(vm_mu);
+      for (const VmEntry& v : vms) {
+        if (v.range.contains(s)) {
+          ev.vm = v.id;
+          name = v.name;
+          break;
+        }
+      }
+    }
+    ev.vm_name = name;
+    observer(ev);
+  }
 
   Result<Slot*> slot(PhysSlot s) const {
     if (s.value >= cfg.num_slots) {
@@ -45,12 +67,15 @@ struct Engine::Impl {
 
   // Swap the slot's key; the old key is released outside the lock (its destruction
   // zeroises key material and frees the keyed cipher contexts).
-  void replace(Slot& s, std::shared_ptr<const ProgrammedKey> k) {
+  // Returns whether the slot held a key.
+  bool replace(Slot& s, std::shared_ptr<const ProgrammedKey> k) {
     {
       std::lock_guard lock(s.mu);
       s.key.swap(k);
     }
+    const bool had = k != nullptr;
     k.reset();
+    return had;
   }
 };
 
@@ -96,15 +121,22 @@ Result<VmId> Engine::add_vm(std::string name, SlotRange range) {
 
 void Engine::remove_vm(VmId vm) {
   SlotRange range;
+  std::string name;
   {
     std::lock_guard lock(impl_->vm_mu);
     auto it = std::find_if(impl_->vms.begin(), impl_->vms.end(),
                            [&](const VmEntry& v) { return v.id == vm; });
     if (it == impl_->vms.end()) return;
     range = it->range;
+    name = it->name;
     impl_->vms.erase(it);
   }
-  evict_range(range);
+  // The VM is gone from the table: tell the observer whose slots these were.
+  for (uint32_t i = range.offset; i < range.offset + range.count && i < impl_->cfg.num_slots; ++i) {
+    if (impl_->replace(impl_->slots[i], nullptr) && impl_->observer) {
+      impl_->observer(SlotEvent{PhysSlot{i}, vm, name, false});
+    }
+  }
 }
 
 Result<SlotRange> Engine::vm_range(VmId vm) const {
@@ -123,12 +155,13 @@ Status Engine::program(PhysSlot slot, Key key) {
   }
   const uint64_t gen = impl_->next_generation.fetch_add(1, std::memory_order_relaxed);
   impl_->replace(*s, std::make_shared<const ProgrammedKey>(std::move(key), gen));
+  impl_->notify(slot, true);
   return {};
 }
 
 Status Engine::evict(PhysSlot slot) {
   ICEBLK_ASSIGN_OR_RETURN(Slot* s, impl_->slot(slot));
-  impl_->replace(*s, nullptr);
+  if (impl_->replace(*s, nullptr)) impl_->notify(slot, false);
   return {};
 }
 
@@ -147,9 +180,11 @@ void Engine::evict_range(SlotRange range) {
   const uint64_t end = std::min<uint64_t>(uint64_t{range.offset} + range.count,
                                           impl_->cfg.num_slots);
   for (uint64_t i = range.offset; i < end; ++i) {
-    impl_->replace(impl_->slots[i], nullptr);
+    if (impl_->replace(impl_->slots[i], nullptr)) impl_->notify(PhysSlot{static_cast<uint32_t>(i)}, false);
   }
 }
+
+void Engine::set_slot_observer(SlotObserver obs) { impl_->observer = std::move(obs); }
 
 Status Engine::crypt(CryptContext& ctx, PhysSlot slot, Direction dir, Dun first,
                      std::span<uint8_t> buf) const {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -103,6 +104,16 @@ struct EngineConfig {
   bool allow_ecb = false;                 // AES-ECB is opt-in only
 };
 
+// A slot gained or lost a key (for the control socket's KEYSLOT_* events and
+// counters). Carries the slot and its VM only: never anything about the key.
+struct SlotEvent {
+  PhysSlot slot{0};
+  VmId vm{0};             // 0 when no VM owns the slot
+  std::string_view vm_name;
+  bool programmed = false;  // false: evicted (only slots that held a key)
+};
+using SlotObserver = std::function<void(const SlotEvent&)>;
+
 class Engine {
  public:
   static Result<std::unique_ptr<Engine>> create(const EngineConfig& cfg);
@@ -125,6 +136,12 @@ class Engine {
   // kNotFound if the slot is empty.
   Result<std::shared_ptr<const ProgrammedKey>> lookup(PhysSlot slot) const;
   void evict_range(SlotRange range);
+
+  // Called after every program and every eviction of a slot that held a key, on
+  // the thread that did it (outside the engine's locks). Set it before the engine
+  // is shared with other threads; it must be cheap and must not call back into
+  // program/evict.
+  void set_slot_observer(SlotObserver obs);
 
   // Convenience: look up `slot` and crypt in place with `ctx`.
   Status crypt(CryptContext& ctx, PhysSlot slot, Direction dir, Dun first, std::span<uint8_t> buf) const;

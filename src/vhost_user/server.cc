@@ -126,7 +126,12 @@ Status Server::run() {
     accepted_.fetch_add(1);
     spdlog::info("vhost-user front-end connected on {}", path_);
     Connection conn(std::move(c));
-    (void)serve_connection(device_, conn, stop_.get());  // logs why it ended
+    if (observer_) observer_(true, {});
+    Status ended = serve_connection(device_, conn, stop_.get());  // logs why it ended
+    if (observer_) {
+      const bool orderly = ended || ended.error().code == Errc::kClosed;
+      observer_(false, orderly ? std::string() : ended.error().to_string());
+    }
   }
   listen_.reset();
   remove_socket_file();

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -41,6 +42,11 @@ class Server {
   void shutdown();
 
   [[nodiscard]] const std::string& path() const { return path_; }
+  // Called on run()'s thread when a front-end was accepted (connected true, error
+  // empty) and when its connection ended (false; `error` says why when the
+  // front-end broke the protocol, empty for an orderly end). Set it before run().
+  using ConnectionObserver = std::function<void(bool connected, const std::string& error)>;
+  void set_connection_observer(ConnectionObserver obs) { observer_ = std::move(obs); }
   // Number of front-ends accepted so far.
   [[nodiscard]] uint64_t connections_accepted() const { return accepted_.load(); }
 
@@ -55,6 +61,7 @@ class Server {
   UniqueFd stop_;  // eventfd, readable once shutdown() was called
   std::atomic<uint64_t> accepted_{0};
   std::atomic<bool> removed_{false};  // adopt(): true from the start (not ours)
+  ConnectionObserver observer_;
 };
 
 }  // namespace iceblk::vhost_user

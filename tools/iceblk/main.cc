@@ -14,6 +14,7 @@
 #include "blk/wire.h"
 #include "bench.h"
 #include "common.h"
+#include "ctl.h"
 #include "driver/conformance.h"
 #include "driver/keyslot_manager.h"
 
@@ -335,7 +336,8 @@ int main(int argc, char** argv) {
       "  iceblk read -s /tmp/vm0.sock --offset 0 --length 1M --pattern seed:7 --key-file k.bin\n"
       "  iceblk verify -s /tmp/vm0.sock --length 4M --algorithm aes-128-xts\n"
       "  iceblk bench -s /tmp/vm0.sock --rw randread --bs 4k --iodepth 32 --runtime 10 --encrypt on\n"
-      "  iceblk conformance --socket /tmp/vm0.sock\n"};
+      "  iceblk conformance --socket /tmp/vm0.sock\n"
+      "  iceblk ctl -c /run/iceblkd.qmp query-exports\n"};
   app.require_subcommand(1);
   app.set_version_flag("--version", [] { return version::banner("iceblk"); },
                        "print the version, the git revision and the library versions, and exit");
@@ -387,9 +389,13 @@ int main(int argc, char** argv) {
                  "out-of-band key channel (default: <socket>.sw when it exists)");
   cf->add_flag("--verbose,-v", conf.verbose, "print details for passing checks too");
 
+  CtlOptions ctl_opt;
+  auto* ctl = add_ctl_command(app, ctl_opt);
+
   CLI11_PARSE(app, argc, argv);
   log::set_level(log_level);
 
+  if (ctl->parsed()) return run_ctl(ctl_opt);
   if (info->parsed()) return cmd_info(dopt, json);
   if (rd->parsed()) return cmd_rw(false, dopt, copt, io);
   if (wr->parsed()) return cmd_rw(true, dopt, copt, io);

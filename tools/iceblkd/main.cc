@@ -5,6 +5,7 @@
 // AES-XTS and ESSIV) until SIGINT/SIGTERM. `--config FILE` declares several exports
 // sharing one engine (docs/iceblkd.md).
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -13,6 +14,7 @@
 
 #include "base/log.h"
 #include "base/version.h"
+#include "control/qmp_server.h"
 #include "daemon/daemon.h"
 #include "daemon/journal_sink.h"
 #include "daemon/systemd.h"
@@ -31,7 +33,7 @@ int die(const std::string& msg) {
 int main(int argc, char** argv) {
   CLI::App app{"iceblkd: vhost-user-blk device with an Inline Crypto Engine (VIRTIO_BLK_F_ICE)"};
   std::string config_file, socket, image, size, keys = "inband", algorithms, log_level = "info", io_engine = "auto";
-  std::string sw_socket, serial, name = "vm0", log_target = "auto";
+  std::string sw_socket, serial, name = "vm0", log_target = "auto", control;
   bool readonly = false, no_ice = false, allow_ecb = false;
   uint16_t num_queues = 1, queue_size = 256;
   uint32_t max_slots = 32, slot_offset = 0, num_slots = 64;
@@ -58,6 +60,7 @@ int main(int argc, char** argv) {
   app.add_flag("--allow-ecb", allow_ecb, "allow AES-ECB (leaks equal blocks)");
   app.add_option("--io-engine", io_engine, "auto, io_uring or sync")->check(CLI::IsMember({"auto", "io_uring", "sync"}));
   app.add_option("--serial", serial, "serial number returned by GET_ID (max 20 bytes)");
+  app.add_option("--control", control, "QMP control socket (docs/control.md): add/remove exports at runtime");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
   app.add_option("--log-target", log_target,
                  "auto (the journal when JOURNAL_STREAM names stderr, else stderr), stderr or journal")
@@ -101,6 +104,8 @@ int main(int argc, char** argv) {
     auto c = daemon::load_config_file(config_file);
     if (!c) return die(c.error().message);
     cfg = std::move(*c);
+  } else if (socket.empty() && image.empty() && passed->empty() && !control.empty()) {
+    cfg.num_slots = num_slots;  // no export yet: they come over the control socket
   } else {
     if (socket.empty() && passed->empty()) return die("--socket PATH is required (or --config FILE)");
     if (image.empty()) return die("--image FILE is required (or --config FILE)");
@@ -134,6 +139,7 @@ int main(int argc, char** argv) {
     cfg.num_slots = num_slots;
   }
   cfg.allow_ecb = cfg.allow_ecb || allow_ecb;
+  if (!control.empty()) cfg.control_socket = control;
   if (auto st = daemon::assign_listen_fds(cfg, std::move(*passed)); !st) return die(st.error().message);
 
   // Block the signals before any thread starts, so only sigwait() below sees them;
@@ -147,13 +153,24 @@ int main(int argc, char** argv) {
 
   auto d = daemon::Daemon::create(std::move(cfg));
   if (!d) return die(d.error().message);
+  std::unique_ptr<control::QmpServer> qmp;
+  if (!(*d)->config().control_socket.empty()) {
+    // "quit" ends the daemon like SIGTERM does: the signal reaches sigwait() below.
+    auto q = control::QmpServer::create((*d)->config().control_socket, **d, {}, [] { ::kill(::getpid(), SIGTERM); });
+    if (!q) return die(q.error().message);
+    qmp = std::move(*q);
+  }
   if (auto st = (*d)->start(); !st) return die(st.error().message);
+  if (qmp) {
+    if (auto st = qmp->start(); !st) return die(st.error().message);
+  }
   spdlog::info("iceblkd: serving {} export(s); SIGINT/SIGTERM to stop", (*d)->num_exports());
   daemon::notify_ready(fmt::format("serving {} export(s)", (*d)->num_exports()));  // Type=notify
 
   int sig = 0;
   sigwait(&set, &sig);
   spdlog::info("iceblkd: {} received, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  if (qmp) qmp->stop();  // no command runs while the exports go away
   daemon::notify_stopping("shutting down");
   (*d)->shutdown();
   return 0;
