@@ -180,6 +180,7 @@ class Device {
   [[nodiscard]] uint64_t protocol_features() const;
   [[nodiscard]] bool has_feature(unsigned bit) const;
   [[nodiscard]] bool ice() const;  // bit 22 negotiated
+  [[nodiscard]] bool ice_offered() const;  // bit 22 offered (negotiated unless want_ice was false)
   [[nodiscard]] KeyMode key_mode() const;
   [[nodiscard]] uint32_t header_size() const;  // 16 or 32
   [[nodiscard]] uint16_t num_queues() const;
@@ -248,6 +249,9 @@ class Device {
   explicit Device(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// Names of the set feature bits ("VERSION_1 FLUSH ICE ..."; unknown ones "bit<n>").
+std::string feature_names(uint64_t features);
 
 // Map a status byte to an error for `what` ("read 4096 bytes at offset 0"); OK -> {}.
 Status status_to_error(uint8_t status, const std::string& what);

@@ -41,9 +41,9 @@ struct DaemonConfig {
   std::vector<ExportConfig> exports;
 };
 
-// "4096", "64M", "1G", "512K" (binary units). Refuses 0 and values that are not a
-// multiple of 512 bytes, with a message naming `what`.
-Result<uint64_t> parse_size(std::string_view text, std::string_view what);
+// An image size: iceblk::parse_size (base/parse_size.h) that also refuses 0 and
+// values that are not a multiple of 512 bytes, with a message naming `what`.
+Result<uint64_t> parse_image_size(std::string_view text, std::string_view what);
 
 // Comma-separated algorithm names ("aes-256-xts,aes-128-cbc-essiv").
 Result<std::vector<std::pair<ice::Algorithm, ice::KeySize>>> parse_algorithm_list(std::string_view text);

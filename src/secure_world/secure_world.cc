@@ -21,6 +21,7 @@
 #include "base/log.h"
 #include "base/secret_bytes.h"
 #include "base/unique_fd.h"
+#include "base/unix_socket.h"
 #include "ice/key_blob.h"
 
 namespace iceblk::secure_world {
@@ -44,17 +45,6 @@ constexpr uint64_t kListenerBase = 1;              // listener i has token kList
 constexpr uint64_t kConnectionBase = 1ULL << 32;   // connections count up from here
 constexpr size_t kInBufSize = kHeaderSize + kMaxPayloadLen;
 
-Result<sockaddr_un> make_addr(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof addr.sun_path) {
-    return fail(Errc::kInvalidArgument, "socket path '{}' is empty or longer than {} bytes", path,
-                sizeof addr.sun_path - 1);
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  return addr;
-}
-
 // A listening socket whose file is removed when it goes away.
 struct Listener {
   UniqueFd fd;
@@ -69,33 +59,14 @@ struct Listener {
 };
 
 Result<Listener> listen_on(const std::string& path, uint32_t mode) {
-  ICEBLK_ASSIGN_OR_RETURN(const sockaddr_un addr, make_addr(path));
   // A socket file left by a dead process is replaced; one with a live listener is not.
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) {
-      return fail(Errc::kBusy, "'{}' exists and is not a socket", path);
-    }
-    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!probe) return fail(errno_error(Errc::kIo, "socket", errno));
-    if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) {
-      return fail(Errc::kBusy, "'{}' is in use by a live listener", path);
-    }
-    ::unlink(path.c_str());
-  }
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!fd) return fail(errno_error(Errc::kIo, "socket", errno));
-  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
-    return fail(errno_error(Errc::kIo, fmt::format("bind '{}'", path), errno));
-  }
-  Listener l(std::move(fd), path);  // from here on the file is removed on error
-  if (::chmod(path.c_str(), static_cast<mode_t>(mode)) != 0) {
-    return fail(errno_error(Errc::kIo, fmt::format("chmod '{}'", path), errno));
-  }
-  if (::listen(l.fd.get(), 16) != 0) {
-    return fail(errno_error(Errc::kIo, fmt::format("listen '{}'", path), errno));
-  }
-  return l;
+  ListenOptions lo;
+  lo.backlog = 16;
+  lo.nonblocking = true;
+  lo.mode = mode;
+  lo.what = "secure-world socket";
+  ICEBLK_ASSIGN_OR_RETURN(UniqueFd fd, listen_unix(path, lo));
+  return Listener(std::move(fd), path);
 }
 
 struct Connection {
@@ -446,7 +417,7 @@ Result<std::unique_ptr<SecureWorld>> SecureWorld::create(ice::Engine& engine,
   std::set<std::string> paths;
   for (const auto& v : vms) {
     if (v.name.empty()) return fail(Errc::kInvalidArgument, "secure world: VM without a name");
-    ICEBLK_TRY(make_addr(v.socket_path));
+    ICEBLK_TRY(check_socket_path(v.socket_path));
     auto range = engine.vm_range(v.vm);
     if (!range) {
       return fail(Errc::kInvalidArgument, "secure world: VM '{}' is not registered with the engine",

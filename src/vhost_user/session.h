@@ -33,9 +33,8 @@
 
 namespace iceblk::vhost_user {
 
-// Protocol features this session implements and always offers.
-inline constexpr uint64_t kSessionProtocolFeatures = pf_bit(kPfMq) | pf_bit(kPfReplyAck) | pf_bit(kPfConfig) |
-                                                     pf_bit(kPfConfigureMemSlots) | pf_bit(kPfResetDevice);
+// Protocol features this session implements and always offers: kProtocolFeatures
+// (messages.h), shared with the front-end.
 // Offered only when Device::protocol_features() asks for them.
 inline constexpr uint64_t kSessionOptionalProtocolFeatures = pf_bit(kPfStatus);
 // GET_MAX_MEM_SLOTS answer (same as libvhost-user / rust-vmm).

@@ -193,7 +193,7 @@ class BlkHarness {
 
   Pending start(const std::vector<Piece>& pieces, bool use_indirect = false) {
     Pending p;
-    std::vector<driver::Buffer> bufs;
+    std::vector<virtio::Buffer> bufs;
     for (const auto& pc : pieces) {
       Result<GuestAddr> a = pc.writable ? ring_->alloc(pc.len == 0 ? 1 : pc.len, 0xA5, 8)
                                         : ring_->alloc_bytes(pc.bytes, 8);

@@ -12,16 +12,18 @@
 #include <vector>
 
 #include "vhost_user/device.h"
+#include "vhost_user/messages.h"
+#include "virtio/features.h"
 
 namespace iceblk::vhost_user::testing {
 
 class EchoDevice : public Device {
  public:
-  static constexpr uint64_t kFeatureVersion1 = 1ull << 32;
-  static constexpr uint64_t kFeatureEventIdx = 1ull << 29;
-  static constexpr uint64_t kFeatureIndirect = 1ull << 28;
+  static constexpr uint64_t kFeatureVersion1 = virtio::feature_bit(virtio::kFeatureVersion1);
+  static constexpr uint64_t kFeatureEventIdx = virtio::feature_bit(virtio::kFeatureEventIdx);
+  static constexpr uint64_t kFeatureIndirect = virtio::feature_bit(virtio::kFeatureIndirectDesc);
   static constexpr uint64_t kFeatureDevice5 = 1ull << 5;      // some device-specific bit
-  static constexpr uint64_t kFeatureLogAll = 1ull << 26;      // offered by mistake: must be masked
+  static constexpr uint64_t kFeatureLogAll = virtio::feature_bit(kFLogAll);  // offered by mistake: must be masked
   static constexpr uint32_t kConfigSize = 64;
   static constexpr uint32_t kWritableOffset = 16;  // bytes [16, 20) are driver-writable
   static constexpr uint32_t kWritableSize = 4;

@@ -1,4 +1,4 @@
-#include "driver/driver_queue.h"
+#include "virtio/driver_queue.h"
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -13,23 +13,10 @@
 #include "base/checked.h"
 #include "base/le.h"
 #include "base/log.h"
+#include "virtio/ring_atomics.h"
 #include "virtio/ring_layout.h"
 
-namespace iceblk::driver {
-
-using virtio::VirtqDesc;
-using virtio::VirtqUsedElem;
-
-namespace {
-
-uint16_t load16(const uint8_t* p, int order) {
-  return __atomic_load_n(reinterpret_cast<const uint16_t*>(p), order);
-}
-void store16(uint8_t* p, uint16_t v, int order) {
-  __atomic_store_n(reinterpret_cast<uint16_t*>(p), v, order);
-}
-
-}  // namespace
+namespace iceblk::virtio {
 
 // ---------------------------------------------------------------------------
 // DriverMemory
@@ -410,4 +397,4 @@ void DriverQueue::set_raw_avail_idx(uint16_t idx) {
   store16(s.avail_p + virtio::kRingIdxOff, idx, __ATOMIC_RELEASE);
 }
 
-}  // namespace iceblk::driver
+}  // namespace iceblk::virtio
