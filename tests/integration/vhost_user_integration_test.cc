@@ -21,6 +21,8 @@
 #include "vhost_user/frontend.h"
 #include "unit/vhost_user/echo_device.h"
 #include "vhost_user/server.h"
+#include "support/temp_dir.h"
+#include "support/socket.h"
 
 namespace iceblk {
 namespace {
@@ -56,33 +58,9 @@ bool eventually(Pred p, int timeout_ms = 5000) {
   return p();
 }
 
-// A raw unix socket client for malformed input.
-UniqueFd raw_connect(const std::string& path) {
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::memcpy(a.sun_path, path.data(), path.size());
-  UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return UniqueFd();
-  return s;
-}
-
-void raw_send(int fd, const void* p, size_t n, std::vector<int> fds = {}) {
-  iovec iov{const_cast<void*>(p), n};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (!fds.empty()) {
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  ASSERT_EQ(::sendmsg(fd, &msg, MSG_NOSIGNAL), static_cast<ssize_t>(n));
-}
+// Raw unix socket clients for malformed input (support/socket.h).
+using test::raw_connect;
+using test::raw_send;
 
 // True when the server closed the connection (EOF) within the timeout.
 bool server_closed(int fd, int timeout_ms = 5000) {
@@ -99,9 +77,8 @@ bool server_closed(int fd, int timeout_ms = 5000) {
 class VhostUserIntegration : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/iceblk-vhost-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = iceblk::test::make_temp_dir("iceblk-vhost");
+    ASSERT_FALSE(dir_.empty());
     path_ = dir_ + "/vhost.sock";
     auto s = vu::Server::create(path_, dev_);
     ASSERT_TRUE(s) << s.error().to_string();
