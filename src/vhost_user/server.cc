@@ -15,7 +15,7 @@
 
 namespace iceblk::vhost_user {
 
-Result<std::unique_ptr<Server>> Server::create(const std::string& socket_path, Device& device) {
+Result<std::unique_ptr<Server>> Server::create(const std::string& socket_path, Backend& device) {
   ListenOptions lo;
   lo.what = "vhost-user socket";
   ICEBLK_ASSIGN_OR_RETURN(UniqueFd lfd, listen_unix(socket_path, lo));

@@ -32,7 +32,7 @@ Reply u64_reply(Request r, uint64_t v) { return Reply{static_cast<uint32_t>(r), 
 
 }  // namespace
 
-Session::Session(Device& device) : device_(device), vrings_(device.num_queues()) {}
+Session::Session(Backend& device) : device_(device), vrings_(device.num_queues()) {}
 
 Session::~Session() { stop_all(); }
 
@@ -254,7 +254,7 @@ Status Session::on_set_vring_base(const VringState& s) {
 
 Result<Reply> Session::on_get_vring_base(const VringState& s) {
   ICEBLK_ASSIGN_OR_RETURN(Vring * v, vring(s.index, Request::kGetVringBase));
-  // Stops the ring: the worker drains in-flight requests first (Device::drain_queue).
+  // Stops the ring: the worker drains in-flight requests first (Backend::drain_queue).
   stop_ring(*v);
   VringState out{s.index, v->base};
   return Reply{static_cast<uint32_t>(Request::kGetVringBase), std::vector<uint8_t>(as_bytes_of(out).begin(),
@@ -360,7 +360,7 @@ Status Session::on_set_status(uint64_t v) {
   return {};
 }
 
-Status serve_connection(Device& device, Connection& conn, int cancel_fd) {
+Status serve_connection(Backend& device, Connection& conn, int cancel_fd) {
   Session session(device);
   Status why;
   for (;;) {

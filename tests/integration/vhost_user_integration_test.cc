@@ -23,6 +23,7 @@
 #include "vhost_user/server.h"
 #include "support/temp_dir.h"
 #include "support/socket.h"
+#include "support/wait.h"
 
 namespace iceblk {
 namespace {
@@ -48,15 +49,7 @@ bool wait_signalled(int fd, int timeout_ms = 5000) {
   return ::read(fd, &v, sizeof v) == sizeof v;
 }
 
-template <typename Pred>
-bool eventually(Pred p, int timeout_ms = 5000) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (p()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return p();
-}
+using test::eventually;
 
 // Raw unix socket clients for malformed input (support/socket.h).
 using test::raw_connect;

@@ -24,6 +24,7 @@
 #include "integration/daemon/subprocess.h"
 #include "support/pattern.h"
 #include "support/socket.h"
+#include "support/wait.h"
 
 namespace iceblk {
 namespace {
@@ -59,15 +60,7 @@ bool slot_empty(Daemon& d, uint32_t phys) {
   return !k && k.error().code == Errc::kNotFound;
 }
 
-template <typename Pred>
-bool eventually(Pred p, int timeout_ms = 5000) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (p()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return p();
-}
+using test::eventually;
 
 // Captures spdlog output (the daemon's log lines) for assertions.
 class LogCapture {
