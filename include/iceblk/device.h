@@ -33,7 +33,7 @@
 // After reset() or reconnect(), in-band keys are programmed again (the device
 // evicted them, spec §8); out-of-band keys survive in the secure world.
 //
-// Errors are iceblk::Error values (base/error.h). A request the device failed maps
+// Errors are iceblk::Error values (iceblk/error.h). A request the device failed maps
 // its status byte: IOERR -> Errc::kIo, UNSUPP -> Errc::kUnsupported, anything else
 // -> Errc::kProtocol; the message names the request ("read 4096 bytes at offset
 // 8192 (queue 0, slot 3, dun 2): device returned IOERR"). A back-end that goes away
@@ -52,20 +52,17 @@
 #include <string>
 #include <vector>
 
-#include "base/result.h"
-#include "ice/crypto_mode.h"
-#include "ice/key.h"
+#include "iceblk/result.h"
+#include "iceblk/crypto_mode.h"
+#include "iceblk/key.h"
+#include "iceblk/key_mode.h"
 
 namespace iceblk::driver {
 
 class KeyslotManager;
 
-enum class KeyMode {
-  kNone,       // no ICE negotiated
-  kInBand,     // bit 23: PROGRAM_KEY / EVICT_KEY through the virtqueue
-  kOutOfBand,  // bit 22 only: keys through the secure world (spec §7)
-};
-const char* key_mode_name(KeyMode m);
+using iceblk::KeyMode;  // iceblk/key_mode.h
+using iceblk::key_mode_name;
 
 enum class CompletionMode { kInterrupt, kPoll };
 

@@ -2,7 +2,7 @@
 // plain checks) and conformance_checks.cc (ICE, in-band and out-of-band keys).
 #pragma once
 
-#include "driver/conformance.h"
+#include "iceblk/conformance.h"
 
 #include <openssl/evp.h>
 #include <openssl/sha.h>
@@ -15,7 +15,7 @@
 #include "base/le.h"
 #include "base/secret_bytes.h"
 #include "blk/wire.h"
-#include "driver/keyslot_manager.h"
+#include "iceblk/keyslot_manager.h"
 #include "driver/secure_world_client.h"
 #include "ice/key_blob.h"
 #include "iceblk/device.h"

@@ -11,15 +11,6 @@ namespace iceblk::driver {
 
 Error prefixed(const std::string& what, const Error& e) { return Error(e.code, what + ": " + e.message); }
 
-const char* key_mode_name(KeyMode m) {
-  switch (m) {
-    case KeyMode::kNone: return "none";
-    case KeyMode::kInBand: return "in-band";
-    case KeyMode::kOutOfBand: return "out-of-band";
-  }
-  return "?";
-}
-
 const char* op_name(Op op) {
   switch (op) {
     case Op::kRead: return "read";

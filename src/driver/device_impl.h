@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "blk/wire.h"
-#include "driver/keyslot_manager.h"
+#include "iceblk/keyslot_manager.h"
 #include "driver/queue_runner.h"
 #include "driver/secure_world_client.h"
 #include "iceblk/device.h"

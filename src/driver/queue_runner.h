@@ -21,7 +21,7 @@
 
 #include "base/result.h"
 #include "base/unique_fd.h"
-#include "driver/keyslot_manager.h"
+#include "iceblk/keyslot_manager.h"
 #include "iceblk/device.h"
 #include "virtio/driver_queue.h"
 

@@ -12,8 +12,8 @@
 #include "base/log.h"
 #include "bench.h"
 #include "common.h"
-#include "driver/conformance.h"
-#include "driver/keyslot_manager.h"
+#include "iceblk/conformance.h"
+#include "iceblk/keyslot_manager.h"
 
 using namespace iceblk;
 using namespace iceblk::cli;

@@ -31,7 +31,7 @@
 #include "base/strong_types.h"
 #include "blk/wire.h"
 #include "daemon/daemon.h"
-#include "driver/keyslot_manager.h"
+#include "iceblk/keyslot_manager.h"
 #include "driver/secure_world_client.h"
 #include "iceblk/device.h"
 #include "ice/engine.h"

@@ -14,8 +14,8 @@
 #include <openssl/evp.h>
 
 #include "daemon/daemon.h"
-#include "driver/conformance.h"
-#include "driver/keyslot_manager.h"
+#include "iceblk/conformance.h"
+#include "iceblk/keyslot_manager.h"
 #include "iceblk/device.h"
 #include "support/pattern.h"
 #include "support/temp_dir.h"
