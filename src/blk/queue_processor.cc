@@ -261,7 +261,7 @@ void QueueProcessor::handle_chain(const virtio::DescriptorChain& chain, virtio::
     ICEBLK_GUEST_ERROR("queue {}: chain {}: {}", index_, chain.head, status.error().to_string());
     return complete(q, chain.head, 0);
   }
-  auto req = parse_request(chain, mem, env_);
+  auto req = parse_request(chain, mem, env_, *status);
   if (!req) {
     const uint8_t st = status_for(req.error());
     ICEBLK_GUEST_ERROR("queue {}: request {}: {}", index_, chain.head, req.error().to_string());

@@ -163,9 +163,15 @@ Result<uint8_t*> locate_status(const virtio::DescriptorChain& chain, const memor
 
 Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory::GuestMemory& mem,
                               const ParseEnv& env) {
+  ICEBLK_ASSIGN_OR_RETURN(uint8_t* status, locate_status(chain, mem));
+  return parse_request(chain, mem, env, status);
+}
+
+Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory::GuestMemory& mem,
+                              const ParseEnv& env, uint8_t* status) {
   Request r;
   r.head = chain.head;
-  ICEBLK_ASSIGN_OR_RETURN(r.status, locate_status(chain, mem));
+  r.status = status;
 
   const bool ice_on = has_feature(env.features, kFeatureIce) && env.engine != nullptr;
   const uint32_t hdr_size = ice_on ? kIceHeaderSize : kPlainHeaderSize;

@@ -128,6 +128,10 @@ Result<uint8_t*> locate_status(const virtio::DescriptorChain& chain, const memor
 // (header, segments, key blob) and never re-read.
 Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory::GuestMemory& mem,
                               const ParseEnv& env);
+// The same with check 1 done by the caller: `status` is locate_status(chain, mem)
+// (the queue processor locates it once, and answers refused requests through it).
+Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory::GuestMemory& mem,
+                              const ParseEnv& env, uint8_t* status);
 
 // The one mapping from errors to VIRTIO_BLK_S_*: kUnsupported -> UNSUPP, every
 // other error -> IOERR.
