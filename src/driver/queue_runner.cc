@@ -64,7 +64,7 @@ void BufferPool::notify() {
 
 // --- QueueRunner --------------------------------------------------------------------
 
-struct QueueRunner::Ctx {
+struct QueueRunner::InFlight {
   GuestAddr block{0};        // header (when small) + status byte
   GuestAddr header_addr{0};  // separately allocated header (when large), else 0
   GuestAddr data{0};         // out bytes followed by in bytes (0 = none)
@@ -80,30 +80,30 @@ QueueRunner::QueueRunner(BufferPool& pool, const Options& o) : pool_(pool), o_(o
 
 Result<std::unique_ptr<QueueRunner>> QueueRunner::create(BufferPool& pool, const Options& o) {
   std::unique_ptr<QueueRunner> q(new QueueRunner(pool, o));
-  ICEBLK_ASSIGN_OR_RETURN(q->dq_, virtio::DriverQueue::create(pool.memory_ptr(), o.size, o.event_idx, o.indirect));
+  ICEBLK_ASSIGN_OR_RETURN(q->ring_, virtio::DriverQueue::create(pool.memory_ptr(), o.size, o.event_idx, o.indirect));
   ICEBLK_ASSIGN_OR_RETURN(q->kick_, make_eventfd());
   ICEBLK_ASSIGN_OR_RETURN(q->call_, make_eventfd());
   ICEBLK_ASSIGN_OR_RETURN(q->stop_, make_eventfd());
   q->by_head_.assign(o.size, nullptr);
   for (uint32_t k = 0; k < o.size; ++k) {
-    auto c = std::make_unique<Ctx>();
+    auto c = std::make_unique<InFlight>();
     ICEBLK_ASSIGN_OR_RETURN(c->block, pool.memory().alloc(kBlockSize, kBlockSize));
-    q->free_ctx_.push_back(c.get());
-    q->ctxs_.push_back(std::move(c));
+    q->free_.push_back(c.get());
+    q->in_flight_pool_.push_back(std::move(c));
   }
   return q;
 }
 
 QueueRunner::~QueueRunner() {
   stop();
-  for (auto& c : ctxs_) {
+  for (auto& c : in_flight_pool_) {
     if (c->block.value != 0) pool_.free(c->block);
   }
-  dq_.reset();
+  ring_.reset();
 }
 
 void QueueRunner::start() {
-  if (o_.event_idx && o_.mode == CompletionMode::kInterrupt) dq_->enable_interrupts();
+  if (o_.event_idx && o_.mode == CompletionMode::kInterrupt) ring_->enable_interrupts();
   thread_ = std::thread([this] { run(); });
 }
 
@@ -117,20 +117,20 @@ QueueStats QueueRunner::stats() const {
   return {submitted_.load(), completed_.load(), kicks_.load(), interrupts_.load()};
 }
 
-void QueueRunner::give_back(Ctx* c) {
+void QueueRunner::give_back(InFlight* c) {
   if (c->data.value != 0) pool_.free(std::exchange(c->data, GuestAddr{0}));
   if (c->header_addr.value != 0) pool_.free(std::exchange(c->header_addr, GuestAddr{0}));
   c->cb = nullptr;
   c->lease.release();
   {
     std::lock_guard lk(mu_);
-    free_ctx_.push_back(c);
+    free_.push_back(c);
     --in_flight_;
   }
   cv_.notify_all();
 }
 
-void QueueRunner::finish(Ctx* c, Result<RawResult> r) {
+void QueueRunner::finish(InFlight* c, Result<RawResult> r) {
   virtio::DriverMemory& mem = pool_.memory();
   uint8_t* base = mem.ptr(c->data, std::max<uint64_t>(c->out_len + c->in_len, 1));
   if (r && c->in_len > 0 && base != nullptr && !c->in_dst.empty()) {
@@ -151,13 +151,13 @@ void QueueRunner::finish(Ctx* c, Result<RawResult> r) {
 void QueueRunner::reap() {
   virtio::DriverMemory& mem = pool_.memory();
   for (;;) {
-    Ctx* c = nullptr;
+    InFlight* c = nullptr;
     std::optional<virtio::UsedElem> u;
     {
       // ORDER: get_used() frees the chain's descriptors; the head must leave
       // by_head under the same lock, before a submitter can reuse it.
       std::lock_guard lk(mu_);
-      u = dq_->get_used();
+      u = ring_->get_used();
       if (!u) break;
       if (u->head < by_head_.size()) c = std::exchange(by_head_[u->head], nullptr);
     }
@@ -173,7 +173,7 @@ void QueueRunner::reap() {
 }
 
 void QueueRunner::fail_all(const Error& e) {
-  std::vector<Ctx*> pending;
+  std::vector<InFlight*> pending;
   {
     std::lock_guard lk(mu_);
     if (!dead_) dead_ = e;
@@ -182,7 +182,7 @@ void QueueRunner::fail_all(const Error& e) {
     }
   }
   cv_.notify_all();  // submitters waiting for room see dead_
-  for (Ctx* c : pending) finish(c, tl::unexpected(e));
+  for (InFlight* c : pending) finish(c, tl::unexpected(e));
 }
 
 void QueueRunner::drain() {
@@ -196,10 +196,10 @@ void QueueRunner::drain() {
 void QueueRunner::run() {
   thread_id_.store(std::this_thread::get_id());
   const bool polling = o_.mode == CompletionMode::kPoll;
-  if (polling) dq_->disable_interrupts();
+  if (polling) ring_->disable_interrupts();
   for (;;) {
     if (polling) {
-      for (int spin = 0; spin < 4096 && !dq_->has_used(); ++spin) {
+      for (int spin = 0; spin < 4096 && !ring_->has_used(); ++spin) {
 #if defined(__x86_64__)
         __builtin_ia32_pause();
 #endif
@@ -216,7 +216,7 @@ void QueueRunner::run() {
     }
     reap();
     if (!polling && o_.event_idx) {
-      dq_->enable_interrupts();
+      ring_->enable_interrupts();
       reap();
     }
     if ((fds[1].revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
@@ -241,17 +241,17 @@ Status QueueRunner::submit(RingRequest r, bool may_wait) {
                 data_len, mem.size());
   }
   // Take a context (one per possible in-flight chain).
-  Ctx* c = nullptr;
+  InFlight* c = nullptr;
   {
     std::unique_lock lk(mu_);
     if (dead_) return tl::unexpected(*dead_);
-    while (free_ctx_.empty()) {
+    while (free_.empty()) {
       if (!may_wait) return fail(Errc::kBusy, "queue {} is full", o_.index);
       cv_.wait(lk);
       if (dead_) return tl::unexpected(*dead_);
     }
-    c = free_ctx_.back();
-    free_ctx_.pop_back();
+    c = free_.back();
+    free_.pop_back();
     ++in_flight_;
   }
   c->out_len = r.out.size();
@@ -309,12 +309,12 @@ Status QueueRunner::submit(RingRequest r, bool may_wait) {
       return tl::unexpected(std::move(e));
     }
     const bool use_indirect = o_.indirect && bufs.size() > 2;
-    auto head = dq_->add(bufs, use_indirect);
+    auto head = ring_->add(bufs, use_indirect);
     if (head) {
       by_head_[*head] = c;
-      dq_->publish();
+      ring_->publish();
       submitted_.fetch_add(1, std::memory_order_relaxed);
-      if (dq_->needs_kick()) {
+      if (ring_->needs_kick()) {
         kicks_.fetch_add(1, std::memory_order_relaxed);
         signal_fd(kick_.get());
       }

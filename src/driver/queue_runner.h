@@ -73,7 +73,7 @@ class QueueRunner {
   QueueRunner(const QueueRunner&) = delete;
   QueueRunner& operator=(const QueueRunner&) = delete;
 
-  [[nodiscard]] const virtio::DriverQueue& ring() const { return *dq_; }
+  [[nodiscard]] const virtio::DriverQueue& ring() const { return *ring_; }
   [[nodiscard]] int kick_fd() const { return kick_.get(); }
   [[nodiscard]] int call_fd() const { return call_.get(); }
   void start();
@@ -92,23 +92,23 @@ class QueueRunner {
   [[nodiscard]] QueueStats stats() const;
 
  private:
-  struct Ctx;
+  struct InFlight;
   QueueRunner(BufferPool& pool, const Options& o);
   void run();
   void reap();
-  void finish(Ctx* c, Result<RawResult> r);
-  void give_back(Ctx* c);
+  void finish(InFlight* c, Result<RawResult> r);
+  void give_back(InFlight* c);
 
   BufferPool& pool_;
   const Options o_;
-  std::unique_ptr<virtio::DriverQueue> dq_;
+  std::unique_ptr<virtio::DriverQueue> ring_;
   UniqueFd kick_, call_, stop_;
 
   std::mutex mu_;
   std::condition_variable cv_;  // a completion happened (context, ring space, drain)
-  std::vector<Ctx*> by_head_;
-  std::vector<std::unique_ptr<Ctx>> ctxs_;
-  std::vector<Ctx*> free_ctx_;
+  std::vector<InFlight*> by_head_;
+  std::vector<std::unique_ptr<InFlight>> in_flight_pool_;
+  std::vector<InFlight*> free_;
   size_t in_flight_ = 0;
   std::optional<Error> dead_;  // the back-end went away
   std::thread thread_;

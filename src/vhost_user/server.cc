@@ -15,6 +15,44 @@
 
 namespace iceblk::vhost_user {
 
+Status serve_connection(Backend& device, Connection& conn, int cancel_fd) {
+  Session session(device);
+  Status why;
+  for (;;) {
+    auto raw = conn.receive(cancel_fd);
+    if (!raw) {
+      why = tl::unexpected(raw.error());
+      break;
+    }
+    const std::string name = request_name_of(raw->header.request);
+    auto msg = decode(std::move(*raw));
+    if (!msg) {
+      why = tl::unexpected(msg.error());
+      break;
+    }
+    auto reply = session.handle(std::move(*msg));
+    if (!reply) {
+      why = tl::unexpected(reply.error());
+      break;
+    }
+    if (*reply) {
+      auto s = conn.send((*reply)->request, kVersion | kFlagReply, (*reply)->payload);
+      if (!s) {
+        why = tl::unexpected(make_error(s.error().code, "sending {} reply: {}", name, s.error().message));
+        break;
+      }
+    }
+  }
+  session.close();
+  conn.close();
+  if (why.error().code == Errc::kClosed) {
+    spdlog::info("vhost-user front-end disconnected ({})", why.error().message);
+  } else {
+    ICEBLK_PEER_WARN("vhost-user connection closed: {}", why.error().to_string());
+  }
+  return why;
+}
+
 Result<std::unique_ptr<Server>> Server::create(const std::string& socket_path, Backend& device) {
   ListenOptions lo;
   lo.what = "vhost-user socket";

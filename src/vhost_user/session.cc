@@ -23,13 +23,6 @@ std::vector<uint8_t> u64_bytes(uint64_t v) {
 
 Reply u64_reply(Request r, uint64_t v) { return Reply{static_cast<uint32_t>(r), u64_bytes(v)}; }
 
-// Peer-caused warnings are rate limited so a front-end cannot flood the log.
-#define ICEBLK_PEER_WARN(...)                                   \
-  do {                                                          \
-    static ::iceblk::log::RateLimiter iceblk_peer_rl_;          \
-    if (iceblk_peer_rl_.allow()) ::spdlog::warn(__VA_ARGS__);   \
-  } while (0)
-
 }  // namespace
 
 Session::Session(Backend& device) : device_(device), vrings_(device.num_queues()) {}
@@ -358,44 +351,6 @@ Status Session::on_set_status(uint64_t v) {
     device_.reset();
   }
   return {};
-}
-
-Status serve_connection(Backend& device, Connection& conn, int cancel_fd) {
-  Session session(device);
-  Status why;
-  for (;;) {
-    auto raw = conn.receive(cancel_fd);
-    if (!raw) {
-      why = tl::unexpected(raw.error());
-      break;
-    }
-    const std::string name = request_name_of(raw->header.request);
-    auto msg = decode(std::move(*raw));
-    if (!msg) {
-      why = tl::unexpected(msg.error());
-      break;
-    }
-    auto reply = session.handle(std::move(*msg));
-    if (!reply) {
-      why = tl::unexpected(reply.error());
-      break;
-    }
-    if (*reply) {
-      auto s = conn.send((*reply)->request, kVersion | kFlagReply, (*reply)->payload);
-      if (!s) {
-        why = tl::unexpected(make_error(s.error().code, "sending {} reply: {}", name, s.error().message));
-        break;
-      }
-    }
-  }
-  session.close();
-  conn.close();
-  if (why.error().code == Errc::kClosed) {
-    spdlog::info("vhost-user front-end disconnected ({})", why.error().message);
-  } else {
-    ICEBLK_PEER_WARN("vhost-user connection closed: {}", why.error().to_string());
-  }
-  return why;
 }
 
 }  // namespace iceblk::vhost_user

@@ -128,6 +128,6 @@ class Session {
 // Serve one accepted front-end until it disconnects, breaks the protocol, or
 // `cancel_fd` becomes readable; then Session::close() (rings drained, device reset).
 // Returns why the connection ended (kClosed for an orderly disconnect/cancel).
-Status serve_connection(Backend& device, Connection& conn, int cancel_fd);
+Status serve_connection(Backend& device, Connection& conn, int cancel_fd);  // in server.cc
 
 }  // namespace iceblk::vhost_user
