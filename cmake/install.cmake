@@ -127,45 +127,11 @@ install(CODE "
                     COMMAND_ERROR_IS_FATAL ANY)
   endif()" COMPONENT dev)
 
-# --- public headers, and the internal headers they still include -----------------
-# include/iceblk/device.h includes "base/result.h", "ice/key.h", ... from src/.
-# Until include/iceblk/ is self-contained (issue 16), the headers it reaches are
-# installed under include/iceblk/internal/, which the package config and iceblk.pc
-# add to the include path. The closure is computed here, so it shrinks by itself.
-file(GLOB _public_headers RELATIVE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR}/include/iceblk/*.h)
-set(_seen "")
-set(_queue "")
-foreach(h IN LISTS _public_headers)
-  list(APPEND _queue ${PROJECT_SOURCE_DIR}/include/${h})
-endforeach()
-set(ICEBLK_INTERNAL_HEADERS "")
-while(_queue)
-  list(POP_FRONT _queue f)
-  if(f IN_LIST _seen)
-    continue()
-  endif()
-  list(APPEND _seen ${f})
-  file(STRINGS ${f} _incs REGEX "^[ \t]*#[ \t]*include[ \t]+\"[^\"]+\"")
-  foreach(line IN LISTS _incs)
-    string(REGEX REPLACE "^[ \t]*#[ \t]*include[ \t]+\"([^\"]+)\".*" "\\1" inc "${line}")
-    if(EXISTS ${PROJECT_SOURCE_DIR}/include/${inc})
-      list(APPEND _queue ${PROJECT_SOURCE_DIR}/include/${inc})
-    elseif(EXISTS ${PROJECT_SOURCE_DIR}/src/${inc})
-      list(APPEND _queue ${PROJECT_SOURCE_DIR}/src/${inc})
-      list(APPEND ICEBLK_INTERNAL_HEADERS ${inc})
-    else()
-      message(FATAL_ERROR "cmake/install.cmake: ${f} includes \"${inc}\", found neither in include/ nor in src/")
-    endif()
-  endforeach()
-endwhile()
-list(REMOVE_DUPLICATES ICEBLK_INTERNAL_HEADERS)
+# --- public headers -------------------------------------------------------------
+# include/iceblk/ is self-contained (tests/public_api compiles it with nothing but
+# include/ on the path), so the headers install as they are.
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/iceblk DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} COMPONENT dev
         FILES_MATCHING PATTERN "*.h")
-foreach(h IN LISTS ICEBLK_INTERNAL_HEADERS)
-  get_filename_component(_dir ${h} DIRECTORY)
-  install(FILES ${PROJECT_SOURCE_DIR}/src/${h} DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/iceblk/internal/${_dir}
-          COMPONENT dev)
-endforeach()
 
 # --- find_package(iceblk) and pkg-config ----------------------------------------
 set(ICEBLK_CMAKEDIR ${CMAKE_INSTALL_LIBDIR}/cmake/iceblk)

@@ -33,7 +33,7 @@
 // After reset() or reconnect(), in-band keys are programmed again (the device
 // evicted them, spec §8); out-of-band keys survive in the secure world.
 //
-// Errors are iceblk::Error values (base/error.h). A request the device failed maps
+// Errors are iceblk::Error values (iceblk/error.h). A request the device failed maps
 // its status byte: IOERR -> Errc::kIo, UNSUPP -> Errc::kUnsupported, anything else
 // -> Errc::kProtocol; the message names the request ("read 4096 bytes at offset
 // 8192 (queue 0, slot 3, dun 2): device returned IOERR"). A back-end that goes away
@@ -52,20 +52,17 @@
 #include <string>
 #include <vector>
 
-#include "base/result.h"
-#include "ice/crypto_mode.h"
-#include "ice/key.h"
+#include "iceblk/result.h"
+#include "iceblk/crypto_mode.h"
+#include "iceblk/key.h"
+#include "iceblk/key_mode.h"
 
 namespace iceblk::driver {
 
 class KeyslotManager;
 
-enum class KeyMode {
-  kNone,       // no ICE negotiated
-  kInBand,     // bit 23: PROGRAM_KEY / EVICT_KEY through the virtqueue
-  kOutOfBand,  // bit 22 only: keys through the secure world (spec §7)
-};
-const char* key_mode_name(KeyMode m);
+using iceblk::KeyMode;  // iceblk/key_mode.h
+using iceblk::key_mode_name;
 
 enum class CompletionMode { kInterrupt, kPoll };
 
@@ -180,6 +177,7 @@ class Device {
   [[nodiscard]] uint64_t protocol_features() const;
   [[nodiscard]] bool has_feature(unsigned bit) const;
   [[nodiscard]] bool ice() const;  // bit 22 negotiated
+  [[nodiscard]] bool ice_offered() const;  // bit 22 offered (negotiated unless want_ice was false)
   [[nodiscard]] KeyMode key_mode() const;
   [[nodiscard]] uint32_t header_size() const;  // 16 or 32
   [[nodiscard]] uint16_t num_queues() const;
@@ -248,6 +246,9 @@ class Device {
   explicit Device(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// Names of the set feature bits ("VERSION_1 FLUSH ICE ..."; unknown ones "bit<n>").
+std::string feature_names(uint64_t features);
 
 // Map a status byte to an error for `what` ("read 4096 bytes at offset 0"); OK -> {}.
 Status status_to_error(uint8_t status, const std::string& what);

@@ -27,6 +27,14 @@ class RateLimiter {
 
 }  // namespace iceblk::log
 
+// Peer-caused warnings (a vhost-user front-end breaking the protocol): warn level,
+// rate limited so a front-end cannot flood the log.
+#define ICEBLK_PEER_WARN(...)                                    \
+  do {                                                           \
+    static ::iceblk::log::RateLimiter iceblk_peer_rl_;           \
+    if (iceblk_peer_rl_.allow()) ::spdlog::warn(__VA_ARGS__);    \
+  } while (0)
+
 #define ICEBLK_GUEST_ERROR(...)                                  \
   do {                                                           \
     static ::iceblk::log::RateLimiter iceblk_rl_;                \

@@ -1,42 +1,4 @@
-// SecretBytes: key material. Move-only, zeroised (OPENSSL_cleanse) on destruction
-// and on move-from, never formattable or streamable: there is deliberately no
-// operator<< and no fmt::formatter, so key bytes cannot reach a log by accident.
+// Moved to the public API: iceblk/secret_bytes.h (include/ is the one home of these types).
 #pragma once
 
-#include <cstddef>
-#include <cstdint>
-#include <memory>
-#include <span>
-
-namespace iceblk {
-
-class SecretBytes {
- public:
-  SecretBytes() = default;
-  explicit SecretBytes(std::span<const uint8_t> bytes);
-  explicit SecretBytes(size_t n);  // n zero bytes
-  ~SecretBytes();
-
-  SecretBytes(SecretBytes&& o) noexcept;
-  SecretBytes& operator=(SecretBytes&& o) noexcept;
-  SecretBytes(const SecretBytes&) = delete;
-  SecretBytes& operator=(const SecretBytes&) = delete;
-
-  [[nodiscard]] size_t size() const { return size_; }
-  [[nodiscard]] bool empty() const { return size_ == 0; }
-  [[nodiscard]] std::span<const uint8_t> view() const { return {data_.get(), size_}; }
-  [[nodiscard]] std::span<uint8_t> mutable_view() { return {data_.get(), size_}; }
-  // Constant-time comparison.
-  [[nodiscard]] bool equals(std::span<const uint8_t> other) const;
-  // Zeroise and release now.
-  void wipe();
-
- private:
-  std::unique_ptr<uint8_t[]> data_;
-  size_t size_ = 0;
-};
-
-// Zeroise any buffer that held key material.
-void secure_zero(void* p, size_t n);
-
-}  // namespace iceblk
+#include "iceblk/secret_bytes.h"

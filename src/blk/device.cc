@@ -122,12 +122,10 @@ std::array<uint8_t, kConfigSize> BlkDevice::config_bytes() const {
     c.write_zeroes_may_unmap = 1;
   }
   if (cfg_.engine) {  // spec §2: read as 0 when bit 22 is not offered
-    c.slot_info = static_cast<uint16_t>((range_.count << 8) | range_.offset);
+    c.slot_info = encode_slot_info({static_cast<uint8_t>(range_.count), static_cast<uint8_t>(range_.offset)});
     c.capability_num = static_cast<uint16_t>(caps_.size());
   }
-  std::array<uint8_t, kConfigSize> out{};
-  std::memcpy(out.data(), &c, kConfigSize);
-  return out;
+  return encode_config(c);
 }
 
 Status BlkDevice::read_config(uint32_t offset, std::span<uint8_t> out) const {

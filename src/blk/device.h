@@ -16,6 +16,7 @@
 #include "blk/request.h"
 #include "blk/stats.h"
 #include "blk/wire.h"
+#include "iceblk/key_mode.h"
 #include "ice/crypto_mode.h"
 #include "ice/engine.h"
 
@@ -23,11 +24,10 @@ namespace iceblk::blk {
 
 class QueueProcessor;
 
-// How keys reach the engine (spec §6 / §7).
-enum class KeyMode {
-  kInBand,     // PROGRAM_KEY / EVICT_KEY through the virtqueue; offers bit 23
-  kOutOfBand,  // keys come from the secure world; the device has no key path
-};
+// How keys reach the engine (spec §6 / §7), iceblk/key_mode.h: kInBand offers bit 23
+// (PROGRAM_KEY / EVICT_KEY through the virtqueue); otherwise the keys come from the
+// secure world and the device has no key path.
+using iceblk::KeyMode;
 
 struct BlkDeviceConfig {
   uint16_t num_queues = 1;      // 1..(kMaxQueues); > 1 offers VIRTIO_BLK_F_MQ

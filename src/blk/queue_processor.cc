@@ -21,27 +21,6 @@ constexpr size_t kSmallBounce = 16 * 1024;
 constexpr size_t kMaxIdleSmallBounce = 256;  // 4 MiB per queue at most
 constexpr size_t kMaxIdleLargeBounce = 16;   // 4 MiB per queue at most
 
-// Copy between a flat buffer and bytes [off, off + buf.size()) of an iovec list.
-void iov_copy(std::span<const iovec> iov, uint64_t off, std::span<uint8_t> buf, bool to_iov) {
-  size_t done = 0;
-  for (const auto& v : iov) {
-    if (done == buf.size()) break;
-    if (off >= v.iov_len) {
-      off -= v.iov_len;
-      continue;
-    }
-    const size_t n = std::min<size_t>(v.iov_len - off, buf.size() - done);
-    auto* p = static_cast<uint8_t*>(v.iov_base) + off;
-    if (to_iov) {
-      std::memcpy(p, buf.data() + done, n);
-    } else {
-      std::memcpy(buf.data() + done, p, n);
-    }
-    done += n;
-    off = 0;
-  }
-}
-
 }  // namespace
 
 struct QueueProcessor::InFlight {
@@ -177,10 +156,8 @@ bool QueueProcessor::submit_crypt_chunk(InFlight* f) {
   if (r.kind == RequestKind::kOut) {
     // TRUST: the guest's plaintext is copied once into our private buffer and
     // encrypted there; the driver's buffer is never modified.
-    iov_copy(r.data, f->chunk_off, buf, /*to_iov=*/false);
-    const uint32_t dus = r.key->key.mode().data_unit_size;
-    const Dun dun(r.first_dun.value + f->chunk_off / dus);  // no overflow: checked by the parser
-    if (auto s = crypt_.crypt(*r.key, ice::Direction::kEncrypt, dun, buf); !s) {
+    memory::copy_from_iovecs(r.data, buf, f->chunk_off);
+    if (auto s = crypt_.crypt(*r.key, ice::Direction::kEncrypt, r.dun_at(f->chunk_off), buf); !s) {
       f->error = std::move(s).error();
       return false;
     }
@@ -213,7 +190,7 @@ void QueueProcessor::start(InFlight* f, virtio::SplitQueue& q) {
       std::array<uint8_t, kIdBytes> id{};
       const auto& serial = dev_.config().serial;
       std::memcpy(id.data(), serial.data(), std::min<size_t>(serial.size(), id.size()));
-      iov_copy(r.data, 0, std::span<uint8_t>(id.data(), r.length), /*to_iov=*/true);
+      memory::copy_to_iovecs(r.data, std::span<const uint8_t>(id.data(), r.length));
       return finish(f, q, kStatusOk, static_cast<uint32_t>(r.length + 1));
     }
     case RequestKind::kDiscard:
@@ -230,13 +207,8 @@ void QueueProcessor::start(InFlight* f, virtio::SplitQueue& q) {
       return;
     }
     case RequestKind::kGetCryptoCaps: {
-      std::vector<CryptoCap> caps;
-      caps.reserve(env_.caps->size());
-      for (const auto& c : *env_.caps) {
-        caps.push_back({static_cast<uint8_t>(c.alg), c.data_unit_size_exp, static_cast<uint8_t>(c.key_size), 0});
-      }
-      iov_copy(r.data, 0, {reinterpret_cast<uint8_t*>(caps.data()), caps.size() * sizeof(CryptoCap)},
-               /*to_iov=*/true);
+      std::vector<uint8_t> caps = encode_capabilities(*env_.caps);
+      memory::copy_to_iovecs(r.data, caps);
       return finish(f, q, kStatusOk, static_cast<uint32_t>(r.length + 1));
     }
     case RequestKind::kProgramKey: {
@@ -264,13 +236,11 @@ void QueueProcessor::advance(InFlight* f, virtio::SplitQueue& q) {
   if (r.encrypted()) {
     if (r.kind == RequestKind::kIn) {
       std::span<uint8_t> buf(f->bounce, f->chunk_len);
-      const uint32_t dus = r.key->key.mode().data_unit_size;
-      const Dun dun(r.first_dun.value + f->chunk_off / dus);
-      if (auto s = crypt_.crypt(*r.key, ice::Direction::kDecrypt, dun, buf); !s) {
+      if (auto s = crypt_.crypt(*r.key, ice::Direction::kDecrypt, r.dun_at(f->chunk_off), buf); !s) {
         ICEBLK_GUEST_ERROR("queue {}: decrypt: {}", index_, s.error().to_string());
         return finish(f, q, status_for(s.error()), 1);
       }
-      iov_copy(r.data, f->chunk_off, buf, /*to_iov=*/true);
+      memory::copy_to_iovecs(r.data, buf, f->chunk_off);
     }
     f->chunk_off += f->chunk_len;
     if (f->chunk_off < r.length) {
@@ -302,7 +272,7 @@ void QueueProcessor::handle_chain(const virtio::DescriptorChain& chain, virtio::
     stats_->record(kStatInvalid, 0, 0xff, 0, false, false);
     return complete(q, chain.head, 0);
   }
-  auto req = parse_request(chain, mem, env_);
+  auto req = parse_request(chain, mem, env_, *status);
   if (!req) {
     const uint8_t st = status_for(req.error());
     ICEBLK_GUEST_ERROR("queue {}: request {}: {}", index_, chain.head, req.error().to_string());

@@ -6,22 +6,25 @@
 #include "base/le.h"
 #include "base/secret_bytes.h"
 #include "blk/wire.h"
+#include "virtio/chain_io.h"
 #include "ice/key_blob.h"
 
 namespace iceblk::blk {
 
 namespace {
 
-// Bytes [off, off + dst.size()) of the readable stream, copied once.
-Status copy_out(const std::vector<virtio::Segment>& segs, uint64_t off, std::span<uint8_t> dst,
+// Bytes [off, off + dst.size()) of the readable side, copied once.
+Status copy_out(const virtio::DescriptorChain& chain, uint64_t off, std::span<uint8_t> dst,
                 const memory::GuestMemory& mem) {
-  std::vector<iovec> iov;
-  ICEBLK_TRY(slice_segments(segs, off, dst.size(), mem, iov));
-  // TRUST: one copy out of guest memory; the parser only looks at `dst`.
-  if (memory::copy_from_iovecs(iov, dst) != dst.size()) {
-    return fail(Errc::kOutOfRange, "short copy from guest memory");
-  }
-  return {};
+  return virtio::readable(chain).split_at(off).second.read(mem, dst);
+}
+
+// Host iovecs for `len` bytes at `off` of one side of the chain.
+Status slice(virtio::ChainBytes side, uint64_t off, uint64_t len, const memory::GuestMemory& mem,
+             std::vector<iovec>& out) {
+  auto rest = side.split_at(off).second;
+  if (rest.size() < len) return fail(Errc::kOutOfRange, "chain is {} bytes too short", len - rest.size());
+  return rest.split_at(len).first.iovecs(mem, out);
 }
 
 // sector*512 + len within capacity; returns the byte offset.
@@ -61,10 +64,10 @@ Status parse_io(Request& r, const OutHdr& hdr, const IcePayload* ice, const virt
 
   if (is_in) {
     r.length = chain.writable_len - 1;  // everything writable but the status byte
-    ICEBLK_TRY(slice_segments(chain.writable, 0, r.length, mem, r.data));
+    ICEBLK_TRY(slice(virtio::writable(chain), 0, r.length, mem, r.data));
   } else {
     r.length = chain.readable_len - hdr_size;
-    ICEBLK_TRY(slice_segments(chain.readable, hdr_size, r.length, mem, r.data));
+    ICEBLK_TRY(slice(virtio::readable(chain), hdr_size, r.length, mem, r.data));
   }
   if (r.length % kSectorSize != 0) {
     return fail(Errc::kMisaligned, "data length {} is not a multiple of 512", r.length);
@@ -110,7 +113,7 @@ Status parse_discard(Request& r, const virtio::DescriptorChain& chain, uint32_t 
   const uint64_t n = bytes / sizeof(DiscardWriteZeroes);
   if (n > max_seg) return fail(Errc::kOutOfRange, "{} segments, at most {} allowed", n, max_seg);
   std::vector<DiscardWriteZeroes> segs(n);
-  ICEBLK_TRY(copy_out(chain.readable, hdr_size,
+  ICEBLK_TRY(copy_out(chain, hdr_size,
                       {reinterpret_cast<uint8_t*>(segs.data()), segs.size() * sizeof(DiscardWriteZeroes)}, mem));
   // Flags first, for every segment: UNSUPP takes precedence over range errors.
   for (const auto& s : segs) {
@@ -140,7 +143,7 @@ Status parse_program_key(Request& r, const IcePayload& ice, const virtio::Descri
   }
   // The blob holds key material: keep it in SecretBytes so it is zeroised.
   SecretBytes blob(ice::kKeyBlobSize);
-  ICEBLK_TRY(copy_out(chain.readable, hdr_size, blob.mutable_view(), mem));
+  ICEBLK_TRY(copy_out(chain, hdr_size, blob.mutable_view(), mem));
   auto key = ice::parse_key_blob(
       std::span<const uint8_t, ice::kKeyBlobSize>(blob.view().data(), ice::kKeyBlobSize), *env.caps);
   if (!key) return tl::unexpected(std::move(key).error());
@@ -150,40 +153,25 @@ Status parse_program_key(Request& r, const IcePayload& ice, const virtio::Descri
 
 }  // namespace
 
-Status slice_segments(const std::vector<virtio::Segment>& segs, uint64_t off, uint64_t len,
-                      const memory::GuestMemory& mem, std::vector<iovec>& out) {
-  for (const auto& s : segs) {
-    if (len == 0) break;
-    if (off >= s.len) {
-      off -= s.len;
-      continue;
-    }
-    const uint64_t take = std::min<uint64_t>(s.len - off, len);
-    auto a = checked_add(s.addr.value, off);
-    if (!a) return fail(Errc::kOverflow, "segment address overflows");
-    ICEBLK_TRY(mem.translate(GuestAddr(*a), take, out));
-    len -= take;
-    off = 0;
-  }
-  if (len != 0) return fail(Errc::kOutOfRange, "chain is {} bytes too short", len);
-  return {};
-}
-
 Result<uint8_t*> locate_status(const virtio::DescriptorChain& chain, const memory::GuestMemory& mem) {
   if (chain.writable.empty() || chain.writable.back().len == 0) {
     return fail(Errc::kProtocol, "chain {} has no device-writable status byte", chain.head);
   }
-  const auto& last = chain.writable.back();
-  auto a = checked_add<uint64_t>(last.addr.value, last.len - 1);
-  if (!a) return fail(Errc::kOverflow, "status byte address overflows");
-  return mem.contiguous(GuestAddr(*a), 1);
+  const auto w = virtio::writable(chain);
+  return w.split_at(w.size() - 1).second.byte(mem);
 }
 
 Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory::GuestMemory& mem,
                               const ParseEnv& env) {
+  ICEBLK_ASSIGN_OR_RETURN(uint8_t* status, locate_status(chain, mem));
+  return parse_request(chain, mem, env, status);
+}
+
+Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory::GuestMemory& mem,
+                              const ParseEnv& env, uint8_t* status) {
   Request r;
   r.head = chain.head;
-  ICEBLK_ASSIGN_OR_RETURN(r.status, locate_status(chain, mem));
+  r.status = status;
 
   const bool ice_on = has_feature(env.features, kFeatureIce) && env.engine != nullptr;
   const uint32_t hdr_size = ice_on ? kIceHeaderSize : kPlainHeaderSize;
@@ -193,7 +181,7 @@ Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory
   }
   // TRUST: the header is copied out once, wherever the descriptors split it.
   IceHdr hdr{};
-  ICEBLK_TRY(copy_out(chain.readable, 0, {reinterpret_cast<uint8_t*>(&hdr), hdr_size}, mem));
+  ICEBLK_TRY(copy_out(chain, 0, {reinterpret_cast<uint8_t*>(&hdr), hdr_size}, mem));
   const IcePayload* ice = ice_on ? &hdr.ice : nullptr;
 
   const uint32_t type = hdr.out.type.get();
@@ -209,7 +197,7 @@ Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory
     case kTypeGetId:
       r.kind = RequestKind::kGetId;
       r.length = std::min<uint64_t>(chain.writable_len - 1, kIdBytes);
-      ICEBLK_TRY(slice_segments(chain.writable, 0, r.length, mem, r.data));
+      ICEBLK_TRY(slice(virtio::writable(chain), 0, r.length, mem, r.data));
       return r;
     case kTypeDiscard:
     case kTypeWriteZeroes: {
@@ -230,7 +218,7 @@ Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory
                     need);
       }
       r.length = need;
-      ICEBLK_TRY(slice_segments(chain.writable, 0, need, mem, r.data));
+      ICEBLK_TRY(slice(virtio::writable(chain), 0, need, mem, r.data));
       return r;
     }
     case kTypeIceProgramKey:

@@ -67,6 +67,11 @@ struct Request {
   std::optional<ice::Key> new_key;
 
   [[nodiscard]] bool encrypted() const { return key != nullptr; }
+  // DUN of the data unit at byte `off` of the request (encrypted only). No overflow:
+  // the parser checked that first_dun + units - 1 fits 64 bits.
+  [[nodiscard]] Dun dun_at(uint64_t off) const {
+    return Dun(first_dun.value + off / key->key.mode().data_unit_size);
+  }
 };
 
 // Everything the parser needs to know about the device, fixed once features are
@@ -123,13 +128,14 @@ Result<uint8_t*> locate_status(const virtio::DescriptorChain& chain, const memor
 // (header, segments, key blob) and never re-read.
 Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory::GuestMemory& mem,
                               const ParseEnv& env);
+// The same with check 1 done by the caller: `status` is locate_status(chain, mem)
+// (the queue processor locates it once, and answers refused requests through it).
+Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory::GuestMemory& mem,
+                              const ParseEnv& env, uint8_t* status);
 
 // The one mapping from errors to VIRTIO_BLK_S_*: kUnsupported -> UNSUPP, every
 // other error -> IOERR.
 uint8_t status_for(const Error& e);
 
-// Appends host iovecs for bytes [off, off + len) of the concatenation of `segs`.
-Status slice_segments(const std::vector<virtio::Segment>& segs, uint64_t off, uint64_t len,
-                      const memory::GuestMemory& mem, std::vector<iovec>& out);
 
 }  // namespace iceblk::blk

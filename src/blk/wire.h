@@ -1,18 +1,30 @@
 // virtio-blk + ICE wire structs and constants (spec §1-§6; VIRTIO 1.3 §5.2).
 // Plain little-endian structs built from Le<T>, with static_asserts on size and
-// offsets. Constants come from <linux/virtio_*.h> where the kernel defines them
-// (<linux/virtio_ring.h> is not valid C++, so its two feature bits are spelled out).
+// offsets. Constants come from <linux/virtio_*.h> where the kernel defines them.
+//
+// This is the single home of the virtio-blk + ICE wire format for both sides: the
+// device (blk/) and the driver library (driver/) use these names, the config-space
+// and capability codecs below, and feature_names(). Transport bits (ring features,
+// VERSION_1, vhost-user's bit 30) are defined once in virtio/features.h and
+// re-exported here.
 #pragma once
 
 #include <linux/virtio_blk.h>
 #include <linux/virtio_config.h>
 
+#include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <span>
+#include <string>
 #include <vector>
 
 #include "base/le.h"
+#include "base/result.h"
+#include "ice/crypto_mode.h"
+#include "virtio/features.h"
 
 namespace iceblk::blk {
 
@@ -26,15 +38,23 @@ inline constexpr unsigned kFeatureConfigWce = VIRTIO_BLK_F_CONFIG_WCE;    // 11
 inline constexpr unsigned kFeatureMq = VIRTIO_BLK_F_MQ;                   // 12
 inline constexpr unsigned kFeatureDiscard = VIRTIO_BLK_F_DISCARD;         // 13
 inline constexpr unsigned kFeatureWriteZeroes = VIRTIO_BLK_F_WRITE_ZEROES;  // 14
+inline constexpr unsigned kFeatureLifetime = 15;     // VIRTIO_BLK_F_LIFETIME (not in Debian 12's UAPI)
+inline constexpr unsigned kFeatureSecureErase = VIRTIO_BLK_F_SECURE_ERASE;  // 16
+inline constexpr unsigned kFeatureZoned = 17;        // VIRTIO_BLK_F_ZONED (not in Debian 12's UAPI)
 inline constexpr unsigned kFeatureIce = 22;             // VIRTIO_BLK_F_ICE (spec §1)
 inline constexpr unsigned kFeatureIceInbandKeys = 23;   // VIRTIO_BLK_F_ICE_INBAND_KEYS (spec §1)
-inline constexpr unsigned kFeatureIndirectDesc = 28;  // VIRTIO_RING_F_INDIRECT_DESC
-inline constexpr unsigned kFeatureEventIdx = 29;      // VIRTIO_RING_F_EVENT_IDX
-inline constexpr unsigned kFeatureVhostUserProtocol = 30;  // VHOST_USER_F_PROTOCOL_FEATURES
-inline constexpr unsigned kFeatureVersion1 = VIRTIO_F_VERSION_1;               // 32
+inline constexpr unsigned kFeatureSizeMax = VIRTIO_BLK_F_SIZE_MAX;        // 1
+inline constexpr unsigned kFeatureGeometry = VIRTIO_BLK_F_GEOMETRY;       // 4
+// Transport bits, defined in virtio/features.h:
+using virtio::kFeatureEventIdx;
+using virtio::kFeatureIndirectDesc;
+using virtio::kFeatureVersion1;
+using virtio::kFeatureVhostUserProtocol;
+using virtio::feature_bit;
+using virtio::has_feature;
 
-constexpr uint64_t feature_bit(unsigned b) { return uint64_t{1} << b; }
-constexpr bool has_feature(uint64_t features, unsigned b) { return (features & feature_bit(b)) != 0; }
+// "VERSION_1 FLUSH ICE ..." for the set bits (unknown ones as "bit<n>").
+std::string feature_names(uint64_t features);
 
 // --- request types (spec §4) ----------------------------------------------------
 inline constexpr uint32_t kTypeIn = VIRTIO_BLK_T_IN;                    // 0
@@ -122,6 +142,11 @@ struct CryptoCap {
 };
 static_assert(sizeof(CryptoCap) == 4);
 
+// The GET_CRYPTO_CAPABILITIES payload: the device encodes, the driver decodes. Values
+// are not validated on decode (the driver reports what the device says).
+std::vector<uint8_t> encode_capabilities(std::span<const ice::Capability> caps);
+std::vector<ice::Capability> decode_capabilities(std::span<const uint8_t> bytes);
+
 // --- PROGRAM_KEY blob (spec §6) -------------------------------------------------
 // struct virtio_blk_ice_key is ice::KeyBlobWire (ice/key_blob.h), shared with the
 // secure world's SET_KEY.
@@ -184,5 +209,34 @@ static_assert(offsetof(BlkConfig, seg_max) == 12 && offsetof(BlkConfig, blk_size
 static_assert(offsetof(BlkConfig, capability_num) + sizeof(le16) == kConfigSize);
 static_assert(sizeof(BlkConfig) >= kConfigSize);
 inline constexpr uint32_t kConfigWritebackOffset = offsetof(BlkConfig, writeback);
+
+// Older devices expose fewer config bytes (QEMU's struct sizes: 96 with zoned, 72 with
+// secure erase, 60 before); a driver tries these sizes in this order.
+inline constexpr uint32_t kConfigSizes[] = {kConfigSize, 96, 72, 60};
+
+// slot_info (spec §2): bits 15:8 max_slots, bits 7:0 slot_offset.
+struct SlotInfo {
+  uint8_t max_slots = 0;
+  uint8_t slot_offset = 0;
+};
+constexpr uint16_t encode_slot_info(SlotInfo s) { return static_cast<uint16_t>((s.max_slots << 8) | s.slot_offset); }
+constexpr SlotInfo decode_slot_info(uint16_t v) {
+  return {static_cast<uint8_t>(v >> 8), static_cast<uint8_t>(v & 0xff)};
+}
+
+// The first kConfigSize bytes of `c`: what the device exposes.
+inline std::array<uint8_t, kConfigSize> encode_config(const BlkConfig& c) {
+  std::array<uint8_t, kConfigSize> out{};
+  std::memcpy(out.data(), &c, kConfigSize);
+  return out;
+}
+
+// Config space bytes as read by a driver (kConfigSize or fewer; missing fields are
+// zero). The device builds a BlkConfig and exposes its first kConfigSize bytes.
+inline BlkConfig decode_config(std::span<const uint8_t> bytes) {
+  BlkConfig c{};
+  std::memcpy(&c, bytes.data(), std::min<size_t>(bytes.size(), kConfigSize));
+  return c;
+}
 
 }  // namespace iceblk::blk

@@ -7,41 +7,19 @@
 #include <nlohmann/json.hpp>
 
 #include "base/checked.h"
+#include "base/parse_size.h"
 #include "base/strong_types.h"
 #include "ice/engine.h"
 
 namespace iceblk::daemon {
 
-Result<uint64_t> parse_size(std::string_view text, std::string_view what) {
-  uint64_t value = 0;
-  const char* begin = text.data();
-  const char* end = text.data() + text.size();
-  auto [ptr, ec] = std::from_chars(begin, end, value);
-  if (ec != std::errc() || ptr == begin) {
-    return fail(Errc::kInvalidArgument, "{}: '{}' is not a size (use e.g. 4096, 64M, 1G)", what, text);
+Result<uint64_t> parse_image_size(std::string_view text, std::string_view what) {
+  ICEBLK_ASSIGN_OR_RETURN(const uint64_t bytes, parse_size(text, what));
+  if (bytes == 0) return fail(Errc::kInvalidArgument, "{}: size must not be 0", what);
+  if (bytes % kSectorSize != 0) {
+    return fail(Errc::kInvalidArgument, "{}: {} bytes is not a multiple of 512", what, bytes);
   }
-  std::string_view suffix(ptr, static_cast<size_t>(end - ptr));
-  unsigned shift = 0;
-  if (suffix.empty() || suffix == "B") {
-    shift = 0;
-  } else if (suffix == "K" || suffix == "k" || suffix == "KiB") {
-    shift = 10;
-  } else if (suffix == "M" || suffix == "MiB") {
-    shift = 20;
-  } else if (suffix == "G" || suffix == "GiB") {
-    shift = 30;
-  } else if (suffix == "T" || suffix == "TiB") {
-    shift = 40;
-  } else {
-    return fail(Errc::kInvalidArgument, "{}: unknown unit '{}' in '{}' (use K, M, G or T)", what, suffix, text);
-  }
-  auto bytes = checked_shl(value, shift);
-  if (!bytes) return fail(Errc::kOverflow, "{}: '{}' is too large", what, text);
-  if (*bytes == 0) return fail(Errc::kInvalidArgument, "{}: size must not be 0", what);
-  if (*bytes % kSectorSize != 0) {
-    return fail(Errc::kInvalidArgument, "{}: {} bytes is not a multiple of 512", what, *bytes);
-  }
-  return *bytes;
+  return bytes;
 }
 
 Result<int> parse_fd_socket(std::string_view text) {
@@ -123,7 +101,7 @@ Result<ExportConfig> parse_export(const json& j, const std::string& where) {
   ICEBLK_TRY(get_string(j, "image", e.image, where));
   if (j.contains("size")) {
     if (j["size"].is_string()) {
-      ICEBLK_ASSIGN_OR_RETURN(e.size, parse_size(j["size"].get<std::string>(), where + ".size"));
+      ICEBLK_ASSIGN_OR_RETURN(e.size, parse_image_size(j["size"].get<std::string>(), where + ".size"));
     } else {
       ICEBLK_TRY(get_uint(j, "size", e.size, where));
       if (e.size == 0 || e.size % kSectorSize != 0) {

@@ -43,9 +43,9 @@ struct DaemonConfig {
   std::string control_socket;  // QMP control socket (--control, "control"); empty: none
 };
 
-// "4096", "64M", "1G", "512K" (binary units). Refuses 0 and values that are not a
-// multiple of 512 bytes, with a message naming `what`.
-Result<uint64_t> parse_size(std::string_view text, std::string_view what);
+// An image size: iceblk::parse_size (base/parse_size.h) that also refuses 0 and
+// values that are not a multiple of 512 bytes, with a message naming `what`.
+Result<uint64_t> parse_image_size(std::string_view text, std::string_view what);
 
 // "fd:N" (a listening socket inherited as file descriptor N, QEMU's addr.type=fd) -> N.
 Result<int> parse_fd_socket(std::string_view text);

@@ -32,14 +32,13 @@ void VhostBlkDevice::reset() {
   dev_->reset();
 }
 
-void VhostBlkDevice::queue_started(uint16_t q) {
-  if (q >= processors_.size()) return;
-  auto p = dev_->make_queue_processor(q);
-  if (!p) {
-    spdlog::error("queue {}: cannot start: {}", q, p.error().to_string());
-    return;
-  }
-  processors_[q] = std::move(*p);
+Status VhostBlkDevice::queue_started(uint16_t q) {
+  if (q >= processors_.size()) return fail(Errc::kInvalidArgument, "queue {} does not exist", q);
+  ICEBLK_ASSIGN_OR_RETURN(processors_[q], dev_->make_queue_processor(q)
+                                              .map_error([&](const Error& e) {
+                                                return make_error(e.code, "queue {}: cannot start: {}", q, e.message);
+                                              }));
+  return {};
 }
 
 void VhostBlkDevice::queue_stopped(uint16_t q) {

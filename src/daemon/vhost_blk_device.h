@@ -1,6 +1,6 @@
 // Adapter: serves a blk::BlkDevice through the vhost-user back-end. The session
 // calls control methods on its thread; each queue's methods run on that queue's
-// worker thread, which owns the queue's QueueProcessor (see vhost_user/device.h).
+// worker thread, which owns the queue's QueueProcessor (see vhost_user/backend.h).
 #pragma once
 
 #include <memory>
@@ -8,11 +8,11 @@
 
 #include "blk/device.h"
 #include "blk/queue_processor.h"
-#include "vhost_user/device.h"
+#include "vhost_user/backend.h"
 
 namespace iceblk::daemon {
 
-class VhostBlkDevice final : public vhost_user::Device {
+class VhostBlkDevice final : public vhost_user::Backend {
  public:
   explicit VhostBlkDevice(std::shared_ptr<blk::BlkDevice> dev);
   ~VhostBlkDevice() override;
@@ -25,7 +25,7 @@ class VhostBlkDevice final : public vhost_user::Device {
   Status set_features(uint64_t negotiated) override;
   void reset() override;
 
-  void queue_started(uint16_t q) override;
+  Status queue_started(uint16_t q) override;
   void queue_stopped(uint16_t q) override;
   int queue_event_fd(uint16_t q) override;
   Result<bool> process_queue(uint16_t q, virtio::SplitQueue& vq) override;

@@ -1,4 +1,4 @@
-#include "driver/keyslot_manager.h"
+#include "iceblk/keyslot_manager.h"
 
 namespace iceblk::driver {
 

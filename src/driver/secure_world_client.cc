@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "base/secret_bytes.h"
+#include "base/unix_socket.h"
 #include "ice/key_blob.h"
 
 namespace iceblk::driver {
@@ -38,26 +39,16 @@ void put_header(std::span<uint8_t> msg, sw::Op op) {
 
 Result<SecureWorldClient> SecureWorldClient::connect(const std::string& socket_path,
                                                      Options opts) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket_path.empty() || socket_path.size() >= sizeof addr.sun_path) {
-    return fail(Errc::kInvalidArgument, "secure world socket path '{}' is empty or too long",
-                socket_path);
-  }
-  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd) return fail(errno_error(Errc::kIo, "socket", errno));
+  auto fd = connect_unix(socket_path);
+  if (!fd) return fail(fd.error().code, "secure world: {}", fd.error().message);
   timeval tv{};
   tv.tv_sec = static_cast<time_t>(opts.timeout.count() / 1000);
   tv.tv_usec = static_cast<suseconds_t>((opts.timeout.count() % 1000) * 1000);
-  if (::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
-      ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
+  if (::setsockopt(fd->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+      ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
     return fail(errno_error(Errc::kIo, "setsockopt", errno));
   }
-  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
-    return fail(errno_error(Errc::kIo, fmt::format("connect '{}'", socket_path), errno));
-  }
-  return SecureWorldClient(std::move(fd));
+  return SecureWorldClient(std::move(*fd));
 }
 
 Errc SecureWorldClient::errc_for(sw::WireStatus st) {

@@ -181,26 +181,41 @@ Status GuestMemory::write(GuestAddr addr, std::span<const uint8_t> src) const {
 
 // ---------------------------------------------------------------------------
 
-size_t copy_from_iovecs(std::span<const iovec> iov, std::span<uint8_t> dst) {
+namespace {
+
+// Copies between `buf` and bytes [off, off + buf.size()) of `iov`.
+template <bool kToIov, typename Byte>
+size_t iov_copy(std::span<const iovec> iov, uint64_t off, std::span<Byte> buf) {
   size_t done = 0;
   for (const auto& v : iov) {
-    if (done == dst.size()) break;
-    const size_t n = std::min(v.iov_len, dst.size() - done);
-    if (n > 0) std::memcpy(dst.data() + done, v.iov_base, n);
+    if (done == buf.size()) break;
+    if (off >= v.iov_len) {
+      off -= v.iov_len;
+      continue;
+    }
+    const size_t n = std::min<size_t>(v.iov_len - off, buf.size() - done);
+    auto* p = static_cast<uint8_t*>(v.iov_base) + off;
+    if (n > 0) {
+      if constexpr (kToIov) {
+        std::memcpy(p, buf.data() + done, n);
+      } else {
+        std::memcpy(buf.data() + done, p, n);
+      }
+    }
     done += n;
+    off = 0;
   }
   return done;
 }
 
-size_t copy_to_iovecs(std::span<const iovec> iov, std::span<const uint8_t> src) {
-  size_t done = 0;
-  for (const auto& v : iov) {
-    if (done == src.size()) break;
-    const size_t n = std::min(v.iov_len, src.size() - done);
-    if (n > 0) std::memcpy(v.iov_base, src.data() + done, n);
-    done += n;
-  }
-  return done;
+}  // namespace
+
+size_t copy_from_iovecs(std::span<const iovec> iov, std::span<uint8_t> dst, uint64_t off) {
+  return iov_copy<false>(iov, off, dst);
+}
+
+size_t copy_to_iovecs(std::span<const iovec> iov, std::span<const uint8_t> src, uint64_t off) {
+  return iov_copy<true>(iov, off, src);
 }
 
 }  // namespace iceblk::memory

@@ -100,9 +100,10 @@ class GuestMemory {
   std::vector<Region> regions_;  // sorted by guest_addr
 };
 
-// Copy between an iovec list and a flat buffer; copies min(total iov, buffer)
-// bytes and returns that count.
-size_t copy_from_iovecs(std::span<const iovec> iov, std::span<uint8_t> dst);
-size_t copy_to_iovecs(std::span<const iovec> iov, std::span<const uint8_t> src);
+// Copy between a flat buffer and bytes [off, off + buffer) of an iovec list (the one
+// copy routine for chain buffers: virtio/chain_io.h and blk use it); copies as many
+// bytes as both sides have and returns that count.
+size_t copy_from_iovecs(std::span<const iovec> iov, std::span<uint8_t> dst, uint64_t off = 0);
+size_t copy_to_iovecs(std::span<const iovec> iov, std::span<const uint8_t> src, uint64_t off = 0);
 
 }  // namespace iceblk::memory

@@ -1,27 +1,4 @@
-#include "secure_world/secure_world.h"
-
-#include <errno.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <unistd.h>
-
-#include <algorithm>
-#include <array>
-#include <atomic>
-#include <cstring>
-#include <deque>
-#include <mutex>
-#include <set>
-#include <thread>
-#include <unordered_map>
-
-#include "base/log.h"
-#include "base/secret_bytes.h"
-#include "base/unique_fd.h"
-#include "ice/key_blob.h"
+#include "secure_world/secure_world_impl.h"
 
 namespace iceblk::secure_world {
 
@@ -37,252 +14,20 @@ std::string format_audit_record(const AuditRecord& r) {
   return s;
 }
 
-namespace {
-
-constexpr uint64_t kStopToken = 0;
-constexpr uint64_t kListenerBase = 1;              // listener i has token kListenerBase + i
-constexpr uint64_t kConnectionBase = 1ULL << 32;   // connections count up from here
-constexpr size_t kInBufSize = kHeaderSize + kMaxPayloadLen;
-
-Result<sockaddr_un> make_addr(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof addr.sun_path) {
-    return fail(Errc::kInvalidArgument, "socket path '{}' is empty or longer than {} bytes", path,
-                sizeof addr.sun_path - 1);
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  return addr;
-}
-
-// A listening socket whose file is removed when it goes away.
-struct Listener {
-  UniqueFd fd;
-  std::string path;
-  Listener() = default;
-  Listener(UniqueFd f, std::string p) : fd(std::move(f)), path(std::move(p)) {}
-  Listener(Listener&&) = default;
-  Listener& operator=(Listener&&) = delete;
-  ~Listener() {
-    if (fd.valid()) ::unlink(path.c_str());
-  }
-};
+namespace detail {
 
 Result<Listener> listen_on(const std::string& path, uint32_t mode) {
-  ICEBLK_ASSIGN_OR_RETURN(const sockaddr_un addr, make_addr(path));
   // A socket file left by a dead process is replaced; one with a live listener is not.
-  struct stat st {};
-  if (::lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) {
-      return fail(Errc::kBusy, "'{}' exists and is not a socket", path);
-    }
-    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!probe) return fail(errno_error(Errc::kIo, "socket", errno));
-    if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) {
-      return fail(Errc::kBusy, "'{}' is in use by a live listener", path);
-    }
-    ::unlink(path.c_str());
-  }
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!fd) return fail(errno_error(Errc::kIo, "socket", errno));
-  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
-    return fail(errno_error(Errc::kIo, fmt::format("bind '{}'", path), errno));
-  }
-  Listener l(std::move(fd), path);  // from here on the file is removed on error
-  if (::chmod(path.c_str(), static_cast<mode_t>(mode)) != 0) {
-    return fail(errno_error(Errc::kIo, fmt::format("chmod '{}'", path), errno));
-  }
-  if (::listen(l.fd.get(), 16) != 0) {
-    return fail(errno_error(Errc::kIo, fmt::format("listen '{}'", path), errno));
-  }
-  return l;
+  ListenOptions lo;
+  lo.backlog = 16;
+  lo.nonblocking = true;
+  lo.mode = mode;
+  lo.what = "secure-world socket";
+  ICEBLK_ASSIGN_OR_RETURN(UniqueFd fd, listen_unix(path, lo));
+  return Listener(std::move(fd), path);
 }
 
-struct Connection {
-  size_t vm_index = 0;
-  UniqueFd fd;
-  // Holds at most one header + kMaxPayloadLen bytes, which may include key material:
-  // consumed bytes are zeroised at once and the whole buffer on destruction.
-  std::array<uint8_t, kInBufSize> in{};
-  size_t in_len = 0;
-  std::vector<uint8_t> out;  // queued responses (never secret)
-  bool want_out = false;     // registered for EPOLLOUT instead of EPOLLIN
-  Connection() = default;
-  Connection(const Connection&) = delete;
-  Connection& operator=(const Connection&) = delete;
-  ~Connection() { secure_zero(in.data(), in.size()); }
-};
-
-struct VmState {
-  VmChannel channel;
-  size_t connections = 0;
-  std::unique_ptr<log::RateLimiter> log_limiter;
-  uint64_t suppressed = 0;  // audit lines not logged since the last one that was
-};
-
-}  // namespace
-
-struct SecureWorld::Impl {
-  ice::Engine& engine;
-  SecureWorldOptions opts;
-  std::vector<VmState> vms;
-  std::shared_ptr<spdlog::logger> logger;
-
-  mutable std::mutex audit_mu;
-  std::deque<AuditRecord> audit;
-
-  // Owned by the controlling thread while stopped, by the loop thread while running.
-  UniqueFd epoll_fd;
-  UniqueFd stop_fd;
-  std::vector<Listener> listeners;
-  std::unordered_map<uint64_t, std::unique_ptr<Connection>> conns;
-  uint64_t next_conn_token = kConnectionBase;
-  std::thread thread;
-  std::atomic<bool> running{false};
-
-  Impl(ice::Engine& e, SecureWorldOptions o) : engine(e), opts(std::move(o)) {}
-
-  void audit_record(VmState& vm, uint16_t op, std::optional<uint32_t> slot,
-                    WireStatus status, std::string detail);
-  void run();
-  void accept_all(size_t vm_index);
-  void on_connection_event(uint64_t token, uint32_t events);
-  // Parses and serves every complete message in c.in; false when the connection
-  // must be closed (after a BAD_MESSAGE reply was queued).
-  bool process_input(Connection& c);
-  void serve(Connection& c, const RequestHeader& hdr, std::span<const uint8_t> payload);
-  void bad_message(Connection& c, uint16_t op, std::string why);
-  void queue_response(Connection& c, uint16_t op, WireStatus st, std::span<const uint8_t> payload);
-  // Sends queued output; false if the peer is gone.
-  bool flush(Connection& c);
-  void close_connection(uint64_t token);
-  void update_interest(uint64_t token, Connection& c);
-  void teardown();
-};
-
-// Called only on the loop thread (vm.suppressed is not shared).
-void SecureWorld::Impl::audit_record(VmState& vm, uint16_t op, std::optional<uint32_t> slot,
-                                     WireStatus status, std::string detail) {
-  AuditRecord r{std::chrono::system_clock::now(), vm.channel.name, op, slot, status,
-                std::move(detail)};
-  if (vm.log_limiter->allow()) {
-    if (vm.suppressed != 0) {
-      logger->warn("vm={} {} audit records not logged (rate limit)", vm.channel.name,
-                   std::exchange(vm.suppressed, 0));
-    }
-    logger->log(status == WireStatus::kOk ? spdlog::level::info : spdlog::level::warn, "{}",
-                format_audit_record(r));
-  } else {
-    ++vm.suppressed;
-  }
-  std::lock_guard lk(audit_mu);
-  audit.push_back(std::move(r));
-  while (audit.size() > opts.audit_capacity) audit.pop_front();
-}
-
-void SecureWorld::Impl::queue_response(Connection& c, uint16_t op, WireStatus st,
-                                       std::span<const uint8_t> payload) {
-  ResponseHeader h;
-  h.magic = kMagic;
-  h.op = op;
-  h.status = static_cast<uint16_t>(st);
-  h.payload_len = static_cast<uint32_t>(payload.size());
-  const auto* hp = reinterpret_cast<const uint8_t*>(&h);
-  c.out.insert(c.out.end(), hp, hp + sizeof h);
-  c.out.insert(c.out.end(), payload.begin(), payload.end());
-}
-
-void SecureWorld::Impl::bad_message(Connection& c, uint16_t op, std::string why) {
-  audit_record(vms[c.vm_index], op, std::nullopt, WireStatus::kBadMessage, std::move(why));
-  queue_response(c, op, WireStatus::kBadMessage, {});
-}
-
-void SecureWorld::Impl::serve(Connection& c, const RequestHeader& hdr,
-                              std::span<const uint8_t> payload) {
-  VmState& vm = vms[c.vm_index];
-  const uint16_t op = hdr.op;
-  auto reply = [&](std::optional<uint32_t> slot, WireStatus st, std::string detail,
-                   std::span<const uint8_t> out_payload = {}) {
-    // The audit record is written before the reply leaves, so a client that got its
-    // reply always finds its record.
-    audit_record(vm, op, slot, st, std::move(detail));
-    queue_response(c, op, st, out_payload);
-  };
-
-  // The caller's range, as the engine knows it now (the VM may have been removed).
-  auto range = engine.vm_range(vm.channel.vm);
-  std::optional<uint32_t> slot;
-  if (payload.size() >= sizeof(SlotPayload)) slot = load_obj<le32>(payload.data()).get();
-
-  if (!range) {
-    reply(slot, WireStatus::kDenied, "VM is no longer registered with the engine");
-    return;
-  }
-  if (static_cast<Op>(op) == Op::kQueryRange) {
-    RangePayload rp;
-    rp.slot_offset = range->offset;
-    rp.max_slots = range->count;
-    reply(std::nullopt, WireStatus::kOk, {},
-          std::span(reinterpret_cast<const uint8_t*>(&rp), sizeof rp));
-    return;
-  }
-
-  // Spec §7: a slot outside the caller's range is refused before the engine (or the
-  // key blob) is looked at.
-  if (!range->contains(PhysSlot(*slot))) {
-    reply(slot, WireStatus::kDenied,
-          fmt::format("slot outside the VM's range [{}, {})", range->offset,
-                      uint64_t{range->offset} + range->count));
-    return;
-  }
-
-  if (static_cast<Op>(op) == Op::kInvalidateKey) {
-    auto st = engine.evict(PhysSlot(*slot));
-    if (!st) {
-      reply(slot, WireStatus::kInternal, st.error().to_string());
-    } else {
-      reply(slot, WireStatus::kOk, {});
-    }
-    return;
-  }
-
-  // SET_KEY: the blob is parsed in place in the connection's input buffer, which
-  // process_input zeroises as soon as this returns.
-  const auto blob = payload.subspan<offsetof(SetKeyPayload, blob), ice::kKeyBlobSize>();
-  auto key = ice::parse_key_blob(blob, opts.capabilities);
-  if (!key) {
-    reply(slot, key_blob_status(key.error()), key.error().message);
-    return;
-  }
-  auto st = engine.program(PhysSlot(*slot), std::move(*key));
-  if (!st) {
-    reply(slot, WireStatus::kInternal, st.error().to_string());
-    return;
-  }
-  reply(slot, WireStatus::kOk, {});
-}
-
-bool SecureWorld::Impl::process_input(Connection& c) {
-  while (c.in_len >= kHeaderSize) {
-    // TRUST: the header is copied out of the peer's bytes once and checked before use.
-    const auto hdr = load_obj<RequestHeader>(c.in.data());
-    const uint16_t op = hdr.op;
-    const auto want = check_request_header(hdr);
-    if (!want) {
-      bad_message(c, op, want.error().message);
-      return false;
-    }
-    const size_t total = kHeaderSize + *want;  // <= kInBufSize, checked above
-    if (c.in_len < total) return true;          // wait for the rest
-    serve(c, hdr, std::span<const uint8_t>(c.in.data() + kHeaderSize, *want));
-    // Zeroise the consumed message (it may hold a key), keep what follows it.
-    secure_zero(c.in.data(), total);
-    std::memmove(c.in.data(), c.in.data() + total, c.in_len - total);
-    c.in_len -= total;
-    secure_zero(c.in.data() + c.in_len, kInBufSize - c.in_len);
-  }
-  return true;
-}
+}  // namespace detail
 
 bool SecureWorld::Impl::flush(Connection& c) {
   size_t sent = 0;
@@ -446,7 +191,7 @@ Result<std::unique_ptr<SecureWorld>> SecureWorld::create(ice::Engine& engine,
   std::set<std::string> paths;
   for (const auto& v : vms) {
     if (v.name.empty()) return fail(Errc::kInvalidArgument, "secure world: VM without a name");
-    ICEBLK_TRY(make_addr(v.socket_path));
+    ICEBLK_TRY(check_socket_path(v.socket_path));
     auto range = engine.vm_range(v.vm);
     if (!range) {
       return fail(Errc::kInvalidArgument, "secure world: VM '{}' is not registered with the engine",

@@ -1,11 +1,11 @@
 #include "vhost_user/connection.h"
 
 #include <poll.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 
 #include <cerrno>
 #include <cstring>
+
+#include "base/unix_socket.h"
 
 namespace iceblk::vhost_user {
 
@@ -34,17 +34,7 @@ Status wait_readable(int fd, int cancel_fd, int timeout_ms) {
 }  // namespace
 
 Result<Connection> Connection::connect(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof addr.sun_path) {
-    return fail(Errc::kInvalidArgument, "socket path '{}' is empty or too long", path);
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!s) return tl::unexpected(errno_error(Errc::kIo, "socket", errno));
-  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    return tl::unexpected(errno_error(Errc::kIo, fmt::format("connect to {}", path), errno));
-  }
+  ICEBLK_ASSIGN_OR_RETURN(UniqueFd s, connect_unix(path));
   return Connection(std::move(s));
 }
 
@@ -53,40 +43,22 @@ Status Connection::read_exact(uint8_t* buf, size_t len, bool header_start, std::
   size_t got = 0;
   while (got < len) {
     ICEBLK_TRY(wait_readable(sock_.get(), cancel_fd, timeout_ms));
-    iovec iov{buf + got, len - got};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kRecvFdCapacity)];
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    const ssize_t n = ::recvmsg(sock_.get(), &msg, MSG_CMSG_CLOEXEC);
-    if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
-      return tl::unexpected(errno_error(Errc::kIo, "recvmsg on vhost-user socket", errno));
-    }
-    // Take ownership of any fds first, so every error path below closes them.
-    size_t received_now = 0;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < count; ++i) {
-        fds.emplace_back(load_obj<int>(CMSG_DATA(c) + i * sizeof(int)));
-        ++received_now;
-      }
-    }
-    if ((msg.msg_flags & MSG_CTRUNC) != 0) {
-      return fail(Errc::kProtocol, "too many file descriptors attached to one message");
+    const size_t fds_before = fds.size();
+    auto n = recv_with_fds(sock_.get(), {buf + got, len - got}, fds, kRecvFdCapacity);
+    if (!n) {
+      if (n.error().code == Errc::kBusy) continue;
+      if (n.error().code == Errc::kProtocol) return tl::unexpected(n.error());
+      return fail(n.error().code, "{} on vhost-user socket", n.error().message);
     }
     const bool first_read = header_start && got == 0;
-    if (received_now > 0 && !first_read) {
+    if (fds.size() > fds_before && !first_read) {
       return fail(Errc::kProtocol, "file descriptors received after the first bytes of a message");
     }
-    if (n == 0) {
+    if (*n == 0) {
       if (first_read) return fail(Errc::kClosed, "peer closed the connection");
       return fail(Errc::kProtocol, "truncated message: peer closed after {} of {} bytes", got, len);
     }
-    got += static_cast<size_t>(n);
+    got += *n;
   }
   return {};
 }
@@ -117,33 +89,7 @@ Status Connection::send_bytes(std::span<const uint8_t> bytes, std::span<const in
   if (!sock_) return fail(Errc::kClosed, "connection closed");
   if (fds.size() > kRecvFdCapacity) return fail(Errc::kInvalidArgument, "too many fds to send");
   if (bytes.empty()) return fail(Errc::kInvalidArgument, "fds need at least one byte to travel with");
-  size_t sent = 0;
-  bool fds_pending = !fds.empty();
-  while (sent < bytes.size() || fds_pending) {
-    iovec iov{const_cast<uint8_t*>(bytes.data()) + sent, bytes.size() - sent};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kRecvFdCapacity)];
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    if (fds_pending) {
-      msg.msg_control = control;
-      msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-      cmsghdr* c = CMSG_FIRSTHDR(&msg);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-      std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-    }
-    const ssize_t n = ::sendmsg(sock_.get(), &msg, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
-      if (errno == EPIPE || errno == ECONNRESET) return fail(Errc::kClosed, "peer closed the connection");
-      return tl::unexpected(errno_error(Errc::kIo, "sendmsg on vhost-user socket", errno));
-    }
-    fds_pending = false;
-    sent += static_cast<size_t>(n);
-  }
-  return {};
+  return send_with_fds(sock_.get(), bytes, fds);
 }
 
 }  // namespace iceblk::vhost_user

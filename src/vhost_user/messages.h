@@ -25,6 +25,7 @@
 
 #include "base/result.h"
 #include "base/unique_fd.h"
+#include "virtio/features.h"
 
 namespace iceblk::vhost_user {
 
@@ -107,9 +108,9 @@ std::string request_name_of(uint32_t raw);
 
 // ---- Feature bits ------------------------------------------------------------
 
-// In GET_FEATURES: the back-end supports GET/SET_PROTOCOL_FEATURES.
-inline constexpr unsigned kFProtocolFeatures = 30;
-inline constexpr uint64_t kProtocolFeaturesBit = 1ull << kFProtocolFeatures;
+// In GET_FEATURES: the back-end supports GET/SET_PROTOCOL_FEATURES
+// (VHOST_USER_F_PROTOCOL_FEATURES, bit 30, defined in virtio/features.h).
+inline constexpr uint64_t kProtocolFeaturesBit = virtio::feature_bit(virtio::kFeatureVhostUserProtocol);
 inline constexpr unsigned kFLogAll = 26;  // VHOST_F_LOG_ALL (not supported)
 
 enum ProtocolFeature : unsigned {
@@ -135,6 +136,11 @@ enum ProtocolFeature : unsigned {
   kPfDeviceState = 19,
 };
 constexpr uint64_t pf_bit(ProtocolFeature f) { return 1ull << static_cast<unsigned>(f); }
+
+// The protocol features both halves implement: the back-end session always offers
+// them and the front-end asks for them by default (when offered).
+inline constexpr uint64_t kProtocolFeatures = pf_bit(kPfMq) | pf_bit(kPfReplyAck) | pf_bit(kPfConfig) |
+                                              pf_bit(kPfConfigureMemSlots) | pf_bit(kPfResetDevice);
 
 // ---- Payload structs ---------------------------------------------------------
 

@@ -4,59 +4,60 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 
 #include "base/log.h"
+#include "base/unix_socket.h"
 #include "vhost_user/connection.h"
 #include "vhost_user/session.h"
 
 namespace iceblk::vhost_user {
 
-Result<std::unique_ptr<Server>> Server::create(const std::string& socket_path, Device& device) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket_path.empty() || socket_path.size() >= sizeof addr.sun_path) {
-    return fail(Errc::kInvalidArgument, "socket path '{}' is empty or longer than {} bytes", socket_path,
-                sizeof addr.sun_path - 1);
+Status serve_connection(Backend& device, Connection& conn, int cancel_fd) {
+  Session session(device);
+  Status why;
+  for (;;) {
+    auto raw = conn.receive(cancel_fd);
+    if (!raw) {
+      why = tl::unexpected(raw.error());
+      break;
+    }
+    const std::string name = request_name_of(raw->header.request);
+    auto msg = decode(std::move(*raw));
+    if (!msg) {
+      why = tl::unexpected(msg.error());
+      break;
+    }
+    auto reply = session.handle(std::move(*msg));
+    if (!reply) {
+      why = tl::unexpected(reply.error());
+      break;
+    }
+    if (*reply) {
+      auto s = conn.send((*reply)->request, kVersion | kFlagReply, (*reply)->payload);
+      if (!s) {
+        why = tl::unexpected(make_error(s.error().code, "sending {} reply: {}", name, s.error().message));
+        break;
+      }
+    }
   }
-  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
+  session.close();
+  conn.close();
+  if (why.error().code == Errc::kClosed) {
+    spdlog::info("vhost-user front-end disconnected ({})", why.error().message);
+  } else {
+    ICEBLK_PEER_WARN("vhost-user connection closed: {}", why.error().to_string());
+  }
+  return why;
+}
 
-  struct stat st{};
-  if (::lstat(socket_path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) {
-      return fail(Errc::kBusy, "socket path in use: {} exists and is not a socket", socket_path);
-    }
-    // Is someone listening? Then refuse; otherwise it is a stale leftover.
-    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!probe) return tl::unexpected(errno_error(Errc::kIo, "socket", errno));
-    if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-      return fail(Errc::kBusy, "socket path in use: a server is listening on {}", socket_path);
-    }
-    if (errno != ECONNREFUSED) {
-      return tl::unexpected(errno_error(Errc::kBusy, fmt::format("socket path in use: probing {}", socket_path), errno));
-    }
-    spdlog::info("removing stale vhost-user socket {}", socket_path);
-    if (::unlink(socket_path.c_str()) != 0 && errno != ENOENT) {
-      return tl::unexpected(errno_error(Errc::kIo, fmt::format("unlink stale socket {}", socket_path), errno));
-    }
-  }
-
-  UniqueFd lfd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!lfd) return tl::unexpected(errno_error(Errc::kIo, "socket", errno));
-  if (::bind(lfd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    const int e = errno;
-    return tl::unexpected(errno_error(e == EADDRINUSE ? Errc::kBusy : Errc::kIo,
-                                      fmt::format("bind {}", socket_path), e));
-  }
-  if (::listen(lfd.get(), 8) != 0) {
-    const int e = errno;
-    ::unlink(socket_path.c_str());
-    return tl::unexpected(errno_error(Errc::kIo, fmt::format("listen {}", socket_path), e));
-  }
+Result<std::unique_ptr<Server>> Server::create(const std::string& socket_path, Backend& device) {
+  ListenOptions lo;
+  lo.what = "vhost-user socket";
+  ICEBLK_ASSIGN_OR_RETURN(UniqueFd lfd, listen_unix(socket_path, lo));
   UniqueFd stop(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop) {
     const int e = errno;
@@ -66,7 +67,7 @@ Result<std::unique_ptr<Server>> Server::create(const std::string& socket_path, D
   return std::unique_ptr<Server>(new Server(socket_path, device, std::move(lfd), std::move(stop)));
 }
 
-Result<std::unique_ptr<Server>> Server::adopt(UniqueFd lfd, const std::string& label, Device& device) {
+Result<std::unique_ptr<Server>> Server::adopt(UniqueFd lfd, const std::string& label, Backend& device) {
   int domain = 0, type = 0, listening = 0;
   socklen_t len = sizeof domain;
   if (::getsockopt(lfd.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0) {

@@ -12,7 +12,7 @@
 
 #include "base/result.h"
 #include "base/unique_fd.h"
-#include "vhost_user/device.h"
+#include "vhost_user/backend.h"
 
 namespace iceblk::vhost_user {
 
@@ -22,12 +22,12 @@ class Server {
   // kBusy "socket path in use". A stale socket file (nobody listening) is removed;
   // a path that exists but is not a socket is refused (kBusy). `device` must
   // outlive the server.
-  static Result<std::unique_ptr<Server>> create(const std::string& socket_path, Device& device);
+  static Result<std::unique_ptr<Server>> create(const std::string& socket_path, Backend& device);
   // Serve a socket that is already listening (systemd socket activation, or an
   // inherited fd as with QEMU's addr.type=fd). It must be a listening AF_UNIX
   // stream socket; `label` names it in logs. The socket's file belongs to whoever
   // created it and is never removed.
-  static Result<std::unique_ptr<Server>> adopt(UniqueFd listen_fd, const std::string& label, Device& device);
+  static Result<std::unique_ptr<Server>> adopt(UniqueFd listen_fd, const std::string& label, Backend& device);
   ~Server();  // shutdown() and remove the socket file
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -51,12 +51,12 @@ class Server {
   [[nodiscard]] uint64_t connections_accepted() const { return accepted_.load(); }
 
  private:
-  Server(std::string path, Device& device, UniqueFd listen_fd, UniqueFd stop_fd)
+  Server(std::string path, Backend& device, UniqueFd listen_fd, UniqueFd stop_fd)
       : path_(std::move(path)), device_(device), listen_(std::move(listen_fd)), stop_(std::move(stop_fd)) {}
   void remove_socket_file();
 
   std::string path_;
-  Device& device_;
+  Backend& device_;
   UniqueFd listen_;
   UniqueFd stop_;  // eventfd, readable once shutdown() was called
   std::atomic<uint64_t> accepted_{0};

@@ -1,8 +1,5 @@
 #include "vhost_user/session.h"
 
-#include <linux/virtio_config.h>
-#include <sys/stat.h>
-
 #include <cstring>
 
 #include "base/checked.h"
@@ -12,14 +9,11 @@ namespace iceblk::vhost_user {
 
 namespace {
 
-constexpr uint64_t bit(unsigned b) { return 1ull << b; }
-
-// <linux/virtio_ring.h> is not valid C++; its two feature bits:
-constexpr unsigned kVirtioRingFIndirectDesc = 28;  // VIRTIO_RING_F_INDIRECT_DESC
-constexpr unsigned kVirtioRingFEventIdx = 29;      // VIRTIO_RING_F_EVENT_IDX
+using virtio::feature_bit;
+using virtio::has_feature;
 
 // Features the session can never honour whatever the device says.
-constexpr uint64_t kUnsupportedVirtioFeatures = bit(kFLogAll) | bit(VIRTIO_F_RING_PACKED);
+constexpr uint64_t kUnsupportedVirtioFeatures = feature_bit(kFLogAll) | feature_bit(virtio::kFeatureRingPacked);
 
 std::vector<uint8_t> u64_bytes(uint64_t v) {
   std::vector<uint8_t> out(sizeof v);
@@ -29,16 +23,9 @@ std::vector<uint8_t> u64_bytes(uint64_t v) {
 
 Reply u64_reply(Request r, uint64_t v) { return Reply{static_cast<uint32_t>(r), u64_bytes(v)}; }
 
-// Peer-caused warnings are rate limited so a front-end cannot flood the log.
-#define ICEBLK_PEER_WARN(...)                                   \
-  do {                                                          \
-    static ::iceblk::log::RateLimiter iceblk_peer_rl_;          \
-    if (iceblk_peer_rl_.allow()) ::spdlog::warn(__VA_ARGS__);   \
-  } while (0)
-
 }  // namespace
 
-Session::Session(Device& device) : device_(device), vrings_(device.num_queues()) {}
+Session::Session(Backend& device) : device_(device), vrings_(device.num_queues()) {}
 
 Session::~Session() { stop_all(); }
 
@@ -47,7 +34,7 @@ uint64_t Session::offered_features() const {
 }
 
 uint64_t Session::offered_protocol_features() const {
-  return kSessionProtocolFeatures | (device_.protocol_features() & kSessionOptionalProtocolFeatures);
+  return kProtocolFeatures | (device_.protocol_features() & kSessionOptionalProtocolFeatures);
 }
 
 bool Session::ring_started(uint16_t q) const { return q < vrings_.size() && vrings_[q].worker != nullptr; }
@@ -225,89 +212,6 @@ Status Session::on_set_protocol_features(uint64_t v) {
   return {};
 }
 
-Result<Session::MemSlot> Session::map_region(const MemRegionDesc& d, int fd) const {
-  // TRUST: region geometry comes from the front-end; reject wrapping ranges here,
-  // overlaps are rejected by GuestMemory::create.
-  if (!checked_add(d.guest_phys_addr, d.memory_size - 1) || !checked_add(d.userspace_addr, d.memory_size - 1) ||
-      !checked_add(d.mmap_offset, d.memory_size)) {
-    return fail(Errc::kOverflow, "memory region gpa 0x{:x} size 0x{:x} wraps the address space", d.guest_phys_addr,
-                d.memory_size);
-  }
-  // TRUST: touching a mapping beyond the end of the shared file raises SIGBUS, so
-  // the region must lie inside the file as it is now. (A front-end that shrinks
-  // the file afterwards can still fault us; memfds should be sealed F_SEAL_SHRINK.)
-  struct stat st{};
-  if (::fstat(fd, &st) != 0) return tl::unexpected(errno_error(Errc::kInvalidArgument, "fstat region fd", errno));
-  if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < d.mmap_offset + d.memory_size) {
-    return fail(Errc::kInvalidArgument,
-                "memory region gpa 0x{:x}: offset 0x{:x} + size 0x{:x} exceeds the shared file (0x{:x} bytes)",
-                d.guest_phys_addr, d.mmap_offset, d.memory_size, st.st_size);
-  }
-  ICEBLK_ASSIGN_OR_RETURN(auto mapping, memory::Mapping::map_fd(fd, d.mmap_offset, d.memory_size));
-  return MemSlot{d, std::move(mapping)};
-}
-
-Status Session::install_memory(std::vector<MemSlot> slots) {
-  std::vector<memory::Region> regions;
-  regions.reserve(slots.size());
-  for (const auto& s : slots) {
-    memory::Region r;
-    r.guest_addr = s.desc.guest_phys_addr;
-    r.size = s.desc.memory_size;
-    r.user_addr = s.desc.userspace_addr;
-    r.host = s.mapping->data();
-    r.mapping = s.mapping;
-    regions.push_back(std::move(r));
-  }
-  ICEBLK_ASSIGN_OR_RETURN(auto gm, memory::GuestMemory::create(std::move(regions)));
-  slots_ = std::move(slots);
-  mem_ = std::make_shared<const memory::GuestMemory>(std::move(gm));
-  // Publish the new snapshot; running workers switch before their next pass. Old
-  // mappings stay alive until the last worker drops the previous snapshot.
-  for (auto& v : vrings_)
-    if (v.worker) v.worker->set_memory(mem_);
-  return {};
-}
-
-Status Session::on_set_mem_table(MemTableMsg& m) {
-  std::vector<MemSlot> slots;
-  for (size_t i = 0; i < m.regions.size(); ++i) {
-    ICEBLK_ASSIGN_OR_RETURN(auto s, map_region(m.regions[i], m.fds[i].get()));
-    slots.push_back(std::move(s));
-  }
-  return install_memory(std::move(slots));
-}
-
-Status Session::on_add_mem_reg(MemRegMsg& m) {
-  if (slots_.size() >= kMaxMemSlots) {
-    return fail(Errc::kBusy, "ADD_MEM_REG: all {} memory slots in use", kMaxMemSlots);
-  }
-  ICEBLK_ASSIGN_OR_RETURN(auto s, map_region(m.region, m.fd.get()));
-  auto slots = slots_;
-  slots.push_back(std::move(s));
-  return install_memory(std::move(slots));
-}
-
-Status Session::on_rem_mem_reg(const MemRegMsg& m) {
-  auto slots = slots_;
-  for (auto it = slots.begin(); it != slots.end(); ++it) {
-    if (it->desc.guest_phys_addr == m.region.guest_phys_addr && it->desc.memory_size == m.region.memory_size) {
-      slots.erase(it);
-      if (slots.empty()) {
-        // GuestMemory with no regions is valid; rings that still use it will park.
-        slots_.clear();
-        mem_ = std::make_shared<const memory::GuestMemory>();
-        for (auto& v : vrings_)
-          if (v.worker) v.worker->set_memory(mem_);
-        return {};
-      }
-      return install_memory(std::move(slots));
-    }
-  }
-  return fail(Errc::kNotFound, "REM_MEM_REG: no region at gpa 0x{:x} size 0x{:x}", m.region.guest_phys_addr,
-              m.region.memory_size);
-}
-
 Status Session::on_set_vring_num(const VringState& s) {
   ICEBLK_ASSIGN_OR_RETURN(Vring * v, vring(s.index, Request::kSetVringNum));
   if (v->worker) return fail(Errc::kBusy, "SET_VRING_NUM: vring {} is started", s.index);
@@ -343,7 +247,7 @@ Status Session::on_set_vring_base(const VringState& s) {
 
 Result<Reply> Session::on_get_vring_base(const VringState& s) {
   ICEBLK_ASSIGN_OR_RETURN(Vring * v, vring(s.index, Request::kGetVringBase));
-  // Stops the ring: the worker drains in-flight requests first (Device::drain_queue).
+  // Stops the ring: the worker drains in-flight requests first (Backend::drain_queue).
   stop_ring(*v);
   VringState out{s.index, v->base};
   return Reply{static_cast<uint32_t>(Request::kGetVringBase), std::vector<uint8_t>(as_bytes_of(out).begin(),
@@ -365,8 +269,8 @@ Status Session::start_ring(uint16_t index, Vring& v, UniqueFd kick) {
   cfg.desc = desc;
   cfg.avail = avail;
   cfg.used = used;
-  cfg.event_idx = (acked_features_ & bit(kVirtioRingFEventIdx)) != 0;
-  cfg.indirect = (acked_features_ & bit(kVirtioRingFIndirectDesc)) != 0;
+  cfg.event_idx = has_feature(acked_features_, virtio::kFeatureEventIdx);
+  cfg.indirect = has_feature(acked_features_, virtio::kFeatureIndirectDesc);
   ICEBLK_ASSIGN_OR_RETURN(auto queue, virtio::SplitQueue::activate(cfg, mem_, v.base));
   ICEBLK_ASSIGN_OR_RETURN(v.worker, VringWorker::start(index, device_, std::move(queue), std::move(kick),
                                                        *v.notifier, effective_enabled(v)));
@@ -447,44 +351,6 @@ Status Session::on_set_status(uint64_t v) {
     device_.reset();
   }
   return {};
-}
-
-Status serve_connection(Device& device, Connection& conn, int cancel_fd) {
-  Session session(device);
-  Status why;
-  for (;;) {
-    auto raw = conn.receive(cancel_fd);
-    if (!raw) {
-      why = tl::unexpected(raw.error());
-      break;
-    }
-    const std::string name = request_name_of(raw->header.request);
-    auto msg = decode(std::move(*raw));
-    if (!msg) {
-      why = tl::unexpected(msg.error());
-      break;
-    }
-    auto reply = session.handle(std::move(*msg));
-    if (!reply) {
-      why = tl::unexpected(reply.error());
-      break;
-    }
-    if (*reply) {
-      auto s = conn.send((*reply)->request, kVersion | kFlagReply, (*reply)->payload);
-      if (!s) {
-        why = tl::unexpected(make_error(s.error().code, "sending {} reply: {}", name, s.error().message));
-        break;
-      }
-    }
-  }
-  session.close();
-  conn.close();
-  if (why.error().code == Errc::kClosed) {
-    spdlog::info("vhost-user front-end disconnected ({})", why.error().message);
-  } else {
-    ICEBLK_PEER_WARN("vhost-user connection closed: {}", why.error().to_string());
-  }
-  return why;
 }
 
 }  // namespace iceblk::vhost_user

@@ -15,7 +15,7 @@
 //
 // Ring states (spec "Ring states"): a ring starts at SET_VRING_KICK (needs the memory
 // table, SET_VRING_NUM and SET_VRING_ADDR first) and stops at GET_VRING_BASE after
-// Device::drain_queue. It is enabled by SET_VRING_ENABLE, or from the start when
+// Backend::drain_queue. It is enabled by SET_VRING_ENABLE, or from the start when
 // VHOST_USER_F_PROTOCOL_FEATURES was not negotiated.
 #pragma once
 
@@ -27,16 +27,15 @@
 #include "base/result.h"
 #include "memory/guest_memory.h"
 #include "vhost_user/connection.h"
-#include "vhost_user/device.h"
+#include "vhost_user/backend.h"
 #include "vhost_user/messages.h"
 #include "vhost_user/vring_worker.h"
 
 namespace iceblk::vhost_user {
 
-// Protocol features this session implements and always offers.
-inline constexpr uint64_t kSessionProtocolFeatures = pf_bit(kPfMq) | pf_bit(kPfReplyAck) | pf_bit(kPfConfig) |
-                                                     pf_bit(kPfConfigureMemSlots) | pf_bit(kPfResetDevice);
-// Offered only when Device::protocol_features() asks for them.
+// Protocol features this session implements and always offers: kProtocolFeatures
+// (messages.h), shared with the front-end.
+// Offered only when Backend::protocol_features() asks for them.
 inline constexpr uint64_t kSessionOptionalProtocolFeatures = pf_bit(kPfStatus);
 // GET_MAX_MEM_SLOTS answer (same as libvhost-user / rust-vmm).
 inline constexpr uint64_t kMaxMemSlots = 509;
@@ -50,7 +49,7 @@ struct Reply {
 
 class Session {
  public:
-  explicit Session(Device& device);
+  explicit Session(Backend& device);
   ~Session();  // stops workers (does not reset the device; see close())
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -115,7 +114,7 @@ class Session {
   Status on_reset_device();
   Status on_set_status(uint64_t v);
 
-  Device& device_;
+  Backend& device_;
   bool owner_ = false;
   uint64_t acked_features_ = 0;
   uint64_t acked_protocol_features_ = 0;
@@ -129,6 +128,6 @@ class Session {
 // Serve one accepted front-end until it disconnects, breaks the protocol, or
 // `cancel_fd` becomes readable; then Session::close() (rings drained, device reset).
 // Returns why the connection ended (kClosed for an orderly disconnect/cancel).
-Status serve_connection(Device& device, Connection& conn, int cancel_fd);
+Status serve_connection(Backend& device, Connection& conn, int cancel_fd);  // in server.cc
 
 }  // namespace iceblk::vhost_user

@@ -45,7 +45,7 @@ bool VringNotifier::has_call() const {
   return call_.valid();
 }
 
-Result<std::unique_ptr<VringWorker>> VringWorker::start(uint16_t index, Device& device, virtio::SplitQueue queue,
+Result<std::unique_ptr<VringWorker>> VringWorker::start(uint16_t index, Backend& device, virtio::SplitQueue queue,
                                                         UniqueFd kick, VringNotifier& notifier, bool enabled) {
   UniqueFd ctl(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!ctl) return tl::unexpected(errno_error(Errc::kIo, "eventfd", errno));
@@ -99,8 +99,8 @@ bool VringWorker::broken() const {
 }
 
 void VringWorker::run() {
-  device_.queue_started(index_);
-  const int dev_fd = device_.queue_event_fd(index_);
+  const Status started = device_.queue_started(index_);
+  const int dev_fd = started ? device_.queue_event_fd(index_) : -1;
 
   UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
   auto add = [&](int fd, Tag tag) {
@@ -154,7 +154,10 @@ void VringWorker::run() {
     }
   };
 
-  if (!setup_ok) {
+  if (!started) {
+    park(started.error(), "queue_started");
+    wait_for_stop();
+  } else if (!setup_ok) {
     park(errno_error(Errc::kIo, "epoll setup", setup_errno), "start");
     wait_for_stop();
   } else {

@@ -1,5 +1,5 @@
 // One thread per started vring: waits (epoll) on the kick eventfd, the device's
-// queue event fd and an internal control eventfd, runs Device::process_queue and
+// queue event fd and an internal control eventfd, runs Backend::process_queue and
 // signals the call eventfd when the device asks for it.
 #pragma once
 
@@ -11,7 +11,7 @@
 #include "base/result.h"
 #include "base/unique_fd.h"
 #include "memory/guest_memory.h"
-#include "vhost_user/device.h"
+#include "vhost_user/backend.h"
 #include "virtio/split_queue.h"
 
 namespace iceblk::vhost_user {
@@ -37,13 +37,13 @@ class VringNotifier {
 class VringWorker {
  public:
   // Spawns the worker thread. `notifier` and `device` must outlive the worker.
-  static Result<std::unique_ptr<VringWorker>> start(uint16_t index, Device& device, virtio::SplitQueue queue,
+  static Result<std::unique_ptr<VringWorker>> start(uint16_t index, Backend& device, virtio::SplitQueue queue,
                                                      UniqueFd kick, VringNotifier& notifier, bool enabled);
   ~VringWorker();  // stop()
   VringWorker(const VringWorker&) = delete;
   VringWorker& operator=(const VringWorker&) = delete;
 
-  // Ask the thread to drain (Device::drain_queue) and exit; join it. Returns the
+  // Ask the thread to drain (Backend::drain_queue) and exit; join it. Returns the
   // next available index the back-end would process (for GET_VRING_BASE).
   // Idempotent.
   uint16_t stop();
@@ -56,7 +56,7 @@ class VringWorker {
   [[nodiscard]] bool broken() const;
 
  private:
-  VringWorker(uint16_t index, Device& device, virtio::SplitQueue queue, UniqueFd kick, VringNotifier& notifier,
+  VringWorker(uint16_t index, Backend& device, virtio::SplitQueue queue, UniqueFd kick, VringNotifier& notifier,
               bool enabled, UniqueFd ctl)
       : index_(index), device_(device), queue_(std::move(queue)), kick_(std::move(kick)),
         notifier_(notifier), ctl_(std::move(ctl)), enabled_(enabled) {}
@@ -64,7 +64,7 @@ class VringWorker {
   void wake();
 
   const uint16_t index_;
-  Device& device_;
+  Backend& device_;
   virtio::SplitQueue queue_;  // touched only by the worker thread while it runs
   UniqueFd kick_;
   VringNotifier& notifier_;

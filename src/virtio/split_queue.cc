@@ -5,6 +5,7 @@
 
 #include "base/checked.h"
 #include "base/le.h"
+#include "virtio/ring_atomics.h"
 #include "virtio/ring_layout.h"
 
 namespace iceblk::virtio {
@@ -15,12 +16,6 @@ namespace {
 // they are accessed with atomic builtins on the (naturally aligned, checked in
 // resolve()) host address. Ring entries and descriptors are copied with memcpy
 // after the acquire load of the index that published them.
-uint16_t load16(const uint8_t* p, int order) {
-  return __atomic_load_n(reinterpret_cast<const uint16_t*>(p), order);
-}
-void store16(uint8_t* p, uint16_t v, int order) {
-  __atomic_store_n(reinterpret_cast<uint16_t*>(p), v, order);
-}
 
 // Per-direction byte limit of a chain: the used length is a le32.
 constexpr uint64_t kMaxChainBytes = UINT32_MAX;

@@ -1,5 +1,5 @@
 // vhost-user end to end over a real unix socket: Server + EchoDevice on one side,
-// VhostUserFrontend + DriverQueue in memfd memory on the other. Also raw socket
+// vhost_user::Frontend + DriverQueue in memfd memory on the other. Also raw socket
 // writes for malformed input: each bad connection is closed, the server goes on.
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -17,16 +17,19 @@
 #include <random>
 #include <thread>
 
-#include "driver/driver_queue.h"
-#include "driver/vhost_user_frontend.h"
+#include "virtio/driver_queue.h"
+#include "vhost_user/frontend.h"
 #include "unit/vhost_user/echo_device.h"
 #include "vhost_user/server.h"
+#include "support/temp_dir.h"
+#include "support/socket.h"
+#include "support/wait.h"
 
 namespace iceblk {
 namespace {
 
 namespace vu = vhost_user;
-using driver::VhostUserFrontend;
+using vhost_user::Frontend;
 using vu::testing::EchoDevice;
 
 constexpr uint64_t kGuestBase = 0x100000;
@@ -46,43 +49,11 @@ bool wait_signalled(int fd, int timeout_ms = 5000) {
   return ::read(fd, &v, sizeof v) == sizeof v;
 }
 
-template <typename Pred>
-bool eventually(Pred p, int timeout_ms = 5000) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (p()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return p();
-}
+using test::eventually;
 
-// A raw unix socket client for malformed input.
-UniqueFd raw_connect(const std::string& path) {
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::memcpy(a.sun_path, path.data(), path.size());
-  UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return UniqueFd();
-  return s;
-}
-
-void raw_send(int fd, const void* p, size_t n, std::vector<int> fds = {}) {
-  iovec iov{const_cast<void*>(p), n};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (!fds.empty()) {
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  ASSERT_EQ(::sendmsg(fd, &msg, MSG_NOSIGNAL), static_cast<ssize_t>(n));
-}
+// Raw unix socket clients for malformed input (support/socket.h).
+using test::raw_connect;
+using test::raw_send;
 
 // True when the server closed the connection (EOF) within the timeout.
 bool server_closed(int fd, int timeout_ms = 5000) {
@@ -99,9 +70,8 @@ bool server_closed(int fd, int timeout_ms = 5000) {
 class VhostUserIntegration : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/iceblk-vhost-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = iceblk::test::make_temp_dir("iceblk-vhost");
+    ASSERT_FALSE(dir_.empty());
     path_ = dir_ + "/vhost.sock";
     auto s = vu::Server::create(path_, dev_);
     ASSERT_TRUE(s) << s.error().to_string();
@@ -115,39 +85,39 @@ class VhostUserIntegration : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  std::unique_ptr<VhostUserFrontend> connect() {
-    auto f = VhostUserFrontend::connect(path_, VhostUserFrontend::Options{5000});
+  std::unique_ptr<vhost_user::Frontend> connect() {
+    auto f = vhost_user::Frontend::connect(path_, vhost_user::Frontend::Options{5000});
     EXPECT_TRUE(f) << f.error().to_string();
     return f ? std::move(*f) : nullptr;
   }
 
   // A driver with memory, handshake done, `nq` rings running.
   struct Driver {
-    std::unique_ptr<VhostUserFrontend> fe;
-    std::shared_ptr<driver::DriverMemory> mem;
-    std::vector<std::unique_ptr<driver::DriverQueue>> queues;
+    std::unique_ptr<vhost_user::Frontend> fe;
+    std::shared_ptr<virtio::DriverMemory> mem;
+    std::vector<std::unique_ptr<virtio::DriverQueue>> queues;
     std::vector<UniqueFd> kick, call;
   };
-  void bring_up(Driver& d, uint16_t nq, uint64_t pf = driver::kDefaultProtocolFeatures) {
+  void bring_up(Driver& d, uint16_t nq, uint64_t pf = vu::kProtocolFeatures) {
     d.fe = connect();
     ASSERT_TRUE(d.fe);
     auto n = d.fe->handshake(kWanted, pf);
     ASSERT_TRUE(n) << n.error().to_string();
-    auto m = driver::DriverMemory::create(kMemSize, kGuestBase);
+    auto m = virtio::DriverMemory::create(kMemSize, kGuestBase);
     ASSERT_TRUE(m);
     d.mem = *m;
     const auto r = d.mem->region();
-    driver::SharedRegion sr{r.guest_addr, r.size, r.user_addr, 0, d.mem->fd()};
-    auto st = d.fe->set_mem_table(std::span<const driver::SharedRegion>(&sr, 1));
+    vhost_user::SharedRegion sr{r.guest_addr, r.size, r.user_addr, 0, d.mem->fd()};
+    auto st = d.fe->set_mem_table(std::span<const vhost_user::SharedRegion>(&sr, 1));
     ASSERT_TRUE(st) << st.error().to_string();
     for (uint16_t q = 0; q < nq; ++q) {
-      auto dq = driver::DriverQueue::create(d.mem, 32, (n->features & EchoDevice::kFeatureEventIdx) != 0);
+      auto dq = virtio::DriverQueue::create(d.mem, 32, (n->features & EchoDevice::kFeatureEventIdx) != 0);
       ASSERT_TRUE(dq);
       d.queues.push_back(std::move(*dq));
       d.kick.push_back(make_eventfd());
       d.call.push_back(make_eventfd());
       const auto cfg = d.queues.back()->device_config();
-      driver::VringSetup vs;
+      vhost_user::VringSetup vs;
       vs.size = 32;
       vs.desc_user_addr = cfg.desc.value;  // user_addr == guest address for DriverMemory
       vs.avail_user_addr = cfg.avail.value;
@@ -165,7 +135,7 @@ class VhostUserIntegration : public ::testing::Test {
     auto out = d.mem->alloc(len);
     ASSERT_TRUE(in && out);
     for (size_t i = 0; i < len; ++i) d.mem->ptr(*in, len)[i] = static_cast<uint8_t>(seed + i);
-    driver::Buffer bufs[2] = {{*in, static_cast<uint32_t>(len), false}, {*out, static_cast<uint32_t>(len), true}};
+    virtio::Buffer bufs[2] = {{*in, static_cast<uint32_t>(len), false}, {*out, static_cast<uint32_t>(len), true}};
     auto h = d.queues[q]->add(bufs);
     ASSERT_TRUE(h);
     d.queues[q]->publish();
@@ -174,7 +144,7 @@ class VhostUserIntegration : public ::testing::Test {
       uint64_t one = 1;
       ASSERT_EQ(::write(d.kick[q].get(), &one, 8), 8);
     }
-    std::optional<driver::UsedElem> u;
+    std::optional<virtio::UsedElem> u;
     ASSERT_TRUE(eventually([&] { return (u = d.queues[q]->get_used()).has_value() || (wait_signalled(d.call[q].get(), 50), false); }));
     EXPECT_EQ(u->head, *h);
     EXPECT_EQ(u->len, len);
@@ -265,7 +235,7 @@ TEST_F(VhostUserIntegration, ReplyAckReportsWhichMessageFailed) {
   // Without REPLY_ACK the same refusal is silent (and the connection survives).
   Driver d2;
   d.fe.reset();
-  ASSERT_NO_FATAL_FAILURE(bring_up(d2, 0, driver::kDefaultProtocolFeatures & ~vu::pf_bit(vu::kPfReplyAck)));
+  ASSERT_NO_FATAL_FAILURE(bring_up(d2, 0, vu::kProtocolFeatures & ~vu::pf_bit(vu::kPfReplyAck)));
   EXPECT_FALSE(d2.fe->reply_ack());
   EXPECT_TRUE(d2.fe->set_vring_num(0, 3));
   EXPECT_TRUE(d2.fe->get_features());
@@ -428,7 +398,7 @@ TEST_F(VhostUserIntegration, StaleSocketIsReplaced) {
   EchoDevice other;
   auto s = vu::Server::create(stale, other);
   ASSERT_TRUE(s) << s.error().to_string();
-  auto fe = VhostUserFrontend::connect(stale);
+  auto fe = vhost_user::Frontend::connect(stale);
   ASSERT_TRUE(fe);  // connect works: it listens (serving starts with run())
 }
 
@@ -452,10 +422,10 @@ TEST_F(VhostUserIntegration, MemorySlotsAddRemoveThroughFrontend) {
   auto slots = d.fe->get_max_mem_slots();
   ASSERT_TRUE(slots);
   EXPECT_GE(*slots, 8u);
-  auto extra = driver::DriverMemory::create(0x10000, 0x40000000);
+  auto extra = virtio::DriverMemory::create(0x10000, 0x40000000);
   ASSERT_TRUE(extra);
   const auto r = (*extra)->region();
-  driver::SharedRegion sr{r.guest_addr, r.size, r.user_addr, 0, (*extra)->fd()};
+  vhost_user::SharedRegion sr{r.guest_addr, r.size, r.user_addr, 0, (*extra)->fd()};
   ASSERT_TRUE(d.fe->add_mem_reg(sr));
   echo(d, 0, 6);  // ring keeps working across the memory change
   ASSERT_TRUE(d.fe->rem_mem_reg(sr));

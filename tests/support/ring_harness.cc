@@ -7,7 +7,7 @@
 
 namespace iceblk::test {
 
-Result<std::shared_ptr<const memory::GuestMemory>> device_memory_for(const driver::DriverMemory& dm) {
+Result<std::shared_ptr<const memory::GuestMemory>> device_memory_for(const virtio::DriverMemory& dm) {
   ICEBLK_ASSIGN_OR_RETURN(auto map, memory::Mapping::map_fd(dm.fd(), 0, dm.size()));
   memory::Region r;
   r.guest_addr = dm.guest_base();
@@ -23,8 +23,8 @@ Result<std::shared_ptr<const memory::GuestMemory>> device_memory_for(const drive
 
 Result<std::unique_ptr<RingHarness>> RingHarness::create(const RingOptions& opt) {
   auto h = std::unique_ptr<RingHarness>(new RingHarness());
-  ICEBLK_ASSIGN_OR_RETURN(h->mem_, driver::DriverMemory::create(opt.mem_size, opt.guest_base));
-  ICEBLK_ASSIGN_OR_RETURN(h->driver_, driver::DriverQueue::create(h->mem_, opt.size, opt.event_idx, opt.indirect));
+  ICEBLK_ASSIGN_OR_RETURN(h->mem_, virtio::DriverMemory::create(opt.mem_size, opt.guest_base));
+  ICEBLK_ASSIGN_OR_RETURN(h->driver_, virtio::DriverQueue::create(h->mem_, opt.size, opt.event_idx, opt.indirect));
   if (opt.start_index != 0) h->driver_->set_start_index(opt.start_index);
   ICEBLK_ASSIGN_OR_RETURN(h->guest_, device_memory_for(*h->mem_));
   ICEBLK_ASSIGN_OR_RETURN(auto q, virtio::SplitQueue::activate(h->driver_->device_config(), h->guest_,

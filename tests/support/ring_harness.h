@@ -11,7 +11,7 @@
 
 #include "base/result.h"
 #include "base/strong_types.h"
-#include "driver/driver_queue.h"
+#include "virtio/driver_queue.h"
 #include "memory/guest_memory.h"
 #include "virtio/split_queue.h"
 
@@ -19,7 +19,7 @@ namespace iceblk::test {
 
 // Device-side view of `dm`: one region, same guest address, user_addr == guest
 // address, host pointer from a fresh mmap of dm.fd().
-Result<std::shared_ptr<const memory::GuestMemory>> device_memory_for(const driver::DriverMemory& dm);
+Result<std::shared_ptr<const memory::GuestMemory>> device_memory_for(const virtio::DriverMemory& dm);
 
 struct RingOptions {
   uint16_t size = 16;
@@ -34,9 +34,9 @@ class RingHarness {
  public:
   static Result<std::unique_ptr<RingHarness>> create(const RingOptions& opt = {});
 
-  [[nodiscard]] driver::DriverMemory& mem() { return *mem_; }
-  [[nodiscard]] const std::shared_ptr<driver::DriverMemory>& mem_ptr() const { return mem_; }
-  [[nodiscard]] driver::DriverQueue& driver() { return *driver_; }
+  [[nodiscard]] virtio::DriverMemory& mem() { return *mem_; }
+  [[nodiscard]] const std::shared_ptr<virtio::DriverMemory>& mem_ptr() const { return mem_; }
+  [[nodiscard]] virtio::DriverQueue& driver() { return *driver_; }
   [[nodiscard]] virtio::SplitQueue& device() { return *device_; }
   [[nodiscard]] const std::shared_ptr<const memory::GuestMemory>& guest() const { return guest_; }
 
@@ -58,8 +58,8 @@ class RingHarness {
 
  private:
   RingHarness() = default;
-  std::shared_ptr<driver::DriverMemory> mem_;
-  std::unique_ptr<driver::DriverQueue> driver_;
+  std::shared_ptr<virtio::DriverMemory> mem_;
+  std::unique_ptr<virtio::DriverQueue> driver_;
   std::shared_ptr<const memory::GuestMemory> guest_;
   std::unique_ptr<virtio::SplitQueue> device_;
 };

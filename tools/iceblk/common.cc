@@ -9,8 +9,6 @@
 #include <fstream>
 #include <iterator>
 
-#include "blk/wire.h"
-
 namespace iceblk::cli {
 
 Result<std::unique_ptr<driver::Device>> open_device(const DeviceOptions& o) {
@@ -126,48 +124,6 @@ void fill_pattern(uint64_t seed, uint64_t offset, std::span<uint8_t> buf) {
     buf[i] = static_cast<uint8_t>(word >> ((pos % 8) * 8));
     ++i;
   }
-}
-
-Result<uint64_t> parse_size(const std::string& text, const std::string& what) {
-  if (text.empty()) return fail(Errc::kInvalidArgument, "{}: empty size", what);
-  size_t pos = 0;
-  uint64_t v = 0;
-  try {
-    v = std::stoull(text, &pos, 0);
-  } catch (...) {
-    return fail(Errc::kInvalidArgument, "{}: '{}' is not a size", what, text);
-  }
-  std::string suffix = text.substr(pos);
-  uint64_t mul = 1;
-  if (suffix == "" || suffix == "B" || suffix == "b") mul = 1;
-  else if (suffix == "K" || suffix == "k" || suffix == "KiB") mul = 1ull << 10;
-  else if (suffix == "M" || suffix == "m" || suffix == "MiB") mul = 1ull << 20;
-  else if (suffix == "G" || suffix == "g" || suffix == "GiB") mul = 1ull << 30;
-  else return fail(Errc::kInvalidArgument, "{}: unknown unit in '{}' (use K, M or G)", what, text);
-  if (v != 0 && v * mul / mul != v) return fail(Errc::kOverflow, "{}: '{}' is too large", what, text);
-  return v * mul;
-}
-
-std::string feature_names(uint64_t f) {
-  static const std::pair<unsigned, const char*> kNames[] = {
-      {1, "SIZE_MAX"},   {2, "SEG_MAX"},        {4, "GEOMETRY"},   {5, "RO"},
-      {6, "BLK_SIZE"},   {9, "FLUSH"},          {10, "TOPOLOGY"},  {11, "CONFIG_WCE"},
-      {12, "MQ"},        {13, "DISCARD"},       {14, "WRITE_ZEROES"}, {15, "LIFETIME"},
-      {16, "SECURE_ERASE"}, {17, "ZONED"},      {22, "ICE"},       {23, "ICE_INBAND_KEYS"},
-      {24, "NOTIFY_ON_EMPTY"}, {28, "INDIRECT_DESC"}, {29, "EVENT_IDX"}, {30, "PROTOCOL_FEATURES"},
-      {32, "VERSION_1"}, {33, "ACCESS_PLATFORM"}, {34, "RING_PACKED"}, {35, "IN_ORDER"},
-      {40, "RING_RESET"}};
-  std::string s;
-  for (unsigned b = 0; b < 64; ++b) {
-    if ((f & (uint64_t{1} << b)) == 0) continue;
-    if (!s.empty()) s += ' ';
-    const char* name = nullptr;
-    for (const auto& [bit, n] : kNames) {
-      if (bit == b) name = n;
-    }
-    s += name != nullptr ? std::string(name) : fmt::format("bit{}", b);
-  }
-  return s;
 }
 
 void progress(const std::string& line) {

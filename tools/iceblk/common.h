@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "base/parse_size.h"
 #include "base/result.h"
 #include "base/secret_bytes.h"
 #include "ice/crypto_mode.h"
@@ -53,12 +54,6 @@ Status install_key(driver::Device& dev, const ice::CryptoMode& mode, const Secre
 
 // Deterministic pattern: byte at absolute device offset `off` for `seed`.
 void fill_pattern(uint64_t seed, uint64_t offset, std::span<uint8_t> buf);
-
-// "64K", "4M", "1G", "4096" -> bytes.
-Result<uint64_t> parse_size(const std::string& text, const std::string& what);
-
-// Names of set feature bits ("VERSION_1 FLUSH ICE ...").
-std::string feature_names(uint64_t features);
 
 // Progress line on stderr ("\r..."), only when stderr is a terminal or forced.
 void progress(const std::string& line);

@@ -11,12 +11,11 @@
 
 #include "base/log.h"
 #include "base/version.h"
-#include "blk/wire.h"
 #include "bench.h"
 #include "common.h"
 #include "ctl.h"
-#include "driver/conformance.h"
-#include "driver/keyslot_manager.h"
+#include "iceblk/conformance.h"
+#include "iceblk/keyslot_manager.h"
 
 using namespace iceblk;
 using namespace iceblk::cli;
@@ -148,7 +147,7 @@ int cmd_info(const DeviceOptions& o, bool json) {
   j["config_bytes"] = c.raw.size();
   j["serial"] = serial ? *serial : std::string();
   j["ice"] = dev.ice();
-  j["ice_offered"] = blk::has_feature(dev.offered_features(), blk::kFeatureIce);
+  j["ice_offered"] = dev.ice_offered();
   j["key_mode"] = driver::key_mode_name(dev.key_mode());
   j["max_slots"] = c.max_slots;
   j["slot_offset"] = c.slot_offset;
@@ -167,9 +166,9 @@ int cmd_info(const DeviceOptions& o, bool json) {
   }
   std::printf("device:              %s\n", o.socket.c_str());
   std::printf("features offered:    %#llx  %s\n", static_cast<unsigned long long>(dev.offered_features()),
-              feature_names(dev.offered_features()).c_str());
+              driver::feature_names(dev.offered_features()).c_str());
   std::printf("features negotiated: %#llx  %s\n", static_cast<unsigned long long>(dev.negotiated_features()),
-              feature_names(dev.negotiated_features()).c_str());
+              driver::feature_names(dev.negotiated_features()).c_str());
   std::printf("protocol features:   %#llx\n", static_cast<unsigned long long>(dev.protocol_features()));
   std::printf("queues:              %u in use (config num_queues %u), size %u, header %u bytes\n", dev.num_queues(),
               c.num_queues, dev.queue_size(), dev.header_size());
@@ -181,7 +180,7 @@ int cmd_info(const DeviceOptions& o, bool json) {
   std::printf("discard: max %u sectors, %u segs, alignment %u; write-zeroes: max %u sectors, %u segs, may_unmap %u\n",
               c.max_discard_sectors, c.max_discard_seg, c.discard_sector_alignment, c.max_write_zeroes_sectors,
               c.max_write_zeroes_seg, c.write_zeroes_may_unmap);
-  if (!blk::has_feature(dev.offered_features(), blk::kFeatureIce)) {
+  if (!dev.ice_offered()) {
     std::printf("inline encryption:   absent (VIRTIO_BLK_F_ICE not offered)\n");
     return 0;
   }

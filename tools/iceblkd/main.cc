@@ -114,7 +114,7 @@ int main(int argc, char** argv) {
     e.socket = socket;
     e.image = image;
     if (!size.empty()) {
-      auto s = daemon::parse_size(size, "--size");
+      auto s = daemon::parse_image_size(size, "--size");
       if (!s) return die(s.error().message);
       e.size = *s;
     }

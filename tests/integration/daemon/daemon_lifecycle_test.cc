@@ -22,6 +22,9 @@
 #include "iceblk/device.h"
 #include "ice/key.h"
 #include "integration/daemon/subprocess.h"
+#include "support/pattern.h"
+#include "support/socket.h"
+#include "support/wait.h"
 
 namespace iceblk {
 namespace {
@@ -34,12 +37,7 @@ namespace drv = iceblk::driver;
 constexpr uint64_t kImageSize = 16 << 20;
 const ice::CryptoMode kXts256{ice::Algorithm::kAesXts, ice::KeySize::k256, 4096};
 
-std::vector<uint8_t> pattern(size_t n, uint32_t seed) {
-  std::vector<uint8_t> v(n);
-  std::mt19937 rng(seed);
-  for (auto& b : v) b = static_cast<uint8_t>(rng());
-  return v;
-}
+using test::pattern;
 
 ice::Key make_key(uint32_t seed) {
   auto k = ice::Key::create(kXts256, pattern(64, seed));
@@ -62,15 +60,7 @@ bool slot_empty(Daemon& d, uint32_t phys) {
   return !k && k.error().code == Errc::kNotFound;
 }
 
-template <typename Pred>
-bool eventually(Pred p, int timeout_ms = 5000) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (p()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return p();
-}
+using test::eventually;
 
 // Captures spdlog output (the daemon's log lines) for assertions.
 class LogCapture {
@@ -317,14 +307,7 @@ TEST_F(DaemonLifecycle, ConfigFileThreeExportsShareOneEngine) {
 
 // --- malformed front-end on one export while another serves I/O ---------------------
 
-UniqueFd raw_connect(const std::string& path) {
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::memcpy(a.sun_path, path.data(), path.size());
-  UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return UniqueFd();
-  return s;
-}
+using test::raw_connect;
 
 // True when the peer closed the connection within timeout_ms.
 bool closed_by_peer(int fd, int timeout_ms = 5000) {

@@ -19,6 +19,7 @@
 #include "iceblk/device.h"
 #include "ice/key.h"
 #include "integration/daemon/subprocess.h"
+#include "support/pattern.h"
 
 #ifndef ICEBLKD_PATH
 #error "ICEBLKD_PATH must name the iceblkd binary"
@@ -31,12 +32,7 @@ using testing::lines_of;
 using testing::Subprocess;
 namespace drv = iceblk::driver;
 
-std::vector<uint8_t> pattern(size_t n, uint32_t seed) {
-  std::vector<uint8_t> v(n);
-  std::mt19937 rng(seed);
-  for (auto& b : v) b = static_cast<uint8_t>(rng());
-  return v;
-}
+using test::pattern;
 
 class IceblkdCli : public ::testing::Test {
  protected:

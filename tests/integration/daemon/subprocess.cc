@@ -129,12 +129,6 @@ std::vector<std::string> lines_of(const std::string& text) {
   return out;
 }
 
-std::string make_temp_dir(const char* prefix) {
-  std::string tmpl = std::string("/tmp/") + prefix + "-XXXXXX";
-  if (::mkdtemp(tmpl.data()) == nullptr) return {};
-  return tmpl;
-}
-
 void write_file(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::trunc);
   out << text;

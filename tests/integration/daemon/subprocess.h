@@ -7,6 +7,8 @@
 
 #include <sys/types.h>
 
+#include "support/temp_dir.h"
+
 namespace iceblk::testing {
 
 class Subprocess {
@@ -48,8 +50,8 @@ RunResult run_to_exit(const std::vector<std::string>& argv, const std::string& l
 bool wait_for_listener(const std::string& path, int timeout_ms = 10000);
 // Non-empty lines of `text`.
 std::vector<std::string> lines_of(const std::string& text);
-// A fresh directory under /tmp, removed by the caller.
-std::string make_temp_dir(const char* prefix);
+// A fresh directory under /tmp, removed by the caller (support/temp_dir.h).
+using iceblk::test::make_temp_dir;
 void write_file(const std::string& path, const std::string& text);
 
 }  // namespace iceblk::testing

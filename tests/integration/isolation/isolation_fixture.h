@@ -31,13 +31,14 @@
 #include "base/strong_types.h"
 #include "blk/wire.h"
 #include "daemon/daemon.h"
-#include "driver/keyslot_manager.h"
+#include "iceblk/keyslot_manager.h"
 #include "driver/secure_world_client.h"
 #include "iceblk/device.h"
 #include "ice/engine.h"
 #include "ice/key.h"
 #include "ice/key_blob.h"
 #include "unit/ice/ice_test_util.h"
+#include "support/temp_dir.h"
 
 namespace iceblk::isolation {
 
@@ -98,9 +99,8 @@ class IsolationFixture : public ::testing::Test {
   explicit IsolationFixture(std::array<Mode, 3> modes) : modes_(modes) {}
 
   void SetUp() override {
-    char tmpl[] = "/tmp/iceblk-iso-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    dir_ = iceblk::test::make_temp_dir("iceblk-iso");
+    ASSERT_FALSE(dir_.empty());
     daemon::DaemonConfig cfg;
     cfg.num_slots = kNumSlots;
     for (const VmLayout& v : kVms) {

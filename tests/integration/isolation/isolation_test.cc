@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "isolation/isolation_fixture.h"
+#include "support/temp_dir.h"
 
 namespace iceblk::isolation {
 namespace {
@@ -369,9 +370,8 @@ TEST_F(MixedModes, InBandVmAndSecureWorldVmsStayApart) {
 // The host side of the contract (spec §2): ranges that overlap, or reach past the
 // engine, are refused at start-up, naming the exports; nothing is left bound.
 TEST(IsolationConfig, OverlappingOrOversizedRangesAreRefused) {
-  char tmpl[] = "/tmp/iceblk-iso-cfg-XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
+  const std::string dir = iceblk::test::make_temp_dir("iceblk-iso-cfg");
+  ASSERT_FALSE(dir.empty());
   auto make = [&](uint32_t off_b, uint32_t count_b) {
     daemon::DaemonConfig cfg;
     cfg.num_slots = kNumSlots;

@@ -21,30 +21,16 @@
 #include "base/unique_fd.h"
 #include "isolation/isolation_fixture.h"
 #include "secure_world/wire.h"
+#include "support/socket.h"
 
 namespace iceblk::isolation {
 namespace {
 
 namespace sw = secure_world;
 
-UniqueFd raw_connect(const std::string& path) {
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::memcpy(a.sun_path, path.data(), std::min(path.size(), sizeof a.sun_path - 1));
-  UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!s.valid() || ::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return UniqueFd();
-  return s;
-}
-
+using test::raw_connect;
 // Sends what the peer accepts; a peer that already closed is fine (that is the point).
-void send_bytes(int fd, std::span<const uint8_t> b) {
-  size_t off = 0;
-  while (off < b.size()) {
-    const ssize_t n = ::send(fd, b.data() + off, b.size() - off, MSG_NOSIGNAL);
-    if (n <= 0) return;
-    off += static_cast<size_t>(n);
-  }
-}
+inline void send_bytes(int fd, std::span<const uint8_t> b) { test::send_best_effort(fd, b); }
 
 std::vector<uint8_t> header(uint32_t magic, uint16_t op, uint16_t reserved, uint32_t len) {
   sw::RequestHeader h{magic, op, reserved, len};

@@ -13,6 +13,9 @@
 #include <gtest/gtest.h>
 
 #include "backend/block_backend.h"
+#include "support/pattern.h"
+#include "support/backend_kind.h"
+#include "support/temp_dir.h"
 
 namespace iceblk::backend {
 namespace {
@@ -21,24 +24,14 @@ namespace fs = std::filesystem;
 
 constexpr uint64_t kSize = 1 << 20;
 
+// A temporary directory for image files (removed with its contents).
 struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/iceblk-backend-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
+  test::TempDir dir{"iceblk-backend"};
+  fs::path path{dir.path()};
 };
 
-enum class Kind { kMemory, kFileSync, kFileUring };
-std::string kind_name(Kind k) {
-  switch (k) {
-    case Kind::kMemory: return "memory";
-    case Kind::kFileSync: return "file_sync";
-    case Kind::kFileUring: return "file_uring";
-  }
-  return "?";
-}
+using Kind = test::BackendKind;
+using test::backend_name;
 
 // Submit one request and wait for its completion (through completion_fd for
 // asynchronous queues, so the eventfd wiring is exercised too).
@@ -63,12 +56,7 @@ Result<uint64_t> run(IoQueue& q, IoRequest req) {
   return std::move(*out);
 }
 
-std::vector<uint8_t> pattern(size_t n, unsigned seed) {
-  std::vector<uint8_t> v(n);
-  std::mt19937 rng(seed);
-  for (auto& b : v) b = static_cast<uint8_t>(rng());
-  return v;
-}
+using test::pattern;
 
 class BackendTest : public ::testing::TestWithParam<Kind> {
  protected:
@@ -249,7 +237,7 @@ TEST_P(BackendTest, ReadOnlyRejectsWrites) {
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, BackendTest,
                          ::testing::Values(Kind::kMemory, Kind::kFileSync, Kind::kFileUring),
-                         [](const auto& p) { return kind_name(p.param); });
+                         [](const auto& p) { return backend_name(p.param); });
 
 // --- file-specific open errors -------------------------------------------------
 

@@ -24,19 +24,13 @@
 #include "blk/wire.h"
 #include "ice/engine.h"
 #include "support/ring_harness.h"
+#include "support/backend_kind.h"
+#include "support/temp_dir.h"
 
 namespace iceblk::blk::testing {
 
-enum class BackendKind { kMemory, kFileSync, kFileUring };
-
-inline std::string backend_name(BackendKind k) {
-  switch (k) {
-    case BackendKind::kMemory: return "memory";
-    case BackendKind::kFileSync: return "file_sync";
-    case BackendKind::kFileUring: return "file_uring";
-  }
-  return "?";
-}
+using iceblk::test::BackendKind;
+using iceblk::test::backend_name;
 
 // One piece of a descriptor chain: readable bytes, or a writable buffer of `len`.
 struct Piece {
@@ -110,8 +104,7 @@ class BlkHarness {
       ASSERT_TRUE(b) << b.error().to_string();
       backend_ = std::move(*b);
     } else {
-      char tmpl[] = "/tmp/iceblk-blk-XXXXXX";
-      dir_ = ::mkdtemp(tmpl);
+      dir_ = iceblk::test::make_temp_dir("iceblk-blk");
       path_ = dir_ + "/disk.img";
       backend::FileOptions o;
       o.path = path_;
@@ -193,7 +186,7 @@ class BlkHarness {
 
   Pending start(const std::vector<Piece>& pieces, bool use_indirect = false) {
     Pending p;
-    std::vector<driver::Buffer> bufs;
+    std::vector<virtio::Buffer> bufs;
     for (const auto& pc : pieces) {
       Result<GuestAddr> a = pc.writable ? ring_->alloc(pc.len == 0 ? 1 : pc.len, 0xA5, 8)
                                         : ring_->alloc_bytes(pc.bytes, 8);

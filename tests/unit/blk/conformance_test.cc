@@ -9,6 +9,7 @@
 #include "blk_fixture.h"
 #include "ice/key.h"
 #include "ice/key_blob.h"
+#include "support/reference_cipher.h"
 
 namespace iceblk::blk::testing {
 namespace {
@@ -37,26 +38,8 @@ std::vector<Param> all_params() {
   return v;
 }
 
-// Reference AES-XTS through OpenSSL EVP directly (not through the engine):
-// data unit i uses tweak le64(dun0 + i) || le64(0).
-std::vector<uint8_t> ref_xts(const std::vector<uint8_t>& key, uint64_t dun0, const std::vector<uint8_t>& in,
-                             size_t dus, bool encrypt) {
-  const EVP_CIPHER* c = key.size() == 64 ? EVP_aes_256_xts() : EVP_aes_128_xts();
-  std::vector<uint8_t> out(in.size());
-  EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
-  for (size_t off = 0; off < in.size(); off += dus) {
-    uint8_t iv[16] = {};
-    const uint64_t dun = dun0 + off / dus;
-    std::memcpy(iv, &dun, 8);
-    EXPECT_EQ(EVP_CipherInit_ex(ctx, c, nullptr, key.data(), iv, encrypt ? 1 : 0), 1);
-    int n = 0;
-    EXPECT_EQ(EVP_CipherUpdate(ctx, out.data() + off, &n, in.data() + off, static_cast<int>(dus)), 1);
-    EXPECT_EQ(n, static_cast<int>(dus));
-    EXPECT_EQ(EVP_CipherFinal_ex(ctx, out.data() + off + n, &n), 1);
-  }
-  EVP_CIPHER_CTX_free(ctx);
-  return out;
-}
+// Reference AES-XTS through OpenSSL EVP directly (not through the engine).
+using iceblk::test::reference_xts;
 
 ice::KeyBlobWire key_blob(uint8_t alg, uint8_t du_exp, uint8_t key_size, const std::vector<uint8_t>& key) {
   ice::KeyBlobWire b{};
@@ -458,7 +441,7 @@ TEST_P(Conformance, CiphertextOnMediumIsXtsOfPlaintext) {
   EXPECT_EQ(w.out_bufs[1], plain) << "device modified the driver's buffer";
   auto m = h_->medium();
   std::vector<uint8_t> stored(m.begin() + sector * 512, m.begin() + sector * 512 + plain.size());
-  EXPECT_EQ(stored, ref_xts(key, dun, plain, 4096, true));
+  EXPECT_EQ(stored, reference_xts(key, dun, plain, 4096, true));
   EXPECT_TRUE(std::search(m.begin(), m.end(), plain.begin(), plain.begin() + 64) == m.end())
       << "plaintext reached the medium";
   // Encrypted read decrypts; plain read returns the ciphertext.
@@ -479,7 +462,7 @@ TEST_P(Conformance, LargeEncryptedRequestSpansChunks) {
   const auto plain = random_bytes(600 * 1024, 24);  // > 2 bounce chunks
   ASSERT_EQ(h_->write(0, plain, wire_slot(0), 1, 7).status, kStatusOk);
   auto m = h_->medium();
-  EXPECT_TRUE(std::equal(m.begin(), m.begin() + plain.size(), ref_xts(key, 7, plain, 512, true).begin()));
+  EXPECT_TRUE(std::equal(m.begin(), m.begin() + plain.size(), reference_xts(key, 7, plain, 512, true).begin()));
   auto r = h_->read(0, static_cast<uint32_t>(plain.size()), wire_slot(0), 1, 7);
   ASSERT_EQ(r.status, kStatusOk);
   EXPECT_EQ(r.in_data(), plain);
@@ -587,7 +570,7 @@ TEST_P(Conformance, ProgramKeyBlobRules) {
   auto plain = random_bytes(4096, 53);
   ASSERT_EQ(h_->write(0, plain, 0, 1, 9).status, kStatusOk);
   auto m = h_->medium();
-  EXPECT_TRUE(std::equal(m.begin(), m.begin() + 4096, ref_xts(key, 9, plain, 4096, true).begin()));
+  EXPECT_TRUE(std::equal(m.begin(), m.begin() + 4096, reference_xts(key, 9, plain, 4096, true).begin()));
 }
 
 TEST_P(Conformance, EvictKey) {

@@ -14,21 +14,19 @@
 #include <openssl/evp.h>
 
 #include "daemon/daemon.h"
-#include "driver/conformance.h"
-#include "driver/keyslot_manager.h"
+#include "iceblk/conformance.h"
+#include "iceblk/keyslot_manager.h"
 #include "iceblk/device.h"
+#include "support/pattern.h"
+#include "support/temp_dir.h"
+#include "support/reference_cipher.h"
 
 namespace iceblk::driver {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<uint8_t> pattern(size_t n, uint32_t seed) {
-  std::vector<uint8_t> v(n);
-  std::mt19937 rng(seed);
-  for (auto& b : v) b = static_cast<uint8_t>(rng());
-  return v;
-}
+using test::pattern;
 
 std::vector<uint8_t> key_bytes(size_t n, uint8_t seed) {
   std::vector<uint8_t> k(n);
@@ -49,8 +47,7 @@ struct DaemonSetup {
 class DriverIntegration : public ::testing::Test {
  protected:
   void start(DaemonSetup s) {
-    char tmpl[] = "/tmp/iceblk-drv-XXXXXX";
-    dir_ = ::mkdtemp(tmpl);
+    dir_ = iceblk::test::make_temp_dir("iceblk-drv");
     daemon::ExportConfig e;
     e.name = "vm0";
     e.socket = dir_ + "/vm0.sock";
@@ -180,17 +177,7 @@ TEST_F(DriverIntegration, EveryRequestTypePlainAndEncrypted) {
   EXPECT_EQ(dec, plain);
   EXPECT_NE(medium(1 << 20, plain.size()), plain);
   // The medium holds AES-256-XTS with tweak le64(dun): check data unit 0 with EVP.
-  {
-    std::vector<uint8_t> ct(4096);
-    uint8_t iv[16] = {};
-    iv[1] = 1;  // dun 256 = 0x100
-    EVP_CIPHER_CTX* c = EVP_CIPHER_CTX_new();
-    int n = 0;
-    ASSERT_EQ(EVP_EncryptInit_ex(c, EVP_aes_256_xts(), nullptr, kb.data(), iv), 1);
-    ASSERT_EQ(EVP_EncryptUpdate(c, ct.data(), &n, plain.data(), 4096), 1);
-    EVP_CIPHER_CTX_free(c);
-    EXPECT_EQ(medium(1 << 20, 4096), ct);
-  }
+  EXPECT_EQ(medium(1 << 20, 4096), test::reference_xts(kb, 256, std::span(plain).first(4096), 4096));
   ASSERT_TRUE(dev_->evict_key(1));
   auto after = dev_->read(1 << 20, dec, Encryption{1, 256});
   ASSERT_FALSE(after);

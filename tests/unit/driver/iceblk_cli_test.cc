@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include "support/temp_dir.h"
+
 extern char** environ;
 
 namespace {
@@ -75,8 +77,7 @@ bool wait_for_socket(const std::string& path) {
 class IceblkCli : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/iceblk-cli-XXXXXX";
-    dir_ = ::mkdtemp(tmpl);
+    dir_ = iceblk::test::make_temp_dir("iceblk-cli");
     cli_ = ICEBLK_CLI_PATH;
   }
   void TearDown() override {

@@ -11,6 +11,8 @@
 #include "ice/engine.h"
 #include "ice/key.h"
 
+#include "support/pattern.h"
+
 namespace iceblk::ice::test {
 
 inline std::vector<uint8_t> from_hex(std::string_view hex) {
@@ -39,18 +41,8 @@ inline std::string to_hex(std::span<const uint8_t> b) {
   return s;
 }
 
-// Deterministic, non-repeating bytes; XTS halves differ for any seed.
-inline std::vector<uint8_t> pattern(size_t n, uint8_t seed) {
-  std::vector<uint8_t> v(n);
-  uint32_t x = 0x9e3779b9u * (seed + 1u);
-  for (size_t i = 0; i < n; ++i) {
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    v[i] = static_cast<uint8_t>(x >> 24);
-  }
-  return v;
-}
+// Deterministic bytes (support/pattern.h); XTS halves differ for any seed.
+inline std::vector<uint8_t> pattern(size_t n, uint8_t seed) { return iceblk::test::pattern(n, seed); }
 
 // Bytes 00..ff repeated: the IEEE 1619 plaintext of vectors 4 and 10.
 inline std::vector<uint8_t> counting(size_t n) {

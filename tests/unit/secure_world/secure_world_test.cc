@@ -21,6 +21,9 @@
 #include "driver/secure_world_client.h"
 #include "ice/key_blob.h"
 #include "secure_world/wire.h"
+#include "support/temp_dir.h"
+#include "support/reference_cipher.h"
+#include "support/socket.h"
 
 namespace iceblk::secure_world {
 namespace {
@@ -57,26 +60,13 @@ std::array<uint8_t, ice::kKeyBlobSize> blob_for(std::span<const uint8_t> key,
 // the engine's cipher code: tweak = le64(dun) || le64(0).
 std::vector<uint8_t> reference_xts(std::span<const uint8_t> key, uint64_t dun,
                                    std::span<const uint8_t> pt) {
-  std::array<uint8_t, 16> iv{};
-  std::memcpy(iv.data(), &dun, 8);
-  std::vector<uint8_t> out(pt.size());
-  EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
-  int len = 0;
-  EXPECT_EQ(1, EVP_EncryptInit_ex(ctx, EVP_aes_256_xts(), nullptr, key.data(), iv.data()));
-  EXPECT_EQ(1, EVP_EncryptUpdate(ctx, out.data(), &len, pt.data(), static_cast<int>(pt.size())));
-  EVP_CIPHER_CTX_free(ctx);
-  return out;
+  return test::reference_xts(key, dun, pt, pt.size());
 }
 
 // Raw socket for malformed clients.
 UniqueFd raw_connect(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  EXPECT_TRUE(fd.valid());
-  EXPECT_EQ(0, ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr))
-      << strerror(errno);
+  UniqueFd fd = test::raw_connect(path);
+  EXPECT_TRUE(fd.valid()) << strerror(errno);
   return fd;
 }
 
@@ -159,9 +149,8 @@ std::vector<Reply> parse_replies(const std::vector<uint8_t>& bytes) {
 class SecureWorldTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/iceblk-sw-XXXXXX";
-    ASSERT_NE(nullptr, ::mkdtemp(tmpl));
-    dir_ = tmpl;
+    dir_ = iceblk::test::make_temp_dir("iceblk-sw");
+    ASSERT_FALSE(dir_.empty());
     auto e = ice::Engine::create({});
     ASSERT_TRUE(e) << e.error().to_string();
     engine_ = std::move(*e);

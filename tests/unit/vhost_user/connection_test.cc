@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "unit/vhost_user/fd_probe.h"
+#include "support/socket.h"
 
 namespace iceblk::vhost_user {
 namespace {
@@ -27,23 +28,7 @@ struct Pair {
   }
   std::unique_ptr<Connection> a;  // receiver under test
   UniqueFd b;                     // raw peer
-  void send_raw(const void* p, size_t n, std::vector<int> fds = {}) {
-    iovec iov{const_cast<void*>(p), n};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 64)];
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    if (!fds.empty()) {
-      msg.msg_control = control;
-      msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-      cmsghdr* c = CMSG_FIRSTHDR(&msg);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-      std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-    }
-    ASSERT_EQ(::sendmsg(b.get(), &msg, MSG_NOSIGNAL), static_cast<ssize_t>(n));
-  }
+  void send_raw(const void* p, size_t n, const std::vector<int>& fds = {}) { test::raw_send(b.get(), p, n, fds); }
 };
 
 TEST(VhostConnection, MessageWithFdRoundTrip) {

@@ -54,12 +54,13 @@ void EchoDevice::reset() {
   ++resets;
 }
 
-void EchoDevice::queue_started(uint16_t q) {
+Status EchoDevice::queue_started(uint16_t q) {
   {
     std::lock_guard lk(mu_);
     worker_ids_.at(q) = std::this_thread::get_id();
   }
   ++started;
+  return {};
 }
 
 void EchoDevice::queue_stopped(uint16_t) { ++stopped; }

@@ -1,4 +1,4 @@
-// A small but real vhost_user::Device for the session/server tests: each chain's
+// A small but real vhost_user::Backend for the session/server tests: each chain's
 // readable bytes are copied, bitwise inverted, into its writable buffers (so a test
 // can tell the device really processed them). In `deferred` mode the device only
 // pops chains and completes them from drain_queue(), which lets tests check that
@@ -11,17 +11,19 @@
 #include <thread>
 #include <vector>
 
-#include "vhost_user/device.h"
+#include "vhost_user/backend.h"
+#include "vhost_user/messages.h"
+#include "virtio/features.h"
 
 namespace iceblk::vhost_user::testing {
 
-class EchoDevice : public Device {
+class EchoDevice : public Backend {
  public:
-  static constexpr uint64_t kFeatureVersion1 = 1ull << 32;
-  static constexpr uint64_t kFeatureEventIdx = 1ull << 29;
-  static constexpr uint64_t kFeatureIndirect = 1ull << 28;
+  static constexpr uint64_t kFeatureVersion1 = virtio::feature_bit(virtio::kFeatureVersion1);
+  static constexpr uint64_t kFeatureEventIdx = virtio::feature_bit(virtio::kFeatureEventIdx);
+  static constexpr uint64_t kFeatureIndirect = virtio::feature_bit(virtio::kFeatureIndirectDesc);
   static constexpr uint64_t kFeatureDevice5 = 1ull << 5;      // some device-specific bit
-  static constexpr uint64_t kFeatureLogAll = 1ull << 26;      // offered by mistake: must be masked
+  static constexpr uint64_t kFeatureLogAll = virtio::feature_bit(kFLogAll);  // offered by mistake: must be masked
   static constexpr uint32_t kConfigSize = 64;
   static constexpr uint32_t kWritableOffset = 16;  // bytes [16, 20) are driver-writable
   static constexpr uint32_t kWritableSize = 4;
@@ -38,7 +40,7 @@ class EchoDevice : public Device {
   Status set_config(uint32_t offset, std::span<const uint8_t> data, uint32_t flags) override;
   Status set_features(uint64_t negotiated) override;
   void reset() override;
-  void queue_started(uint16_t q) override;
+  Status queue_started(uint16_t q) override;
   void queue_stopped(uint16_t q) override;
   Result<bool> process_queue(uint16_t q, virtio::SplitQueue& vq) override;
   bool drain_queue(uint16_t q, virtio::SplitQueue& vq) override;

@@ -13,7 +13,7 @@
 #include <cstring>
 #include <thread>
 
-#include "driver/driver_queue.h"
+#include "virtio/driver_queue.h"
 #include "unit/vhost_user/echo_device.h"
 #include "unit/vhost_user/fd_probe.h"
 
@@ -51,7 +51,7 @@ uint64_t reply_u64(const std::optional<Reply>& r) {
 class SessionTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto m = driver::DriverMemory::create(kMemSize, kGuestBase);
+    auto m = virtio::DriverMemory::create(kMemSize, kGuestBase);
     ASSERT_TRUE(m) << m.error().to_string();
     dmem_ = *m;
   }
@@ -79,7 +79,7 @@ class SessionTest : public ::testing::Test {
   }
 
   // GET_FEATURES .. SET_FEATURES like QEMU, acking `pf` protocol features.
-  void negotiate(uint64_t pf = kSessionProtocolFeatures, bool with_protocol_bit = true) {
+  void negotiate(uint64_t pf = kProtocolFeatures, bool with_protocol_bit = true) {
     auto f = send(Request::kGetFeatures);
     ASSERT_TRUE(f);
     const uint64_t offered = reply_u64(*f);
@@ -106,7 +106,7 @@ class SessionTest : public ::testing::Test {
 
   // SET_VRING_NUM/BASE/ADDR/CALL/KICK for queue q backed by a new DriverQueue.
   void start_ring(uint16_t q, bool enable = true, uint16_t size = 16) {
-    auto dq = driver::DriverQueue::create(dmem_, size, /*event_idx=*/true);
+    auto dq = virtio::DriverQueue::create(dmem_, size, /*event_idx=*/true);
     ASSERT_TRUE(dq);
     queues_[q] = std::move(*dq);
     kick_[q] = make_eventfd();
@@ -141,7 +141,7 @@ class SessionTest : public ::testing::Test {
     EXPECT_TRUE(a && b);
     std::memcpy(dmem_->ptr(*a, in.size()), in.data(), in.size());
     std::memset(dmem_->ptr(*b, out_len), 0, out_len);
-    driver::Buffer bufs[2] = {{*a, static_cast<uint32_t>(in.size()), false}, {*b, out_len, true}};
+    virtio::Buffer bufs[2] = {{*a, static_cast<uint32_t>(in.size()), false}, {*b, out_len, true}};
     auto h = queues_[q]->add(bufs);
     EXPECT_TRUE(h);
     queues_[q]->publish();
@@ -153,7 +153,7 @@ class SessionTest : public ::testing::Test {
     ASSERT_EQ(::write(kick_[q].get(), &one, 8), 8);
   }
   // Waits for a completion on q (polls used ring; call fd is checked separately).
-  std::optional<driver::UsedElem> wait_used(uint16_t q, int timeout_ms = 5000) {
+  std::optional<virtio::UsedElem> wait_used(uint16_t q, int timeout_ms = 5000) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     while (std::chrono::steady_clock::now() < deadline) {
       if (auto u = queues_[q]->get_used()) return u;
@@ -164,8 +164,8 @@ class SessionTest : public ::testing::Test {
 
   EchoDevice dev_{2, 256};
   Session session_{dev_};
-  std::shared_ptr<driver::DriverMemory> dmem_;
-  std::unique_ptr<driver::DriverQueue> queues_[2];
+  std::shared_ptr<virtio::DriverMemory> dmem_;
+  std::unique_ptr<virtio::DriverQueue> queues_[2];
   UniqueFd kick_[2], call_[2];
 };
 
@@ -178,7 +178,7 @@ TEST_F(SessionTest, FeaturesOfferedAndMasked) {
   EXPECT_NE(offered & EchoDevice::kFeatureDevice5, 0u);
   auto pf = send(Request::kGetProtocolFeatures);
   ASSERT_TRUE(pf);
-  EXPECT_EQ(reply_u64(*pf), kSessionProtocolFeatures);
+  EXPECT_EQ(reply_u64(*pf), kProtocolFeatures);
   for (auto bitn : {kPfMq, kPfReplyAck, kPfConfig, kPfConfigureMemSlots, kPfResetDevice}) {
     EXPECT_NE(reply_u64(*pf) & pf_bit(bitn), 0u) << bitn;
   }
@@ -199,7 +199,7 @@ TEST(SessionOptional, StatusOfferedOnlyWhenDeviceAsks) {
   EchoDevice dev;
   dev.extra_protocol_features = pf_bit(kPfStatus) | pf_bit(kPfLogShmfd);
   Session s(dev);
-  EXPECT_EQ(s.offered_protocol_features(), kSessionProtocolFeatures | pf_bit(kPfStatus));
+  EXPECT_EQ(s.offered_protocol_features(), kProtocolFeatures | pf_bit(kPfStatus));
 }
 
 TEST_F(SessionTest, ReplyAck) {
@@ -207,7 +207,7 @@ TEST_F(SessionTest, ReplyAck) {
   auto r = send(Request::kSetOwner, {}, {}, kVersion | kFlagNeedReply);
   ASSERT_TRUE(r);
   EXPECT_FALSE(*r);
-  ASSERT_TRUE(send_u64(Request::kSetProtocolFeatures, kSessionProtocolFeatures));
+  ASSERT_TRUE(send_u64(Request::kSetProtocolFeatures, kProtocolFeatures));
   r = send(Request::kSetOwner, {}, {}, kVersion | kFlagNeedReply);
   ASSERT_TRUE(r);
   ASSERT_TRUE(*r);
@@ -363,7 +363,7 @@ TEST_F(SessionTest, DisabledRingIsNotProcessedUntilEnabled) {
 }
 
 TEST_F(SessionTest, WithoutProtocolFeatureBitRingsAreEnabledAtStart) {
-  negotiate(kSessionProtocolFeatures, /*with_protocol_bit=*/false);
+  negotiate(kProtocolFeatures, /*with_protocol_bit=*/false);
   set_mem_table();
   start_ring(1, /*enable=*/false);
   EXPECT_TRUE(session_.ring_enabled(1));
@@ -427,7 +427,7 @@ TEST_F(SessionTest, BrokenQueueSignalsErrFdAndParks) {
 TEST_F(SessionTest, MemoryRegionsAddRemove) {
   negotiate();
   set_mem_table();
-  auto extra = driver::DriverMemory::create(0x10000, 0x40000000);
+  auto extra = virtio::DriverMemory::create(0x10000, 0x40000000);
   ASSERT_TRUE(extra);
   SingleMemRegion reg{0, MemRegionDesc{0x40000000, 0x10000, 0x7e0000000000, 0}};
   std::vector<UniqueFd> fds;
@@ -469,14 +469,14 @@ TEST_F(SessionTest, MemoryTableChangeReachesRunningWorker) {
   post(0, {1}, 1);
   ASSERT_TRUE(wait_used(0));
   // Replace the table with the same memory plus a second region, while running.
-  auto extra = driver::DriverMemory::create(0x10000, 0x40000000);
+  auto extra = virtio::DriverMemory::create(0x10000, 0x40000000);
   ASSERT_TRUE(extra);
   SingleMemRegion reg{0, MemRegionDesc{0x40000000, 0x10000, 0x7e0000000000, 0}};
   std::vector<UniqueFd> fds;
   fds.emplace_back(::dup((*extra)->fd()));
   ASSERT_TRUE(send(Request::kAddMemReg, bytes(reg), std::move(fds)));
   // A request whose output buffer lives in the new region is processed.
-  driver::Buffer bufs[2] = {{*dmem_->alloc(1), 1, false}, {GuestAddr{0x40000100}, 1, true}};
+  virtio::Buffer bufs[2] = {{*dmem_->alloc(1), 1, false}, {GuestAddr{0x40000100}, 1, true}};
   *dmem_->ptr(bufs[0].addr) = 0x0f;
   ASSERT_TRUE(queues_[0]->add(bufs));
   queues_[0]->publish();

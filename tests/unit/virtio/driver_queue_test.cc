@@ -1,5 +1,5 @@
-// Driver-side memory allocator and ring (src/driver/driver_queue.h).
-#include "driver/driver_queue.h"
+// Driver-side memory allocator and ring (src/virtio/driver_queue.h).
+#include "virtio/driver_queue.h"
 
 #include <gtest/gtest.h>
 
@@ -11,7 +11,7 @@
 #include "support/ring_harness.h"
 #include "virtio/ring_layout.h"
 
-namespace iceblk::driver {
+namespace iceblk::virtio {
 namespace {
 
 TEST(DriverMemory, CreateAndPtr) {
@@ -214,4 +214,4 @@ TEST(DriverQueue, UntrustedUsedHeadDoesNotCorruptFreeList) {
 }
 
 }  // namespace
-}  // namespace iceblk::driver
+}  // namespace iceblk::virtio

@@ -13,7 +13,7 @@
 namespace iceblk::virtio {
 namespace {
 
-using driver::Buffer;
+using virtio::Buffer;
 using test::RingHarness;
 using test::RingOptions;
 
@@ -308,7 +308,7 @@ TEST(SplitQueue, SetMemoryReresolvesRings) {
   EXPECT_EQ(&h->device().memory(), gm2->get());
   EXPECT_EQ(pop_good(h->device()).readable_len, 16u);
   // A table without the rings is refused and the old one stays in use.
-  auto other = driver::DriverMemory::create(1 << 16, 0x10000000);
+  auto other = virtio::DriverMemory::create(1 << 16, 0x10000000);
   ASSERT_TRUE(other);
   auto gm3 = test::device_memory_for(**other);
   ASSERT_TRUE(gm3);

@@ -25,8 +25,8 @@
 #include <string>
 #include <vector>
 
-#include "base/result.h"
-#include "ice/key.h"
+#include "iceblk/result.h"
+#include "iceblk/key.h"
 
 namespace iceblk::driver {
 

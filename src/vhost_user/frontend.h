@@ -24,7 +24,7 @@
 #include "vhost_user/connection.h"
 #include "vhost_user/messages.h"
 
-namespace iceblk::driver {
+namespace iceblk::vhost_user {
 
 // One region of memory shared with the back-end (e.g. DriverMemory: fd(), and
 // guest_addr == user_addr == guest_base()).
@@ -47,20 +47,15 @@ struct VringSetup {
   int call_fd = -1;   // borrowed eventfd the device writes; -1 = no interrupts
 };
 
-// Protocol features the front-end asks for by default (when offered).
-inline constexpr uint64_t kDefaultProtocolFeatures =
-    vhost_user::pf_bit(vhost_user::kPfMq) | vhost_user::pf_bit(vhost_user::kPfReplyAck) |
-    vhost_user::pf_bit(vhost_user::kPfConfig) | vhost_user::pf_bit(vhost_user::kPfConfigureMemSlots) |
-    vhost_user::pf_bit(vhost_user::kPfResetDevice);
 
-class VhostUserFrontend {
+class Frontend {
  public:
   struct Options {
     int reply_timeout_ms = 30000;  // how long to wait for a reply; -1 = forever
   };
 
-  static Result<std::unique_ptr<VhostUserFrontend>> connect(const std::string& socket_path);
-  static Result<std::unique_ptr<VhostUserFrontend>> connect(const std::string& socket_path, Options opts);
+  static Result<std::unique_ptr<Frontend>> connect(const std::string& socket_path);
+  static Result<std::unique_ptr<Frontend>> connect(const std::string& socket_path, Options opts);
 
   struct Negotiated {
     uint64_t features = 0;           // acked virtio features (incl. bit 30 if offered)
@@ -70,7 +65,7 @@ class VhostUserFrontend {
   // GET_FEATURES, SET_OWNER, GET/SET_PROTOCOL_FEATURES (wanted & offered),
   // GET_QUEUE_NUM, SET_FEATURES(wanted & offered, keeping bit 30 when offered).
   Result<Negotiated> handshake(uint64_t wanted_features,
-                               uint64_t wanted_protocol_features = kDefaultProtocolFeatures);
+                               uint64_t wanted_protocol_features = kProtocolFeatures);
 
   // One message each.
   Result<uint64_t> get_features();
@@ -109,26 +104,26 @@ class VhostUserFrontend {
   [[nodiscard]] bool reply_ack() const;
 
   // Raw access for tests (malformed input). Not synchronised with the calls above.
-  vhost_user::Connection& connection() { return conn_; }
+  Connection& connection() { return conn_; }
 
  private:
-  VhostUserFrontend(vhost_user::Connection c, Options o) : conn_(std::move(c)), opts_(o) {}
+  Frontend(Connection c, Options o) : conn_(std::move(c)), opts_(o) {}
 
   // Send a request without its own reply; waits for the ack when REPLY_ACK is on.
-  Status request(vhost_user::Request req, std::span<const uint8_t> payload, std::span<const int> fds = {});
+  Status request(Request req, std::span<const uint8_t> payload, std::span<const int> fds = {});
   // Send a request and return the reply payload (checked id/flags; size checked by
   // `expected_size` unless nullopt).
-  Result<std::vector<uint8_t>> call(vhost_user::Request req, std::span<const uint8_t> payload,
+  Result<std::vector<uint8_t>> call(Request req, std::span<const uint8_t> payload,
                                     std::optional<size_t> expected_size);
-  Result<std::vector<uint8_t>> read_reply(vhost_user::Request req, std::optional<size_t> expected_size);
-  Result<uint64_t> call_u64(vhost_user::Request req);
-  Status vring_fd(vhost_user::Request req, uint16_t q, int fd);
+  Result<std::vector<uint8_t>> read_reply(Request req, std::optional<size_t> expected_size);
+  Result<uint64_t> call_u64(Request req);
+  Status vring_fd(Request req, uint16_t q, int fd);
 
   std::mutex mu_;
-  vhost_user::Connection conn_;
+  Connection conn_;
   Options opts_;
   uint64_t acked_features_ = 0;
   uint64_t acked_protocol_features_ = 0;
 };
 
-}  // namespace iceblk::driver
+}  // namespace iceblk::vhost_user

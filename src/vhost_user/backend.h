@@ -1,5 +1,5 @@
-// The device model behind a vhost-user back-end (e.g. virtio-blk). The session
-// (session.h) owns the protocol; a Device only supplies features, config space and
+// The device model behind a vhost-user back-end (e.g. virtio-blk): a Backend. The session
+// (session.h) owns the protocol; a Backend only supplies features, config space and
 // per-queue processing.
 //
 // THREADING
@@ -18,7 +18,7 @@
 //    (and once right after start: front-ends need not kick), and on stop
 //    drain_queue() followed by queue_stopped(q). No queue call for q happens after
 //    queue_stopped(q) returns until the next queue_started(q).
-//  * Only one connection is served at a time per Device.
+//  * Only one connection is served at a time per Backend.
 #pragma once
 
 #include <cstdint>
@@ -30,9 +30,9 @@
 
 namespace iceblk::vhost_user {
 
-class Device {
+class Backend {
  public:
-  virtual ~Device() = default;
+  virtual ~Backend() = default;
 
   // Virtio feature bits offered to the driver (VERSION_1, EVENT_IDX, INDIRECT_DESC,
   // device bits ...). The session adds VHOST_USER_F_PROTOCOL_FEATURES (bit 30) and
@@ -65,8 +65,10 @@ class Device {
   // and when the front-end disconnects. All queues are stopped when it is called.
   virtual void reset() = 0;
 
-  // Queue lifecycle hooks (worker thread of q).
-  virtual void queue_started(uint16_t /*q*/) {}
+  // Queue lifecycle hooks (worker thread of q). A failed start parks the queue at
+  // once (the worker signals the error fd and makes no other queue call but
+  // queue_stopped(q) until the ring is restarted).
+  virtual Status queue_started(uint16_t /*q*/) { return {}; }
   virtual void queue_stopped(uint16_t /*q*/) {}
 
   // An extra fd the worker of q polls (readable -> process_queue), e.g. an io_uring

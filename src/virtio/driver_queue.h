@@ -15,7 +15,7 @@
 #include "memory/guest_memory.h"
 #include "virtio/split_queue.h"
 
-namespace iceblk::driver {
+namespace iceblk::virtio {
 
 // One memfd-backed region of "guest" memory owned by the driver, with a simple
 // thread-safe allocator (first fit over a free list, alignment honoured).
@@ -64,7 +64,7 @@ class DriverQueue {
   ~DriverQueue();
 
   // Ring addresses for the device (SET_VRING_ADDR / SplitQueue::activate).
-  [[nodiscard]] virtio::QueueConfig device_config() const;
+  [[nodiscard]] QueueConfig device_config() const;
   [[nodiscard]] uint16_t size() const;
   [[nodiscard]] uint16_t free_descriptors() const;
 
@@ -110,4 +110,4 @@ class DriverQueue {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace iceblk::driver
+}  // namespace iceblk::virtio

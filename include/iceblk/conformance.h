@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "base/result.h"
+#include "iceblk/result.h"
 
 namespace iceblk::driver {
 

@@ -1,0 +1,93 @@
+// The session's memory table: SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG. Each change
+// builds a new immutable GuestMemory snapshot and publishes it to the running rings.
+#include <sys/stat.h>
+
+#include "base/checked.h"
+#include "vhost_user/session.h"
+
+namespace iceblk::vhost_user {
+
+Result<Session::MemSlot> Session::map_region(const MemRegionDesc& d, int fd) const {
+  // TRUST: region geometry comes from the front-end; reject wrapping ranges here,
+  // overlaps are rejected by GuestMemory::create.
+  if (!checked_add(d.guest_phys_addr, d.memory_size - 1) || !checked_add(d.userspace_addr, d.memory_size - 1) ||
+      !checked_add(d.mmap_offset, d.memory_size)) {
+    return fail(Errc::kOverflow, "memory region gpa 0x{:x} size 0x{:x} wraps the address space", d.guest_phys_addr,
+                d.memory_size);
+  }
+  // TRUST: touching a mapping beyond the end of the shared file raises SIGBUS, so
+  // the region must lie inside the file as it is now. (A front-end that shrinks
+  // the file afterwards can still fault us; memfds should be sealed F_SEAL_SHRINK.)
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) return tl::unexpected(errno_error(Errc::kInvalidArgument, "fstat region fd", errno));
+  if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < d.mmap_offset + d.memory_size) {
+    return fail(Errc::kInvalidArgument,
+                "memory region gpa 0x{:x}: offset 0x{:x} + size 0x{:x} exceeds the shared file (0x{:x} bytes)",
+                d.guest_phys_addr, d.mmap_offset, d.memory_size, st.st_size);
+  }
+  ICEBLK_ASSIGN_OR_RETURN(auto mapping, memory::Mapping::map_fd(fd, d.mmap_offset, d.memory_size));
+  return MemSlot{d, std::move(mapping)};
+}
+
+Status Session::install_memory(std::vector<MemSlot> slots) {
+  std::vector<memory::Region> regions;
+  regions.reserve(slots.size());
+  for (const auto& s : slots) {
+    memory::Region r;
+    r.guest_addr = s.desc.guest_phys_addr;
+    r.size = s.desc.memory_size;
+    r.user_addr = s.desc.userspace_addr;
+    r.host = s.mapping->data();
+    r.mapping = s.mapping;
+    regions.push_back(std::move(r));
+  }
+  ICEBLK_ASSIGN_OR_RETURN(auto gm, memory::GuestMemory::create(std::move(regions)));
+  slots_ = std::move(slots);
+  mem_ = std::make_shared<const memory::GuestMemory>(std::move(gm));
+  // Publish the new snapshot; running workers switch before their next pass. Old
+  // mappings stay alive until the last worker drops the previous snapshot.
+  for (auto& v : vrings_)
+    if (v.worker) v.worker->set_memory(mem_);
+  return {};
+}
+
+Status Session::on_set_mem_table(MemTableMsg& m) {
+  std::vector<MemSlot> slots;
+  for (size_t i = 0; i < m.regions.size(); ++i) {
+    ICEBLK_ASSIGN_OR_RETURN(auto s, map_region(m.regions[i], m.fds[i].get()));
+    slots.push_back(std::move(s));
+  }
+  return install_memory(std::move(slots));
+}
+
+Status Session::on_add_mem_reg(MemRegMsg& m) {
+  if (slots_.size() >= kMaxMemSlots) {
+    return fail(Errc::kBusy, "ADD_MEM_REG: all {} memory slots in use", kMaxMemSlots);
+  }
+  ICEBLK_ASSIGN_OR_RETURN(auto s, map_region(m.region, m.fd.get()));
+  auto slots = slots_;
+  slots.push_back(std::move(s));
+  return install_memory(std::move(slots));
+}
+
+Status Session::on_rem_mem_reg(const MemRegMsg& m) {
+  auto slots = slots_;
+  for (auto it = slots.begin(); it != slots.end(); ++it) {
+    if (it->desc.guest_phys_addr == m.region.guest_phys_addr && it->desc.memory_size == m.region.memory_size) {
+      slots.erase(it);
+      if (slots.empty()) {
+        // GuestMemory with no regions is valid; rings that still use it will park.
+        slots_.clear();
+        mem_ = std::make_shared<const memory::GuestMemory>();
+        for (auto& v : vrings_)
+          if (v.worker) v.worker->set_memory(mem_);
+        return {};
+      }
+      return install_memory(std::move(slots));
+    }
+  }
+  return fail(Errc::kNotFound, "REM_MEM_REG: no region at gpa 0x{:x} size 0x{:x}", m.region.guest_phys_addr,
+              m.region.memory_size);
+}
+
+}  // namespace iceblk::vhost_user
