@@ -92,8 +92,9 @@ log "[1/4] fetching the qemu $version source package (apt-get source)"
 # apt-get source downloads into the current directory; as root it warns that the
 # _apt sandbox cannot write there: harmless.
 (cd "$work" && apt-get source --download-only -qq "qemu=$version" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
-dsc=$(ls "$work"/qemu_*.dsc 2>/dev/null | head -1)
-[[ -n $dsc ]] || die "apt-get source qemu=$version downloaded nothing"
+dscs=("$work"/qemu_*.dsc)
+dsc=${dscs[0]}
+[[ -f $dsc ]] || die "apt-get source qemu=$version downloaded nothing"
 log "[2/4] unpacking (with Debian's patches) and applying patches/qemu"
 # dpkg-source cannot check the .dsc signature without debian-keyring and says so
 # on stderr; apt already checked the files against the signed Sources index.

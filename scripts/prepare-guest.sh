@@ -145,7 +145,7 @@ prepare_ice() {
   st=$( {
     cat "$ice_out/stamp"
     sha256sum "$0" "$guest_src"/* /bin/busybox /sbin/mke2fs /etc/mke2fs.conf
-    cc --version | head -1
+    cc --version | sed -n 1p
   } | sha256sum | cut -d' ' -f1)
   if [[ -f "$ice_out/initrd.gz" && -x "$ice_out/fscrypt-tool" && "$(cat "$ice_out/initrd.stamp" 2>/dev/null)" == "$st" ]]; then
     return 0

@@ -22,6 +22,37 @@ e2e_guest_ready() {
   [[ -f $E2E_GUEST_DIR/vmlinuz && -f $E2E_GUEST_DIR/initrd.gz && -x $E2E_GUEST_DIR/iceblk-pattern ]]
 }
 
+# e2e_need_tools TOOL...: exits 1, naming the first tool that is not installed.
+e2e_need_tools() {
+  local t
+  for t in "$@"; do
+    command -v "$t" >/dev/null || { echo "FAIL: $t not found (scripts/install-deps.sh --e2e)" >&2; exit 1; }
+  done
+}
+
+# e2e_begin PREFIX: a fresh work directory, and the traps that stop everything this
+# run started (e2e_cleanup) on every way out and remove the directory (kept when the
+# run failed and ICEBLK_E2E_KEEP is set). A caller with more to stop defines
+# e2e_before_cleanup. Sets the run's paths: tmp (the directory), img, sock, serial
+# and devlog in it.
+E2E_TMP=""
+e2e_begin() {
+  E2E_TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+  trap e2e_finish EXIT
+  trap 'exit 130' INT TERM
+  tmp=$E2E_TMP img=$E2E_TMP/disk.img sock=$E2E_TMP/dev.sock serial=$E2E_TMP/serial.log devlog=$E2E_TMP/device.log
+}
+e2e_finish() {
+  local rc=$?
+  if declare -F e2e_before_cleanup >/dev/null; then e2e_before_cleanup; fi
+  e2e_cleanup
+  if [[ $rc -ne 0 && -n ${ICEBLK_E2E_KEEP:-} ]]; then
+    echo "kept $E2E_TMP" >&2
+  else
+    rm -rf "$E2E_TMP"
+  fi
+}
+
 # e2e_socket_holder PATH: "NAME (pid N)" of each process listening on the unix socket
 # PATH (bound by that absolute path), one line each; nothing when none listens.
 e2e_socket_holder() {
@@ -162,6 +193,25 @@ e2e_boot_guest() {
   local fw=""
   [[ -n ${ICEBLK_QEMU:-} ]] && fw=fw
   e2e_run_qemu "$E2E_QEMU" "$fw" "$E2E_GUEST_DIR/vmlinuz" "${E2E_INITRD:-$E2E_GUEST_DIR/initrd.gz}" "" "$@"
+}
+
+# e2e_guest_verdict QEMU_RC TIMEOUT_S SERIAL_LOG: after a guest run, stops the device
+# and reads the guest's ICEBLK-E2E verdict (into SERIAL_LOG.txt, without the \r of
+# the serial lines). Reports each problem through the caller's fail().
+e2e_guest_verdict() {
+  local rc=$1 limit=$2 serial=$3
+  if [[ $rc -eq 124 || $rc -eq 137 ]]; then
+    fail "guest did not power off within ${limit}s"
+  elif [[ $rc -ne 0 ]]; then
+    fail "qemu exited with status $rc"
+  fi
+  e2e_stop_device || fail "device did not stop cleanly on SIGTERM"
+  tr -d '\r' <"$serial" >"$serial.txt"
+  if grep -q '^ICEBLK-E2E: FAIL' "$serial.txt"; then
+    fail "guest: $(grep -m1 '^ICEBLK-E2E: FAIL' "$serial.txt" | cut -d' ' -f3-)"
+  elif ! grep -qx 'ICEBLK-E2E: PASS' "$serial.txt"; then
+    fail "no ICEBLK-E2E marker on the serial console"
+  fi
 }
 
 # e2e_reap PID...: SIGTERM, up to 10 s to exit, then SIGKILL; waits for each (they

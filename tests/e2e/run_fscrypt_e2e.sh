@@ -62,28 +62,10 @@ if ! e2e_ice_ready; then
     "run scripts/build-qemu.sh and scripts/prepare-guest.sh --ice" >&2
   exit 77
 fi
-for tool in qemu-storage-daemon e2fsck timeout cpio gzip od; do
-  command -v "$tool" >/dev/null || { echo "FAIL: $tool not found (scripts/install-deps.sh --e2e)" >&2; exit 1; }
-done
+e2e_need_tools qemu-storage-daemon e2fsck timeout cpio gzip od
 tool=$E2E_GUEST_ICE_DIR/fscrypt-tool
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/iceblk-fscrypt.XXXXXX")
-finish() {
-  local rc=$?
-  e2e_cleanup
-  if [[ $rc -ne 0 && -n ${ICEBLK_E2E_KEEP:-} ]]; then
-    echo "kept $tmp" >&2
-  else
-    rm -rf "$tmp"
-  fi
-}
-trap finish EXIT
-trap 'exit 130' INT TERM
-
-img=$tmp/disk.img
-sock=$tmp/dev.sock
-serial=$tmp/serial.log
-devlog=$tmp/device.log
+e2e_begin iceblk-fscrypt
 keyfile=$tmp/master-key.hex
 name="fscrypt[$device, $queues queue(s)"
 [[ $device == iceblkd ]] && name+=", $slots slots"
@@ -117,19 +99,7 @@ e2e_start_device "$device" "$sock" "$img" "$queues" "$devlog" "$iceblkd" ||
 rc=0
 e2e_boot_guest_ice "$sock" "$queues" "$props" "$tmp/initrd.gz" "$append" "$serial" "$timeout_s" "$verbose" || rc=$?
 guest_s=$((SECONDS - start))
-if [[ $rc -eq 124 || $rc -eq 137 ]]; then
-  fail "guest did not power off within ${timeout_s}s"
-elif [[ $rc -ne 0 ]]; then
-  fail "qemu exited with status $rc"
-fi
-e2e_stop_device || fail "device did not stop cleanly on SIGTERM"
-
-tr -d '\r' <"$serial" >"$serial.txt"
-if grep -q '^ICEBLK-E2E: FAIL' "$serial.txt"; then
-  fail "guest: $(grep -m1 '^ICEBLK-E2E: FAIL' "$serial.txt" | cut -d' ' -f3-)"
-elif ! grep -qx 'ICEBLK-E2E: PASS' "$serial.txt"; then
-  fail "no ICEBLK-E2E marker on the serial console"
-fi
+e2e_guest_verdict "$rc" "$timeout_s" "$serial"
 gstat() { awk -v k="$1" '$1 == "ICEBLK-STAT:" && $2 == k { print $3 }' "$serial.txt"; }
 
 # --- the device's counters --------------------------------------------------------

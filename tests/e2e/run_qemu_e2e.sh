@@ -33,27 +33,9 @@ if ! e2e_guest_ready; then
   echo "SKIP: no guest in $E2E_GUEST_DIR; run scripts/prepare-guest.sh" >&2
   exit 77
 fi
-for tool in qemu-system-x86_64 qemu-storage-daemon e2fsck debugfs timeout; do
-  command -v "$tool" >/dev/null || { echo "FAIL: $tool not found (scripts/install-deps.sh --e2e)" >&2; exit 1; }
-done
+e2e_need_tools qemu-system-x86_64 qemu-storage-daemon e2fsck debugfs timeout
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/iceblk-e2e.XXXXXX")
-finish() {
-  local rc=$?
-  e2e_cleanup
-  if [[ $rc -ne 0 && -n ${ICEBLK_E2E_KEEP:-} ]]; then
-    echo "kept $tmp" >&2
-  else
-    rm -rf "$tmp"
-  fi
-}
-trap finish EXIT
-trap 'exit 130' INT TERM
-
-img=$tmp/disk.img
-sock=$tmp/dev.sock
-serial=$tmp/serial.log
-devlog=$tmp/device.log
+e2e_begin iceblk-e2e
 pattern=$E2E_GUEST_DIR/iceblk-pattern
 seed=$((1000000 + RANDOM * 32768 + RANDOM))  # fresh per run: no stale data can pass
 name="e2e[$device, $queues queue(s)]"
@@ -80,21 +62,8 @@ rc=0
 e2e_boot_guest "$sock" "$queues" "iceblk.test=disk iceblk.seed=$seed iceblk.size=$size iceblk.queues=$queues iceblk.md5=$pattern_md5" \
   "$serial" "$timeout_s" "$verbose" || rc=$?
 boot_s=$((SECONDS - start))
-if [[ $rc -eq 124 || $rc -eq 137 ]]; then
-  fail "guest did not power off within ${timeout_s}s"
-elif [[ $rc -ne 0 ]]; then
-  fail "qemu exited with status $rc"
-fi
-e2e_stop_device || fail "device did not stop cleanly on SIGTERM"
-
 # --- the guest's verdict --------------------------------------------------------
-# Serial lines end in \r\n.
-tr -d '\r' <"$serial" >"$serial.txt"
-if grep -q '^ICEBLK-E2E: FAIL' "$serial.txt"; then
-  fail "guest: $(grep -m1 '^ICEBLK-E2E: FAIL' "$serial.txt" | cut -d' ' -f3-)"
-elif ! grep -qx 'ICEBLK-E2E: PASS' "$serial.txt"; then
-  fail "no ICEBLK-E2E marker on the serial console"
-fi
+e2e_guest_verdict "$rc" "$timeout_s" "$serial"
 
 # --- the host's own checks of the image -----------------------------------------
 if [[ $failed -eq 0 ]]; then

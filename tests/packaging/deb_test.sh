@@ -72,7 +72,7 @@ apt-get install -y -qq --no-install-recommends /tmp/iceblk_*_amd64.deb >/tmp/apt
 apt-get install -s -qq /tmp/libiceblk-dev_*_amd64.deb >/tmp/apt-dev.log 2>&1 || { cat /tmp/apt-dev.log; exit 1; }
 echo "--- iceblkd --version"
 iceblkd --version
-iceblk --version | head -1
+iceblk --version | sed -n 1p
 test -f /usr/share/man/man8/iceblkd.8.gz && test -f /usr/share/man/man1/iceblk.1.gz
 test -f /usr/lib/systemd/system/iceblkd@.service && test -f /usr/lib/systemd/system/iceblkd@.socket
 test -d /etc/iceblk
@@ -80,7 +80,7 @@ echo "--- serve"
 iceblkd --socket /tmp/vm0.sock --image /tmp/disk.img --size 32M 2>/tmp/iceblkd.log &
 pid=$!
 for _ in $(seq 200); do [ -S /tmp/vm0.sock ] && break; sleep 0.05; done
-iceblk info -s /tmp/vm0.sock | head -5
+iceblk info -s /tmp/vm0.sock | sed -n 1,5p
 iceblk verify -s /tmp/vm0.sock --length 1M
 kill -TERM $pid
 wait $pid

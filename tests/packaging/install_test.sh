@@ -23,7 +23,7 @@ for f in include/iceblk/device.h share/man/man8/iceblkd.8.gz share/man/man1/iceb
          lib/systemd/system/iceblkd@.service lib/systemd/system/iceblkd@.socket; do
   [[ -f $prefix/$f ]] || fail "$f not installed"
 done
-lib=$(find "$prefix" -name libiceblk_driver.a | head -1)
+lib=$(find "$prefix" -name libiceblk_driver.a -print -quit)
 [[ -n "$lib" ]] || fail "libiceblk_driver.a not installed"
 libdir=$(dirname "$lib")
 grep -q "ExecStart=$prefix/sbin/iceblkd " "$prefix/lib/systemd/system/iceblkd@.service" ||
@@ -56,8 +56,8 @@ for _ in $(seq 200); do [[ -S $sock ]] && break; sleep 0.05; done
 [[ -S $sock ]] || { cat "$tmp/iceblkd.log"; fail "installed iceblkd did not listen"; }
 "$tmp/cmake-build/consumer" "$sock" || fail "find_package consumer failed"
 "$tmp/consumer-pc" "$sock" || fail "pkg-config consumer failed"
-"$prefix/bin/iceblk" info -s "$sock" | grep -qi "ice" || fail "installed iceblk info failed"
-"$prefix/sbin/iceblkd" --version | head -1 | grep -q "^iceblkd [0-9]" || fail "installed iceblkd --version"
+"$prefix/bin/iceblk" info -s "$sock" | grep -i "ice" >/dev/null || fail "installed iceblk info failed"
+"$prefix/sbin/iceblkd" --version | sed -n 1p | grep "^iceblkd [0-9]" >/dev/null || fail "installed iceblkd --version"
 kill -TERM "$daemon_pid"
 wait "$daemon_pid" || { cat "$tmp/iceblkd.log"; fail "iceblkd did not exit 0 after SIGTERM"; }
 daemon_pid=""

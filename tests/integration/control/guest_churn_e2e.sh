@@ -24,17 +24,13 @@ if ! e2e_guest_ready; then
   echo "SKIP: no guest in $E2E_GUEST_DIR; run scripts/prepare-guest.sh" >&2
   exit 77
 fi
-command -v qemu-system-x86_64 >/dev/null || { echo "FAIL: qemu-system-x86_64 not found" >&2; exit 1; }
+e2e_need_tools qemu-system-x86_64
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/iceblk-churn.XXXXXX")
+e2e_begin iceblk-churn
 churn_pid=""
-finish() {
+e2e_before_cleanup() {
   [[ -z $churn_pid ]] || { touch "$tmp/stop"; wait "$churn_pid" 2>/dev/null || true; }
-  e2e_cleanup
-  rm -rf "$tmp"
 }
-trap finish EXIT
-trap 'exit 130' INT TERM
 
 size=$((64 << 20))
 img=$tmp/disk.img
