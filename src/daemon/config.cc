@@ -93,7 +93,7 @@ Result<ExportConfig> parse_export(const json& j, const std::string& where) {
   if (!j.is_object()) return fail(Errc::kInvalidArgument, "{}: must be an object", where);
   ICEBLK_TRY(check_keys(j, {"name", "socket", "image", "size", "readonly", "num_queues", "queue_size", "ice",
                             "keys", "slot_offset", "max_slots", "algorithms", "secure_world_socket",
-                            "io_engine", "serial"},
+                            "io_engine", "serial", "allow_unsealed_memory"},
                         where));
   ExportConfig e;
   ICEBLK_TRY(get_string(j, "name", e.name, where));
@@ -110,6 +110,7 @@ Result<ExportConfig> parse_export(const json& j, const std::string& where) {
     }
   }
   ICEBLK_TRY(get_bool(j, "readonly", e.read_only, where));
+  ICEBLK_TRY(get_bool(j, "allow_unsealed_memory", e.allow_unsealed_memory, where));
   ICEBLK_TRY(get_uint(j, "num_queues", e.num_queues, where));
   ICEBLK_TRY(get_uint(j, "queue_size", e.queue_size, where));
   ICEBLK_TRY(get_bool(j, "ice", e.ice, where));

@@ -22,6 +22,7 @@ struct ExportConfig {
   std::string image;                // image file (or block device)
   uint64_t size = 0;                // bytes; create the image with this size if missing
   bool read_only = false;
+  bool allow_unsealed_memory = false;  // accept guest memory not sealed F_SEAL_SHRINK (trusted VMMs only)
   uint16_t num_queues = 1;
   uint16_t queue_size = 256;
   bool ice = true;                  // offer VIRTIO_BLK_F_ICE

@@ -4,8 +4,8 @@
 
 namespace iceblk::daemon {
 
-VhostBlkDevice::VhostBlkDevice(std::shared_ptr<blk::BlkDevice> dev)
-    : dev_(std::move(dev)), processors_(dev_->config().num_queues) {}
+VhostBlkDevice::VhostBlkDevice(std::shared_ptr<blk::BlkDevice> dev, bool allow_unsealed_memory)
+    : dev_(std::move(dev)), allow_unsealed_memory_(allow_unsealed_memory), processors_(dev_->config().num_queues) {}
 
 VhostBlkDevice::~VhostBlkDevice() = default;
 

@@ -14,10 +14,12 @@ namespace iceblk::daemon {
 
 class VhostBlkDevice final : public vhost_user::Backend {
  public:
-  explicit VhostBlkDevice(std::shared_ptr<blk::BlkDevice> dev);
+  // allow_unsealed_memory: accept guest memory not sealed against shrinking.
+  explicit VhostBlkDevice(std::shared_ptr<blk::BlkDevice> dev, bool allow_unsealed_memory = false);
   ~VhostBlkDevice() override;
 
   [[nodiscard]] uint64_t features() const override;
+  [[nodiscard]] bool accepts_unsealed_memory() const override { return allow_unsealed_memory_; }
   [[nodiscard]] uint16_t num_queues() const override;
   [[nodiscard]] uint16_t max_queue_size() const override;
   Result<std::vector<uint8_t>> get_config(uint32_t offset, uint32_t size) override;
@@ -35,6 +37,7 @@ class VhostBlkDevice final : public vhost_user::Backend {
 
  private:
   std::shared_ptr<blk::BlkDevice> dev_;
+  bool allow_unsealed_memory_ = false;
   // Slot q is touched only by queue q's worker thread (the vector never resizes).
   std::vector<std::unique_ptr<blk::QueueProcessor>> processors_;
 };

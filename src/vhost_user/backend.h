@@ -43,6 +43,11 @@ class Backend {
   // session always offers (MQ, REPLY_ACK, CONFIG, CONFIGURE_MEM_SLOTS, RESET_DEVICE).
   // Only bits the session implements are honoured (currently: STATUS).
   [[nodiscard]] virtual uint64_t protocol_features() const { return 0; }
+  // TRUST: a front-end that shrinks a guest-memory file after SET_MEM_TABLE makes the
+  // next access to the cut pages raise SIGBUS, which would end the whole daemon. By
+  // default only memory sealed against shrinking (F_SEAL_SHRINK) is accepted; a
+  // back-end returns true to accept unsealed files too (the operator trusts the VMM).
+  [[nodiscard]] virtual bool accepts_unsealed_memory() const { return false; }
 
   // Number of virtqueues (GET_QUEUE_NUM) and the largest queue size accepted by
   // SET_VRING_NUM (power of two <= virtio::kMaxQueueSize).

@@ -1,5 +1,7 @@
 // The session's memory table: SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG. Each change
 // builds a new immutable GuestMemory snapshot and publishes it to the running rings.
+#include <fcntl.h>
+#include <cstring>
 #include <sys/stat.h>
 
 #include "base/checked.h"
@@ -16,8 +18,27 @@ Result<Session::MemSlot> Session::map_region(const MemRegionDesc& d, int fd) con
                 d.memory_size);
   }
   // TRUST: touching a mapping beyond the end of the shared file raises SIGBUS, so
-  // the region must lie inside the file as it is now. (A front-end that shrinks
-  // the file afterwards can still fault us; memfds should be sealed F_SEAL_SHRINK.)
+  // the region must lie inside the file as it is now, and the front-end must not be
+  // able to shrink it later: the file must be sealed F_SEAL_SHRINK (QEMU's
+  // memory-backend-memfd seals by default), unless the back-end accepts unsealed
+  // memory (docs/threat-model.md).
+  if (!device_.accepts_unsealed_memory()) {
+    const int seals = ::fcntl(fd, F_GET_SEALS);
+    if (seals < 0) {
+      return fail(Errc::kInvalidArgument,
+                  "memory region gpa 0x{:x}: the shared memory file cannot be sealed (F_GET_SEALS: {}); only a memfd "
+                  "sealed with F_SEAL_SHRINK is accepted (QEMU: memory-backend-memfd), or start iceblkd with "
+                  "--allow-unsealed-memory",
+                  d.guest_phys_addr, std::strerror(errno));
+    }
+    if ((seals & F_SEAL_SHRINK) == 0) {
+      return fail(Errc::kInvalidArgument,
+                  "memory region gpa 0x{:x}: the memfd is not sealed with F_SEAL_SHRINK, so the front-end could "
+                  "truncate it under the device (QEMU: memory-backend-memfd with seal=on, the default), or start "
+                  "iceblkd with --allow-unsealed-memory",
+                  d.guest_phys_addr);
+    }
+  }
   struct stat st{};
   if (::fstat(fd, &st) != 0) return tl::unexpected(errno_error(Errc::kInvalidArgument, "fstat region fd", errno));
   if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < d.mmap_offset + d.memory_size) {

@@ -1,3 +1,4 @@
+#include <fcntl.h>
 #include "virtio/driver_queue.h"
 
 #include <sys/mman.h>
@@ -36,10 +37,15 @@ Result<std::shared_ptr<DriverMemory>> DriverMemory::create(uint64_t size, uint64
   if (!checked_add(guest_base, size)) {
     return fail(Errc::kOverflow, "driver memory {:#x}+{:#x} wraps", guest_base, size);
   }
-  UniqueFd fd(::memfd_create("iceblk-guest-mem", MFD_CLOEXEC));
+  UniqueFd fd(::memfd_create("iceblk-guest-mem", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd) return fail(errno_error(Errc::kIo, "memfd_create", errno));
   if (size > static_cast<uint64_t>(INT64_MAX) || ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
     return fail(errno_error(Errc::kIo, "ftruncate", errno));
+  }
+  // Sealed as QEMU's memory-backend-memfd seals guest RAM: a device may then map it
+  // without fearing that it shrinks (iceblkd refuses unsealed memory by default).
+  if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    return fail(errno_error(Errc::kIo, "F_ADD_SEALS", errno));
   }
   ICEBLK_ASSIGN_OR_RETURN(auto map, memory::Mapping::map_fd(fd.get(), 0, size));
   auto m = std::shared_ptr<DriverMemory>(new DriverMemory());

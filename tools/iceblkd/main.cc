@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   CLI::App app{"iceblkd: vhost-user-blk device with an Inline Crypto Engine (VIRTIO_BLK_F_ICE)"};
   std::string config_file, socket, image, size, keys = "inband", algorithms, log_level = "info", io_engine = "auto";
   std::string sw_socket, serial, name = "vm0", log_target = "auto", control;
-  bool readonly = false, no_ice = false, allow_ecb = false;
+  bool readonly = false, no_ice = false, allow_ecb = false, allow_unsealed_memory = false;
   uint16_t num_queues = 1, queue_size = 256;
   uint32_t max_slots = 32, slot_offset = 0, num_slots = 64;
   app.add_option("--config", config_file, "JSON file declaring several exports sharing one engine");
@@ -45,6 +45,9 @@ int main(int argc, char** argv) {
   app.add_option("--image", image, "disk image (file or block device)");
   app.add_option("--size", size, "create the image with this size if missing (e.g. 64M, 1G)");
   app.add_flag("--readonly", readonly, "serve the image read-only (VIRTIO_BLK_F_RO)");
+  app.add_flag("--allow-unsealed-memory", allow_unsealed_memory,
+               "accept guest memory that is not a memfd sealed with F_SEAL_SHRINK (memory-backend-file, hugetlbfs); "
+               "a front-end that then shrinks it crashes the daemon, so only for trusted VMMs");
   app.add_option("--num-queues", num_queues, "number of virtqueues")->check(CLI::Range(1, 64));
   app.add_option("--queue-size", queue_size, "maximum virtqueue size (power of two)")->check(CLI::Range(4, 1024));
   app.add_flag("--no-ice", no_ice, "plain virtio-blk: do not offer VIRTIO_BLK_F_ICE");
@@ -72,7 +75,7 @@ int main(int argc, char** argv) {
   CLI::Option* config_opt = app.get_option("--config");
   for (const char* opt : {"--socket", "--name", "--image", "--size", "--readonly", "--num-queues", "--queue-size",
                           "--no-ice", "--max-slots", "--slot-offset", "--num-slots", "--keys", "--secure-world-socket",
-                          "--algorithms", "--io-engine", "--serial"}) {
+                          "--algorithms", "--io-engine", "--serial", "--allow-unsealed-memory"}) {
     config_opt->excludes(app.get_option(opt));
   }
   app.get_option("--log-level")->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
@@ -119,6 +122,7 @@ int main(int argc, char** argv) {
       e.size = *s;
     }
     e.read_only = readonly;
+    e.allow_unsealed_memory = allow_unsealed_memory;
     e.num_queues = num_queues;
     e.queue_size = queue_size;
     e.ice = !no_ice;

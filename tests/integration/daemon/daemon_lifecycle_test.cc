@@ -3,6 +3,7 @@
 // disconnect/reconnect and device reset (in-band keys evicted and zeroised, data
 // kept), a malformed front-end on one export while another serves I/O, shutdown.
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -25,6 +26,8 @@
 #include "support/pattern.h"
 #include "support/socket.h"
 #include "support/wait.h"
+#include "vhost_user/frontend.h"
+#include "virtio/features.h"
 
 namespace iceblk {
 namespace {
@@ -414,6 +417,88 @@ TEST_F(DaemonLifecycle, MalformedFrontEndOnOneExportDoesNotDisturbAnother) {
   EXPECT_EQ(failed.load(), 0u);
   // Each bad connection was logged.
   EXPECT_TRUE(logs.contains("vhost-user connection closed")) << logs.dump();
+}
+
+// A front-end must not be able to shrink guest memory under the device: touching
+// the cut pages would raise SIGBUS and end every VM the daemon serves. Memory that is
+// not sealed F_SEAL_SHRINK is refused at SET_MEM_TABLE; sealed memory cannot shrink.
+TEST_F(DaemonLifecycle, GuestMemoryThatCouldShrinkIsRefused) {
+  LogCapture logs;
+  DaemonConfig cfg;
+  cfg.exports.push_back(make_export("a", 0, 8));
+  cfg.exports.push_back(make_export("b", 8, 8));
+  start(std::move(cfg));
+  const std::string sa = daemon_->config().exports[0].socket;
+  const std::string sb = daemon_->config().exports[1].socket;
+
+  auto b = connect(sb);
+  ASSERT_TRUE(b);
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> ok{0}, failed{0};
+  std::thread io([&] {
+    for (uint32_t i = 0; !stop.load(); ++i) {
+      const uint64_t off = (i % 256) * 4096ull;
+      const auto data = pattern(4096, i);
+      std::vector<uint8_t> back(4096);
+      if (b->write(off, data) && b->read(off, back) && back == data) {
+        ok.fetch_add(1);
+      } else {
+        failed.fetch_add(1);
+      }
+    }
+  });
+
+  constexpr uint64_t kSize = 1 << 20;
+  auto hostile = [&](unsigned memfd_flags, int seals) {
+    UniqueFd mem(::memfd_create("hostile", MFD_CLOEXEC | memfd_flags));
+    EXPECT_TRUE(mem);
+    EXPECT_EQ(::ftruncate(mem.get(), kSize), 0);
+    if (seals != 0) {
+      EXPECT_EQ(::fcntl(mem.get(), F_ADD_SEALS, seals), 0);
+    }
+    auto fe = vhost_user::Frontend::connect(sa);
+    EXPECT_TRUE(fe);
+    auto n = (*fe)->handshake(1ull << virtio::kFeatureVersion1);
+    EXPECT_TRUE(n) << n.error().to_string();
+    const vhost_user::SharedRegion r{0, kSize, 0x7f0000000000ull, 0, mem.get()};
+    Status st = (*fe)->set_mem_table(std::span(&r, 1));
+    return std::make_pair(std::move(mem), st);
+  };
+  {
+    SCOPED_TRACE("an unsealed memfd");
+    auto [mem, st] = hostile(0, 0);
+    ASSERT_FALSE(st) << "unsealed guest memory was accepted";
+    // vhost-user tells the front-end only "ack 1"; the daemon's log says why.
+    EXPECT_TRUE(logs.contains("not sealed with F_SEAL_SHRINK")) << logs.dump();
+  }
+  {
+    SCOPED_TRACE("a memfd sealed against growing only");
+    auto [mem, st] = hostile(MFD_ALLOW_SEALING, F_SEAL_GROW);
+    ASSERT_FALSE(st) << "guest memory that can shrink was accepted";
+  }
+  {
+    SCOPED_TRACE("a memfd sealed F_SEAL_SHRINK, as QEMU seals guest RAM");
+    auto [mem, st] = hostile(MFD_ALLOW_SEALING, F_SEAL_SHRINK | F_SEAL_GROW);
+    ASSERT_TRUE(st) << st.error().to_string();
+    // The attack of the report: cut the file down to a few pages. The seal stops it.
+    EXPECT_NE(::ftruncate(mem.get(), 4 * 4096), 0);
+    EXPECT_EQ(errno, EPERM);
+  }
+  // A's next well-behaved front-end works, and B never saw an error.
+  auto a = connect(sa);
+  ASSERT_TRUE(a);
+  ASSERT_TRUE(a->write(0, pattern(4096, 3)));
+  std::vector<uint8_t> back(4096);
+  ASSERT_TRUE(a->read(0, back));
+  EXPECT_EQ(back, pattern(4096, 3));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (ok.load() < 50 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  stop = true;
+  io.join();
+  EXPECT_GE(ok.load(), 50u);
+  EXPECT_EQ(failed.load(), 0u);
 }
 
 // --- shutdown ---------------------------------------------------------------------------
