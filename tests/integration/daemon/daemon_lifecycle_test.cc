@@ -92,6 +92,48 @@ class LogCapture {
   std::shared_ptr<spdlog::logger> old_;
 };
 
+// Verified I/O on one export in the background, alternately plain and encrypted with
+// slot 1 (which must hold a key), counting round trips that came back intact.
+class VerifiedIo {
+ public:
+  explicit VerifiedIo(drv::Device& dev) : thread_([this, &dev] { run(dev); }) {}
+  ~VerifiedIo() { stop(); }
+  VerifiedIo(const VerifiedIo&) = delete;
+  VerifiedIo& operator=(const VerifiedIo&) = delete;
+  // Waits (up to 10 s) for at least 50 intact round trips, stops, and expects that
+  // many and not a single failure.
+  void expect_clean() {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (ok_.load() < 50 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    stop();
+    EXPECT_GE(ok_.load(), 50u);
+    EXPECT_EQ(failed_.load(), 0u);
+  }
+
+ private:
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  void run(drv::Device& b) {
+    for (uint32_t i = 0; !stop_.load(); ++i) {
+      const uint64_t off = (i % 256) * 8192ull;
+      const auto data = pattern(8192, i);
+      const bool enc = (i % 2) != 0;
+      Status w = enc ? b.write(off, data, drv::Encryption{1, off / 4096}, static_cast<uint16_t>(i % 2))
+                     : b.write(off, data, static_cast<uint16_t>(i % 2));
+      std::vector<uint8_t> back(8192);
+      Status r = enc ? b.read(off, back, drv::Encryption{1, off / 4096}) : b.read(off, back);
+      (w && r && back == data ? ok_ : failed_).fetch_add(1);
+    }
+  }
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> ok_{0}, failed_{0};
+  std::thread thread_;  // last: starts once the counters exist
+};
+
 class DaemonLifecycle : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -133,6 +175,30 @@ class DaemonLifecycle : public ::testing::Test {
     auto d = drv::Device::connect(o);
     EXPECT_TRUE(d) << socket << ": " << d.error().to_string();
     return d ? std::move(*d) : nullptr;
+  }
+
+  // A well-behaved front-end on `socket` connects, writes and reads back 4 KiB.
+  static void expect_good_front_end(const std::string& socket) {
+    auto a = connect(socket);
+    ASSERT_TRUE(a);
+    ASSERT_TRUE(a->write(0, pattern(4096, 3)));
+    std::vector<uint8_t> back(4096);
+    ASSERT_TRUE(a->read(0, back));
+    EXPECT_EQ(back, pattern(4096, 3));
+  }
+
+  // Exports "a" (slots [0,8)) and "b" ([8,16)) served; `sa` gets a's socket. Returns a
+  // front-end on b with slot 1 programmed, ready for VerifiedIo; null on failure.
+  std::unique_ptr<drv::Device> start_a_and_b(std::string& sa) {
+    DaemonConfig cfg;
+    cfg.exports.push_back(make_export("a", 0, 8));
+    cfg.exports.push_back(make_export("b", 8, 8));
+    start(std::move(cfg));
+    if (!daemon_) return nullptr;
+    sa = daemon_->config().exports[0].socket;
+    auto b = connect(daemon_->config().exports[1].socket);
+    if (b && !b->program_key(1, make_key(5))) return nullptr;
+    return b;
   }
 
   std::string dir_;
@@ -326,36 +392,10 @@ bool closed_by_peer(int fd, int timeout_ms = 5000) {
 
 TEST_F(DaemonLifecycle, MalformedFrontEndOnOneExportDoesNotDisturbAnother) {
   LogCapture logs;
-  DaemonConfig cfg;
-  cfg.exports.push_back(make_export("a", 0, 8));
-  cfg.exports.push_back(make_export("b", 8, 8));
-  start(std::move(cfg));
-  const std::string sa = daemon_->config().exports[0].socket;
-  const std::string sb = daemon_->config().exports[1].socket;
-
-  auto b = connect(sb);
+  std::string sa;
+  auto b = start_a_and_b(sa);
   ASSERT_TRUE(b);
-  ASSERT_TRUE(b->program_key(1, make_key(5)));
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> ok{0}, failed{0};
-  std::thread io([&] {
-    uint32_t i = 0;
-    while (!stop.load()) {
-      const uint64_t off = (i % 256) * 8192ull;
-      const auto data = pattern(8192, i);
-      const bool enc = (i % 2) != 0;
-      Status w = enc ? b->write(off, data, drv::Encryption{1, off / 4096}, static_cast<uint16_t>(i % 2))
-                     : b->write(off, data, static_cast<uint16_t>(i % 2));
-      std::vector<uint8_t> back(8192);
-      Status r = enc ? b->read(off, back, drv::Encryption{1, off / 4096}) : b->read(off, back);
-      if (w && r && back == data) {
-        ok.fetch_add(1);
-      } else {
-        failed.fetch_add(1);
-      }
-      ++i;
-    }
-  });
+  VerifiedIo io(*b);
 
   struct Garbage {
     const char* what;
@@ -399,22 +439,10 @@ TEST_F(DaemonLifecycle, MalformedFrontEndOnOneExportDoesNotDisturbAnother) {
     ASSERT_EQ(::send(s.get(), g.bytes.data(), g.bytes.size(), MSG_NOSIGNAL), static_cast<ssize_t>(g.bytes.size()));
     ASSERT_TRUE(closed_by_peer(s.get())) << "the daemon kept a malformed connection open";
     // A good front-end is accepted on A right after.
-    auto a = connect(sa);
-    ASSERT_TRUE(a);
-    ASSERT_TRUE(a->write(0, pattern(4096, 3)));
-    std::vector<uint8_t> back(4096);
-    ASSERT_TRUE(a->read(0, back));
-    EXPECT_EQ(back, pattern(4096, 3));
+    expect_good_front_end(sa);
   }
   // B kept serving without a single failure meanwhile.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (ok.load() < 50 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  stop = true;
-  io.join();
-  EXPECT_GE(ok.load(), 50u);
-  EXPECT_EQ(failed.load(), 0u);
+  io.expect_clean();
   // Each bad connection was logged.
   EXPECT_TRUE(logs.contains("vhost-user connection closed")) << logs.dump();
 }
@@ -424,29 +452,10 @@ TEST_F(DaemonLifecycle, MalformedFrontEndOnOneExportDoesNotDisturbAnother) {
 // not sealed F_SEAL_SHRINK is refused at SET_MEM_TABLE; sealed memory cannot shrink.
 TEST_F(DaemonLifecycle, GuestMemoryThatCouldShrinkIsRefused) {
   LogCapture logs;
-  DaemonConfig cfg;
-  cfg.exports.push_back(make_export("a", 0, 8));
-  cfg.exports.push_back(make_export("b", 8, 8));
-  start(std::move(cfg));
-  const std::string sa = daemon_->config().exports[0].socket;
-  const std::string sb = daemon_->config().exports[1].socket;
-
-  auto b = connect(sb);
+  std::string sa;
+  auto b = start_a_and_b(sa);
   ASSERT_TRUE(b);
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> ok{0}, failed{0};
-  std::thread io([&] {
-    for (uint32_t i = 0; !stop.load(); ++i) {
-      const uint64_t off = (i % 256) * 4096ull;
-      const auto data = pattern(4096, i);
-      std::vector<uint8_t> back(4096);
-      if (b->write(off, data) && b->read(off, back) && back == data) {
-        ok.fetch_add(1);
-      } else {
-        failed.fetch_add(1);
-      }
-    }
-  });
+  VerifiedIo io(*b);
 
   constexpr uint64_t kSize = 1 << 20;
   auto hostile = [&](unsigned memfd_flags, int seals) {
@@ -485,20 +494,8 @@ TEST_F(DaemonLifecycle, GuestMemoryThatCouldShrinkIsRefused) {
     EXPECT_EQ(errno, EPERM);
   }
   // A's next well-behaved front-end works, and B never saw an error.
-  auto a = connect(sa);
-  ASSERT_TRUE(a);
-  ASSERT_TRUE(a->write(0, pattern(4096, 3)));
-  std::vector<uint8_t> back(4096);
-  ASSERT_TRUE(a->read(0, back));
-  EXPECT_EQ(back, pattern(4096, 3));
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (ok.load() < 50 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  stop = true;
-  io.join();
-  EXPECT_GE(ok.load(), 50u);
-  EXPECT_EQ(failed.load(), 0u);
+  expect_good_front_end(sa);
+  io.expect_clean();
 }
 
 // --- shutdown ---------------------------------------------------------------------------
