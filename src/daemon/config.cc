@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <fstream>
+#include <iterator>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -156,7 +157,13 @@ Result<ExportConfig> parse_export(const json& j, const std::string& where) {
 Result<DaemonConfig> load_config_file(const std::string& path) {
   std::ifstream in(path);
   if (!in) return fail(Errc::kNotFound, "config file {}: cannot open", path);
-  json j = json::parse(in, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return fail(Errc::kIo, "config file {}: read failed", path);
+  return parse_config_text(text, path);
+}
+
+Result<DaemonConfig> parse_config_text(std::string_view text, const std::string& path) {
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
   if (j.is_discarded()) return fail(Errc::kInvalidArgument, "config file {}: not valid JSON", path);
   if (!j.is_object()) return fail(Errc::kInvalidArgument, "config file {}: top level must be an object", path);
   ICEBLK_TRY(check_keys(j, {"engine", "exports", "control"}, path));

@@ -56,6 +56,8 @@ Result<std::vector<std::pair<ice::Algorithm, ice::KeySize>>> parse_algorithm_lis
 
 // Parse the JSON config file (format in docs/iceblkd.md). Errors name the file and field.
 Result<DaemonConfig> load_config_file(const std::string& path);
+// The same, from the file's text (`path` only names it in errors; the fuzz target).
+Result<DaemonConfig> parse_config_text(std::string_view text, const std::string& path);
 
 // One export from its JSON text (the config file's export object; add-export's
 // arguments). Unknown fields and wrong types are refused, naming `where` and the field.

@@ -31,11 +31,18 @@ class Daemon:
         self.log = open(os.path.join(tmp, "iceblkd.log"), "w")
         self.proc = subprocess.Popen([iceblkd, "--control", self.ctl, "--num-slots", "64"],
                                      stdout=self.log, stderr=subprocess.STDOUT)
+        # The socket file appears at bind(), a moment before listen(): wait until a
+        # connection is accepted (the probe's QMP session ends when it closes).
         deadline = time.time() + 10
-        while not os.path.exists(self.ctl):
+        while True:
             if time.time() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("iceblkd did not create its control socket")
-            time.sleep(0.02)
+                raise RuntimeError("iceblkd did not listen on its control socket")
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.connect(self.ctl)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                time.sleep(0.02)
 
     def export_args(self, name, offset, count):
         return {"name": name, "socket": os.path.join(self.tmp, name + ".sock"),
