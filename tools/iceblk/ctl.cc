@@ -1,11 +1,9 @@
 #include "ctl.h"
 
-#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 
@@ -13,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/unique_fd.h"
+#include "control/qmp_line_reader.h"
 
 namespace iceblk::cli {
 
@@ -39,6 +38,7 @@ class Conn {
       return fail_with(fmt::format("cannot connect to the control socket {}: {} (is iceblkd running with --control?)",
                                    path, std::strerror(errno)));
     }
+    reader_.reset(fd_.get());
     auto g = read();
     if (!g) return false;
     if (g->contains("error")) return fail_with(fmt::format("{}: {}", path, (*g)["error"].value("desc", "refused")));
@@ -70,39 +70,28 @@ class Conn {
     error = std::move(e);
     return false;
   }
+  // A line that is not JSON is refused, not guessed at.
   std::optional<json> read() {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
-    for (;;) {
-      const size_t nl = buf_.find('\n');
-      if (nl != std::string::npos) {
-        std::string line = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        json j = json::parse(line, nullptr, false);
-        if (j.is_discarded()) {
-          fail_with("the control socket sent something that is not JSON");
-          return std::nullopt;
-        }
-        return j;
-      }
-      const auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
-      if (left <= 0) {
+    std::string line;
+    switch (reader_.next(line, timeout_ms_)) {
+      case control::QmpLineReader::Outcome::kTimeout:
         fail_with("no reply from the control socket in time");
         return std::nullopt;
-      }
-      pollfd p{fd_.get(), POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-      char tmp[65536];
-      const ssize_t n = ::recv(fd_.get(), tmp, sizeof tmp, 0);
-      if (n <= 0) {
+      case control::QmpLineReader::Outcome::kClosed:
         fail_with("the control socket closed the connection");
         return std::nullopt;
-      }
-      buf_.append(tmp, static_cast<size_t>(n));
+      case control::QmpLineReader::Outcome::kLine:
+        break;
     }
+    json j = json::parse(line, nullptr, false);
+    if (j.is_discarded()) {
+      fail_with("the control socket sent something that is not JSON");
+      return std::nullopt;
+    }
+    return j;
   }
   UniqueFd fd_;
-  std::string buf_;
+  control::QmpLineReader reader_;
   int timeout_ms_ = 30000;
 };
 

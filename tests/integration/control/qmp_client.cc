@@ -1,6 +1,5 @@
 #include "integration/control/qmp_client.h"
 
-#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -18,6 +17,7 @@ bool QmpClient::connect(const std::string& path, int timeout_ms) {
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
   if (::connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return false;
+  reader_.reset(fd_.get());
   auto g = read(timeout_ms);
   greeting_ = g ? *g : json();
   return g.has_value();
@@ -40,31 +40,11 @@ bool QmpClient::send_raw(const std::string& bytes) {
 }
 
 std::optional<json> QmpClient::read(int timeout_ms) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  for (;;) {
-    const size_t nl = buf_.find('\n');
-    if (nl != std::string::npos) {
-      std::string line = buf_.substr(0, nl);
-      buf_.erase(0, nl + 1);
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (line.empty()) continue;
-      json j = json::parse(line, nullptr, false);
-      if (j.is_discarded()) return json{{"unparsable", line}};
-      return j;
-    }
-    if (eof_) return std::nullopt;
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) return std::nullopt;
-    pollfd p{fd_.get(), POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
-    char tmp[65536];
-    const ssize_t n = ::recv(fd_.get(), tmp, sizeof tmp, 0);
-    if (n <= 0) {
-      eof_ = true;
-      continue;
-    }
-    buf_.append(tmp, static_cast<size_t>(n));
-  }
+  std::string line;
+  if (reader_.next(line, timeout_ms) != control::QmpLineReader::Outcome::kLine) return std::nullopt;
+  json j = json::parse(line, nullptr, false);
+  if (j.is_discarded()) return json{{"unparsable", line}};  // the tests assert on it
+  return j;
 }
 
 json QmpClient::reply(int timeout_ms) {
@@ -111,14 +91,11 @@ std::optional<json> QmpClient::wait_event(const std::string& name, const std::st
 
 bool QmpClient::closed_by_peer(int timeout_ms) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (!eof_) {
+  std::string line;
+  while (!reader_.closed()) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return false;
-    pollfd p{fd_.get(), POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
-    char tmp[65536];
-    const ssize_t n = ::recv(fd_.get(), tmp, sizeof tmp, 0);
-    if (n <= 0) eof_ = true;
+    (void)reader_.next(line, static_cast<int>(left.count()));  // lines before the close do not matter
   }
   return true;
 }

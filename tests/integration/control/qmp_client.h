@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/unique_fd.h"
+#include "control/qmp_line_reader.h"
 
 namespace iceblk::testing {
 
@@ -39,8 +40,7 @@ class QmpClient {
 
  private:
   UniqueFd fd_;
-  std::string buf_;
-  bool eof_ = false;
+  control::QmpLineReader reader_;
   nlohmann::json greeting_;
   std::vector<nlohmann::json> events_;
 };
