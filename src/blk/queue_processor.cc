@@ -32,7 +32,7 @@ struct QueueProcessor::InFlight {
   uint64_t chunk_len = 0;  // encrypted: bytes of the chunk in flight
   unsigned outstanding = 0;
   std::optional<Error> error;
-  bool flushed = false;  // writethrough flush issued
+  bool flushed = false;   // writethrough flush issued
   uint64_t start_ns = 0;  // when the chain was popped (latency statistics)
 
   void clear() {
@@ -67,7 +67,9 @@ QueueProcessor::~QueueProcessor() {
   }
 }
 
-int QueueProcessor::completion_fd() const { return io_->completion_fd(); }
+int QueueProcessor::completion_fd() const {
+  return io_->completion_fd();
+}
 
 QueueProcessor::InFlight* QueueProcessor::acquire() {
   ++in_flight_;
@@ -121,8 +123,8 @@ void QueueProcessor::finish(InFlight* f, virtio::SplitQueue& q, uint8_t status, 
   complete(q, f->req.head, used_len);
   const Request& r = f->req;
   const bool data = r.kind == RequestKind::kIn || r.kind == RequestKind::kOut;
-  stats_->record(static_cast<size_t>(r.kind), data ? r.length : 0, status, stats_now_ns() - f->start_ns,
-                 r.encrypted(), r.kind == RequestKind::kOut);
+  stats_->record(static_cast<size_t>(r.kind), data ? r.length : 0, status,
+                 stats_now_ns() - f->start_ns, r.encrypted(), r.kind == RequestKind::kOut);
   release(f);
 }
 
@@ -148,16 +150,18 @@ bool QueueProcessor::submit_crypt_chunk(InFlight* f) {
     f->error = make_error(Errc::kIo, "out of memory for a bounce buffer");
     return false;
   }
-  std::span<uint8_t> buf(f->bounce, len);
   backend::IoRequest io;
   io.offset = r.offset + f->chunk_off;
   io.length = len;
   io.iov = {{f->bounce, len}};
   if (r.kind == RequestKind::kOut) {
-    // TRUST: the guest's plaintext is copied once into our private buffer and
-    // encrypted there; the driver's buffer is never modified.
-    memory::copy_from_iovecs(r.data, buf, f->chunk_off);
-    if (auto s = crypt_.crypt(*r.key, ice::Direction::kEncrypt, r.dun_at(f->chunk_off), buf); !s) {
+    // TRUST: one pass, encrypting straight out of the driver's buffers into our
+    // private buffer (the cipher is the copy); the driver's buffer is only read,
+    // each byte once.
+    const iovec dst{f->bounce, len};
+    if (auto s = crypt_.crypt(*r.key, ice::Direction::kEncrypt, r.dun_at(f->chunk_off), r.data,
+                              f->chunk_off, {&dst, 1}, 0, len);
+        !s) {
       f->error = std::move(s).error();
       return false;
     }
@@ -182,8 +186,13 @@ void QueueProcessor::start(InFlight* f, virtio::SplitQueue& q) {
         }
         return;
       }
-      return submit(f, backend::IoRequest{r.kind == RequestKind::kIn ? backend::IoOp::kRead : backend::IoOp::kWrite,
-                                          r.offset, r.length, r.data, false, {}});
+      return submit(f, backend::IoRequest{r.kind == RequestKind::kIn ? backend::IoOp::kRead
+                                                                     : backend::IoOp::kWrite,
+                                          r.offset,
+                                          r.length,
+                                          r.data,
+                                          false,
+                                          {}});
     case RequestKind::kFlush:
       return submit(f, backend::IoRequest{backend::IoOp::kFlush, 0, 0, {}, false, {}});
     case RequestKind::kGetId: {
@@ -195,7 +204,8 @@ void QueueProcessor::start(InFlight* f, virtio::SplitQueue& q) {
     }
     case RequestKind::kDiscard:
     case RequestKind::kWriteZeroes: {
-      const auto op = r.kind == RequestKind::kDiscard ? backend::IoOp::kDiscard : backend::IoOp::kWriteZeroes;
+      const auto op =
+          r.kind == RequestKind::kDiscard ? backend::IoOp::kDiscard : backend::IoOp::kWriteZeroes;
       // Count every segment first so a synchronous completion cannot finish the
       // request while later segments are still being submitted.
       ++f->outstanding;
@@ -235,12 +245,15 @@ void QueueProcessor::advance(InFlight* f, virtio::SplitQueue& q) {
   }
   if (r.encrypted()) {
     if (r.kind == RequestKind::kIn) {
-      std::span<uint8_t> buf(f->bounce, f->chunk_len);
-      if (auto s = crypt_.crypt(*r.key, ice::Direction::kDecrypt, r.dun_at(f->chunk_off), buf); !s) {
+      // TRUST: decrypted out of place, from our buffer straight into the driver's:
+      // its buffer receives only the final plaintext, never ciphertext.
+      const iovec src{f->bounce, f->chunk_len};
+      if (auto s = crypt_.crypt(*r.key, ice::Direction::kDecrypt, r.dun_at(f->chunk_off), {&src, 1},
+                                0, r.data, f->chunk_off, f->chunk_len);
+          !s) {
         ICEBLK_GUEST_ERROR("queue {}: decrypt: {}", index_, s.error().to_string());
         return finish(f, q, status_for(s.error()), 1);
       }
-      memory::copy_to_iovecs(r.data, buf, f->chunk_off);
     }
     f->chunk_off += f->chunk_len;
     if (f->chunk_off < r.length) {

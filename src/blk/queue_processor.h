@@ -6,9 +6,13 @@
 //
 // Data path:
 //  - plain IN/OUT: zero-copy, the backend reads/writes guest buffers directly;
-//  - encrypted OUT: guest data is copied to a private bounce buffer, encrypted there
-//    and written (ciphertext never lands in driver buffers, plaintext never on disk);
-//  - encrypted IN: read into a bounce buffer, decrypt, copy to the guest.
+//  - encrypted OUT: encrypted straight from the guest's buffers into a private
+//    bounce buffer, which is written (one pass over the data: the cipher is the
+//    copy; ciphertext never lands in driver buffers, plaintext never on disk);
+//  - encrypted IN: read into a bounce buffer, decrypted out of place straight into
+//    the guest's buffers (they receive only the final plaintext).
+//  Data units split across guest iovecs go through a small per-worker block
+//  (ice::CryptContext::crypt, scatter/gather form).
 //  Encrypted requests move in chunks of kCryptChunk bytes, one chunk in flight per
 //  request, through a per-processor pool of bounce buffers (no allocation per data
 //  unit or, in the steady state, per request).
