@@ -11,25 +11,13 @@
 
 namespace iceblk::blk {
 
-namespace {
-
-constexpr size_t kBounceAlign = 4096;
-// Bounce buffers come in two sizes so that small encrypted requests (the common 4 KiB
-// case) neither take a 256 KiB buffer nor return it to the allocator at high queue
-// depth (each trip through malloc of a large block is an mmap + page faults).
-constexpr size_t kSmallBounce = 16 * 1024;
-constexpr size_t kMaxIdleSmallBounce = 256;  // 4 MiB per queue at most
-constexpr size_t kMaxIdleLargeBounce = 16;   // 4 MiB per queue at most
-
-}  // namespace
-
 struct QueueProcessor::InFlight {
   Request req;
   std::shared_ptr<const memory::GuestMemory> mem;  // keeps the request's host pointers alive
-  uint8_t* bounce = nullptr;
-  size_t bounce_size = 0;  // kSmallBounce or kCryptChunk
-  uint64_t chunk_off = 0;  // encrypted: bytes of the request finished
-  uint64_t chunk_len = 0;  // encrypted: bytes of the chunk in flight
+  uint8_t* bounce = nullptr;  // from pool_, held for every chunk of the request
+  bool small_bounce = false;  // which class of pool_ it came from
+  uint64_t chunk_off = 0;     // encrypted: bytes of the request finished
+  uint64_t chunk_len = 0;     // encrypted: bytes of the chunk in flight
   unsigned outstanding = 0;
   std::optional<Error> error;
   bool flushed = false;   // writethrough flush issued
@@ -39,7 +27,7 @@ struct QueueProcessor::InFlight {
     req = Request{};
     mem.reset();
     bounce = nullptr;
-    bounce_size = 0;
+    small_bounce = false;
     chunk_off = chunk_len = 0;
     outstanding = 0;
     error.reset();
@@ -47,24 +35,32 @@ struct QueueProcessor::InFlight {
   }
 };
 
-QueueProcessor::QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<backend::IoQueue> io)
+QueueProcessor::QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<backend::IoQueue> io,
+                               BouncePool pool, uint64_t reserved)
     : dev_(dev),
       env_(dev.parse_env()),
       engine_(dev.config().engine.get()),
       index_(index),
       stats_(&dev.queue_stats(index)),
-      io_(std::move(io)) {}
+      pool_(std::move(pool)),
+      reserved_(reserved),
+      io_(std::move(io)) {
+  const size_t n = dev.config().queue_size;
+  states_ = std::make_unique<InFlight[]>(n);
+  free_.reserve(n);
+  for (size_t i = n; i-- > 0;) free_.push_back(&states_[i]);
+  ready_.reserve(n);
+  batch_.reserve(n);
+  small_waiters_.slots.resize(n);
+  large_waiters_.slots.resize(n);
+}
 
 QueueProcessor::~QueueProcessor() {
   if (io_) {
     io_->drain();  // callbacks only touch our own state, which is still alive
     io_.reset();
   }
-  for (auto* b : bounce_free_) std::free(b);
-  for (auto* b : small_bounce_free_) std::free(b);
-  for (auto& f : states_) {
-    if (f->bounce) std::free(f->bounce);  // requests abandoned without drain(q)
-  }
+  if (reserved_ > 0) dev_.config().buffer_budget->release(reserved_);
 }
 
 int QueueProcessor::completion_fd() const {
@@ -72,11 +68,8 @@ int QueueProcessor::completion_fd() const {
 }
 
 QueueProcessor::InFlight* QueueProcessor::acquire() {
+  if (free_.empty()) return nullptr;
   ++in_flight_;
-  if (free_.empty()) {
-    states_.push_back(std::make_unique<InFlight>());
-    return states_.back().get();
-  }
   InFlight* f = free_.back();
   free_.pop_back();
   return f;
@@ -84,28 +77,39 @@ QueueProcessor::InFlight* QueueProcessor::acquire() {
 
 void QueueProcessor::release(InFlight* f) {
   --in_flight_;
-  if (f->bounce) release_bounce(f->bounce, f->bounce_size);
+  if (f->bounce) pool_.give(f->bounce, f->small_bounce);
   f->clear();
   free_.push_back(f);
 }
 
-uint8_t* QueueProcessor::acquire_bounce(size_t size) {
-  auto& pool = size == kSmallBounce ? small_bounce_free_ : bounce_free_;
-  if (!pool.empty()) {
-    uint8_t* b = pool.back();
-    pool.pop_back();
-    return b;
+void QueueProcessor::start_crypt(InFlight* f, virtio::SplitQueue& q) {
+  // FIFO per buffer class: a request arriving while others wait queues behind them.
+  WaitQueue& waiters = pool_.uses_small(f->req.length) ? small_waiters_ : large_waiters_;
+  if (waiters.count == 0) f->bounce = pool_.take(f->req.length, f->small_bounce);
+  if (f->bounce == nullptr) {
+    // The cap is reached: wait for a buffer (never allocate one).
+    ++buffer_waits_;
+    waiters.push(f);
+    return;
   }
-  return static_cast<uint8_t*>(std::aligned_alloc(kBounceAlign, size));
+  if (!submit_crypt_chunk(f)) {
+    ICEBLK_GUEST_ERROR("queue {}: request {}: {}", index_, f->req.head, f->error->to_string());
+    finish(f, q, status_for(*f->error), 1);
+  }
 }
 
-void QueueProcessor::release_bounce(uint8_t* b, size_t size) {
-  const bool small = size == kSmallBounce;
-  auto& pool = small ? small_bounce_free_ : bounce_free_;
-  if (pool.size() < (small ? kMaxIdleSmallBounce : kMaxIdleLargeBounce)) {
-    pool.push_back(b);
-  } else {
-    std::free(b);
+void QueueProcessor::resume_waiters(virtio::SplitQueue& q) {
+  for (WaitQueue* w : {&small_waiters_, &large_waiters_}) {
+    while (w->count > 0) {
+      InFlight* f = w->slots[w->head];
+      f->bounce = pool_.take(f->req.length, f->small_bounce);
+      if (f->bounce == nullptr) break;
+      (void)w->pop();
+      if (!submit_crypt_chunk(f)) {
+        ICEBLK_GUEST_ERROR("queue {}: request {}: {}", index_, f->req.head, f->error->to_string());
+        finish(f, q, status_for(*f->error), 1);
+      }
+    }
   }
 }
 
@@ -140,16 +144,7 @@ void QueueProcessor::submit(InFlight* f, backend::IoRequest req) {
 bool QueueProcessor::submit_crypt_chunk(InFlight* f) {
   const Request& r = f->req;
   const uint64_t len = std::min<uint64_t>(kCryptChunk, r.length - f->chunk_off);
-  f->chunk_len = len;
-  if (f->bounce == nullptr) {
-    // One buffer serves every chunk of the request: sized by the whole request.
-    f->bounce_size = r.length <= kSmallBounce ? kSmallBounce : kCryptChunk;
-    f->bounce = acquire_bounce(f->bounce_size);
-  }
-  if (f->bounce == nullptr) {
-    f->error = make_error(Errc::kIo, "out of memory for a bounce buffer");
-    return false;
-  }
+  f->chunk_len = len;  // the buffer (start_crypt) serves every chunk of the request
   backend::IoRequest io;
   io.offset = r.offset + f->chunk_off;
   io.length = len;
@@ -179,13 +174,7 @@ void QueueProcessor::start(InFlight* f, virtio::SplitQueue& q) {
     case RequestKind::kIn:
     case RequestKind::kOut:
       if (r.length == 0) return finish(f, q, kStatusOk, 1);
-      if (r.encrypted()) {
-        if (!submit_crypt_chunk(f)) {
-          ICEBLK_GUEST_ERROR("queue {}: request {}: {}", index_, r.head, f->error->to_string());
-          return finish(f, q, status_for(*f->error), 1);
-        }
-        return;
-      }
+      if (r.encrypted()) return start_crypt(f, q);
       return submit(f, backend::IoRequest{r.kind == RequestKind::kIn ? backend::IoOp::kRead
                                                                      : backend::IoOp::kWrite,
                                           r.offset,
@@ -270,10 +259,16 @@ void QueueProcessor::advance(InFlight* f, virtio::SplitQueue& q) {
 }
 
 void QueueProcessor::handle_ready(virtio::SplitQueue& q) {
-  while (!ready_.empty()) {
-    batch_.swap(ready_);
-    for (InFlight* f : batch_) advance(f, q);
-    batch_.clear();
+  for (;;) {
+    while (!ready_.empty()) {
+      batch_.swap(ready_);
+      for (InFlight* f : batch_) advance(f, q);
+      batch_.clear();
+    }
+    // Finished requests gave their buffers back: start the requests waiting for one
+    // (a synchronous backend completes them at once, hence the loop).
+    resume_waiters(q);
+    if (ready_.empty()) break;
   }
 }
 
@@ -293,7 +288,7 @@ void QueueProcessor::handle_chain(const virtio::DescriptorChain& chain, virtio::
     stats_->record(kStatInvalid, 0, st, 0, false, false);
     return complete(q, chain.head, 1);
   }
-  InFlight* f = acquire();
+  InFlight* f = acquire();  // process() pops only while a state is free
   f->start_ns = stats_now_ns();
   f->req = std::move(*req);
   f->mem = q.memory_ptr();
@@ -308,7 +303,10 @@ Result<bool> QueueProcessor::process(virtio::SplitQueue& q) {
   io_->reap();
   handle_ready(q);
   for (;;) {
+    // With all queue_size request states in use, chains wait in the ring; a
+    // completion (completion_fd) brings us back.
     for (;;) {
+      if (free_.empty()) break;
       auto c = q.pop();
       if (!c) return tl::unexpected(std::move(c).error());
       if (!*c) break;
@@ -325,7 +323,7 @@ Result<bool> QueueProcessor::process(virtio::SplitQueue& q) {
     io_->reap();
     handle_ready(q);
     io_->flush_submissions();
-    if (ring_error_) break;
+    if (ring_error_ || free_.empty()) break;
     // EVENT_IDX: publish avail_event, then re-check so a chain added meanwhile is
     // not left waiting for a kick that will not come.
     q.enable_notifications();
