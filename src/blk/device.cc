@@ -187,7 +187,7 @@ Result<std::unique_ptr<QueueProcessor>> BlkDevice::make_queue_processor(uint16_t
   ICEBLK_ASSIGN_OR_RETURN(auto io, backend_->make_queue(cfg_.queue_size));
   // A device without ICE needs no bounce buffers (plain I/O is zero-copy).
   if (!cfg_.engine) {
-    return std::unique_ptr<QueueProcessor>(new QueueProcessor(*this, queue_index, std::move(io), BouncePool{}, 0));
+    return std::unique_ptr<QueueProcessor>(new QueueProcessor(*this, queue_index, std::move(io), BouncePool{}, nullptr, 0));
   }
   // Bounce buffers (buffer_pool.h): the export's cap split over its queues, taken
   // from the engine-wide budget when there is one; fixed from here on.
@@ -204,7 +204,7 @@ Result<std::unique_ptr<QueueProcessor>> BlkDevice::make_queue_processor(uint16_t
     return tl::unexpected(std::move(pool).error());
   }
   return std::unique_ptr<QueueProcessor>(
-      new QueueProcessor(*this, queue_index, std::move(io), std::move(*pool), reserved));
+      new QueueProcessor(*this, queue_index, std::move(io), std::move(*pool), cfg_.buffer_budget, reserved));
 }
 
 }  // namespace iceblk::blk

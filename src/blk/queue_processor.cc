@@ -36,13 +36,14 @@ struct QueueProcessor::InFlight {
 };
 
 QueueProcessor::QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<backend::IoQueue> io,
-                               BouncePool pool, uint64_t reserved)
+                               BouncePool pool, std::shared_ptr<BufferBudget> budget, uint64_t reserved)
     : dev_(dev),
       env_(dev.parse_env()),
       engine_(dev.config().engine.get()),
       index_(index),
       stats_(&dev.queue_stats(index)),
       pool_(std::move(pool)),
+      budget_(std::move(budget)),
       reserved_(reserved),
       io_(std::move(io)) {
   const size_t n = dev.config().queue_size;
@@ -60,7 +61,7 @@ QueueProcessor::~QueueProcessor() {
     io_->drain();  // callbacks only touch our own state, which is still alive
     io_.reset();
   }
-  if (reserved_ > 0) dev_.config().buffer_budget->release(reserved_);
+  if (budget_) budget_->release(reserved_);
 }
 
 int QueueProcessor::completion_fd() const {

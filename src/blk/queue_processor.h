@@ -76,8 +76,9 @@ class QueueProcessor {
   friend class BlkDevice;
   struct InFlight;
 
-  QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<backend::IoQueue> io,
-                 BouncePool pool, uint64_t reserved);
+  // `reserved` bytes of `budget` (may be null) back `pool`; released on destruction.
+  QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<backend::IoQueue> io, BouncePool pool,
+                 std::shared_ptr<BufferBudget> budget, uint64_t reserved);
 
   void handle_chain(const virtio::DescriptorChain& chain, virtio::SplitQueue& q);
   void start(InFlight* f, virtio::SplitQueue& q);
@@ -104,7 +105,8 @@ class QueueProcessor {
   std::vector<InFlight*> ready_;  // sub-operations all finished
   std::vector<InFlight*> batch_;
   BouncePool pool_;
-  uint64_t reserved_ = 0;  // bytes reserved from the engine's BufferBudget (0: none)
+  std::shared_ptr<BufferBudget> budget_;  // the engine's (null: no engine-wide cap)
+  uint64_t reserved_ = 0;                 // bytes of budget_ behind pool_
   // Encrypted requests waiting for a buffer of their class, oldest first (fixed
   // capacity: ring buffers of queue_size entries).
   struct WaitQueue {
