@@ -368,7 +368,9 @@ struct CryptContext::Impl {
   ~Impl() { OPENSSL_cleanse(scratch.get(), kMaxDataUnitSize); }
 };
 
-CryptContext::CryptContext() : impl_(std::make_unique<Impl>()) {}
+// Resolving the ciphers (a fetch and a provider query each) happens when the first
+// worker's context is made, not on its first request.
+CryptContext::CryptContext() : impl_(std::make_unique<Impl>()) { (void)ciphers(); }
 CryptContext::~CryptContext() = default;
 
 Status CryptContext::crypt(const ProgrammedKey& pk, Direction dir, Dun first,
