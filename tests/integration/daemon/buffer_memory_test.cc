@@ -39,7 +39,9 @@ constexpr uint64_t kCapA = 1 << 20;
 constexpr uint64_t kSlack = 2 << 20;
 
 // A field of /proc/PID/status in bytes ("VmHWM:   1234 kB"), 0 if missing.
-double mib(uint64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
+double mib(uint64_t bytes) {
+  return static_cast<double>(bytes) / (1 << 20);
+}
 
 uint64_t status_bytes(pid_t pid, const std::string& field) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -177,9 +179,8 @@ TEST(BufferMemory, AFullRingOfLargeEncryptedRequestsStaysWithinTheCap) {
       "iceblkd: RssAnon %.1f -> max %.1f MiB (cap A %.1f MiB + slack %.1f MiB); VmHWM %.1f -> %.1f "
       "MiB "
       "(RssShmem, guest memory, %.1f MiB); A: %lu x 1 MiB reads, B: %lu verified ops\n",
-      mib(anon0), mib(anon_max.load()), mib(kCapA), mib(kSlack),
-      mib(hwm0), mib(hwm), mib(shmem), static_cast<unsigned long>(a_done),
-      static_cast<unsigned long>(b_ops.load()));
+      mib(anon0), mib(anon_max.load()), mib(kCapA), mib(kSlack), mib(hwm0), mib(hwm), mib(shmem),
+      static_cast<unsigned long>(a_done), static_cast<unsigned long>(b_ops.load()));
 
   EXPECT_EQ(outstanding, 0u);
   EXPECT_EQ(a_errors, 0u);
@@ -193,6 +194,38 @@ TEST(BufferMemory, AFullRingOfLargeEncryptedRequestsStaysWithinTheCap) {
   b.reset();
   p.signal(SIGTERM);
   EXPECT_TRUE(p.wait(20000)) << p.output();
+  std::filesystem::remove_all(dir);
+}
+
+// The caps are checked at start-up, with one line naming the option.
+TEST(BufferMemory, CapsBelowOneChunkPerQueueAreRefusedAtStartUp) {
+  const std::string dir = testing::make_temp_dir("iceblkd-bufmem-cli");
+  ASSERT_FALSE(dir.empty());
+  const std::vector<std::string> base{
+      ICEBLKD_PATH, "--socket", dir + "/s.sock", "--image", dir + "/i.img", "--size", "8M"};
+  struct Case {
+    std::vector<std::string> extra;
+    std::string needle;
+  };
+  const Case cases[] = {
+      {{"--max-buffer-memory", "100K"},
+       "max_buffer_memory (--max-buffer-memory) 102400 gives each of its 1 queues"},
+      {{"--num-queues", "2", "--max-buffer-memory", "256K"},
+       "gives each of its 2 queues less than one chunk"},
+      {{"--engine-buffer-memory", "4K"},
+       "buffer_memory (--engine-buffer-memory) 4096 is below one chunk"},
+      {{"--max-buffer-memory", "lots"}, "--max-buffer-memory"},
+  };
+  for (const Case& c : cases) {
+    auto argv = base;
+    argv.insert(argv.end(), c.extra.begin(), c.extra.end());
+    SCOPED_TRACE(::testing::PrintToString(argv));
+    const auto r = testing::run_to_exit(argv, dir + "/err.log");
+    EXPECT_EQ(r.code, 1) << r.output;
+    const auto lines = testing::lines_of(r.output);
+    ASSERT_EQ(lines.size(), 1u) << r.output;
+    EXPECT_NE(lines[0].find(c.needle), std::string::npos) << lines[0];
+  }
   std::filesystem::remove_all(dir);
 }
 
