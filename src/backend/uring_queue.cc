@@ -47,6 +47,7 @@ class UringQueue final : public IoQueue {
       drain();
       io_uring_queue_exit(&ring_);
     }
+    for (Op* op : free_ops_) delete op;
   }
 
   void submit(IoRequest req) override {
@@ -54,11 +55,13 @@ class UringQueue final : public IoQueue {
       req.done(tl::unexpected(std::move(c).error()));
       return;
     }
-    auto op = std::make_unique<Op>();
-    if (req.op == IoOp::kRead || req.op == IoOp::kWrite) op->rest = req.iov;
+    Op* op = take_op();
+    // Copied into the pooled Op's own vector (its capacity is kept across requests):
+    // short transfers advance this copy, never the caller's iovecs.
+    if (req.op == IoOp::kRead || req.op == IoOp::kWrite) op->rest.assign(req.iov.begin(), req.iov.end());
     op->req = std::move(req);
     ++in_flight_;
-    pending_.push_back(op.release());
+    pending_.push_back(op);
   }
 
   void flush_submissions() override {
@@ -82,7 +85,11 @@ class UringQueue final : public IoQueue {
   int completion_fd() const override { return efd_.get(); }
 
   size_t reap() override {
+    // The member's capacity is reused; swapped out so a callback that reaps again
+    // cannot disturb this loop.
     std::vector<std::pair<Op*, Result<uint64_t>>> finished;
+    finished.swap(finished_buf_);
+    finished.clear();
     io_uring_cqe* cqe = nullptr;
     while (io_uring_peek_cqe(&ring_, &cqe) == 0 && cqe != nullptr) {
       Op* op = static_cast<Op*>(io_uring_cqe_get_data(cqe));
@@ -93,11 +100,15 @@ class UringQueue final : public IoQueue {
     }
     if (!pending_.empty()) flush_submissions();
     for (auto& [op, result] : finished) {
-      std::unique_ptr<Op> owned(op);
       --in_flight_;
-      owned->req.done(std::move(result));
+      auto done = std::move(op->req.done);
+      give_op(op);  // before the callback: it may submit again
+      done(std::move(result));
     }
-    return finished.size();
+    const size_t n = finished.size();
+    finished.clear();
+    if (finished.capacity() > finished_buf_.capacity()) finished_buf_.swap(finished);
+    return n;
   }
 
   size_t in_flight() const override { return in_flight_; }
@@ -118,6 +129,25 @@ class UringQueue final : public IoQueue {
 
  private:
   explicit UringQueue(std::shared_ptr<FileShared> f) : f_(std::move(f)) {}
+
+  // Ops are reused: after warm-up a request allocates no Op and no iovec copy.
+  Op* take_op() {
+    if (free_ops_.empty()) return new Op();
+    Op* op = free_ops_.back();
+    free_ops_.pop_back();
+    return op;
+  }
+  void give_op(Op* op) {
+    op->req = IoRequest{};
+    op->first = 0;
+    op->done_bytes = 0;
+    op->rest.clear();
+    try {
+      free_ops_.push_back(op);
+    } catch (...) {
+      delete op;
+    }
+  }
 
   void prep(io_uring_sqe* sqe, Op* op) {
     const int fd = f_->fd.get();
@@ -217,6 +247,8 @@ class UringQueue final : public IoQueue {
   size_t in_flight_ = 0;
   UniqueFd efd_;
   std::deque<Op*> pending_;
+  std::vector<Op*> free_ops_;  // owned
+  std::vector<std::pair<Op*, Result<uint64_t>>> finished_buf_;
 };
 
 }  // namespace

@@ -32,6 +32,10 @@ Result<std::unique_ptr<BlkDevice>> BlkDevice::create(BlkDeviceConfig cfg,
   if (cfg.num_queues == 0 || cfg.num_queues > kMaxQueues) {
     return fail(Errc::kInvalidArgument, "blk: num_queues {} not in 1..{}", cfg.num_queues, kMaxQueues);
   }
+  if (cfg.max_buffer_memory / cfg.num_queues < kMinQueueBufferMemory) {
+    return fail(Errc::kInvalidArgument, "blk: max_buffer_memory {} gives each of the {} queues less than {} bytes",
+                cfg.max_buffer_memory, cfg.num_queues, kMinQueueBufferMemory);
+  }
   if (cfg.queue_size < 4 || cfg.queue_size > virtio::kMaxQueueSize || !is_power_of_two(cfg.queue_size)) {
     return fail(Errc::kInvalidArgument, "blk: queue_size {} is not a power of two in 4..{}", cfg.queue_size,
                 virtio::kMaxQueueSize);
@@ -181,7 +185,26 @@ Result<std::unique_ptr<QueueProcessor>> BlkDevice::make_queue_processor(uint16_t
     return fail(Errc::kOutOfRange, "queue {} >= num_queues {}", queue_index, cfg_.num_queues);
   }
   ICEBLK_ASSIGN_OR_RETURN(auto io, backend_->make_queue(cfg_.queue_size));
-  return std::unique_ptr<QueueProcessor>(new QueueProcessor(*this, queue_index, std::move(io)));
+  // A device without ICE needs no bounce buffers (plain I/O is zero-copy).
+  if (!cfg_.engine) {
+    return std::unique_ptr<QueueProcessor>(new QueueProcessor(*this, queue_index, std::move(io), BouncePool{}, nullptr, 0));
+  }
+  // Bounce buffers (buffer_pool.h): the export's cap split over its queues, taken
+  // from the engine-wide budget when there is one; fixed from here on.
+  uint64_t share = cfg_.max_buffer_memory / cfg_.num_queues;
+  uint64_t reserved = 0;
+  if (cfg_.buffer_budget) {
+    auto r = cfg_.buffer_budget->reserve(share, kMinQueueBufferMemory);
+    if (!r) return fail(r.error().code, "queue {}: {}", queue_index, r.error().message);
+    share = reserved = *r;
+  }
+  auto pool = BouncePool::create(share, cfg_.queue_size);
+  if (!pool) {
+    if (reserved > 0) cfg_.buffer_budget->release(reserved);
+    return tl::unexpected(std::move(pool).error());
+  }
+  return std::unique_ptr<QueueProcessor>(
+      new QueueProcessor(*this, queue_index, std::move(io), std::move(*pool), cfg_.buffer_budget, reserved));
 }
 
 }  // namespace iceblk::blk

@@ -13,6 +13,7 @@
 #include "backend/block_backend.h"
 #include "base/result.h"
 #include "base/strong_types.h"
+#include "blk/buffer_pool.h"
 #include "blk/request.h"
 #include "blk/stats.h"
 #include "blk/wire.h"
@@ -54,6 +55,13 @@ struct BlkDeviceConfig {
   // Advertised capabilities (spec §4.1). Empty = AES-128/256-XTS and
   // AES-128-CBC-ESSIV at every data unit size (+ ECB if the engine allows it).
   std::vector<ice::Capability> capabilities;
+
+  // Bounce-buffer memory of encrypted I/O (blk/buffer_pool.h): at most this many
+  // bytes for the export, split evenly over its queues (each needs at least
+  // kMinQueueBufferMemory); and, when set, the engine-wide budget every queue
+  // reserves its share from (shared by all exports of one engine).
+  uint64_t max_buffer_memory = kDefaultExportBufferMemory;
+  std::shared_ptr<BufferBudget> buffer_budget;
 };
 
 inline constexpr uint16_t kMaxQueues = 64;

@@ -11,35 +11,23 @@
 
 namespace iceblk::blk {
 
-namespace {
-
-constexpr size_t kBounceAlign = 4096;
-// Bounce buffers come in two sizes so that small encrypted requests (the common 4 KiB
-// case) neither take a 256 KiB buffer nor return it to the allocator at high queue
-// depth (each trip through malloc of a large block is an mmap + page faults).
-constexpr size_t kSmallBounce = 16 * 1024;
-constexpr size_t kMaxIdleSmallBounce = 256;  // 4 MiB per queue at most
-constexpr size_t kMaxIdleLargeBounce = 16;   // 4 MiB per queue at most
-
-}  // namespace
-
 struct QueueProcessor::InFlight {
   Request req;
   std::shared_ptr<const memory::GuestMemory> mem;  // keeps the request's host pointers alive
-  uint8_t* bounce = nullptr;
-  size_t bounce_size = 0;  // kSmallBounce or kCryptChunk
-  uint64_t chunk_off = 0;  // encrypted: bytes of the request finished
-  uint64_t chunk_len = 0;  // encrypted: bytes of the chunk in flight
+  uint8_t* bounce = nullptr;  // from pool_, held for every chunk of the request
+  bool small_bounce = false;  // which class of pool_ it came from
+  uint64_t chunk_off = 0;     // encrypted: bytes of the request finished
+  uint64_t chunk_len = 0;     // encrypted: bytes of the chunk in flight
   unsigned outstanding = 0;
   std::optional<Error> error;
-  bool flushed = false;  // writethrough flush issued
+  bool flushed = false;   // writethrough flush issued
   uint64_t start_ns = 0;  // when the chain was popped (latency statistics)
 
   void clear() {
     req = Request{};
     mem.reset();
     bounce = nullptr;
-    bounce_size = 0;
+    small_bounce = false;
     chunk_off = chunk_len = 0;
     outstanding = 0;
     error.reset();
@@ -47,34 +35,42 @@ struct QueueProcessor::InFlight {
   }
 };
 
-QueueProcessor::QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<backend::IoQueue> io)
+QueueProcessor::QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<backend::IoQueue> io,
+                               BouncePool pool, std::shared_ptr<BufferBudget> budget, uint64_t reserved)
     : dev_(dev),
       env_(dev.parse_env()),
       engine_(dev.config().engine.get()),
       index_(index),
       stats_(&dev.queue_stats(index)),
-      io_(std::move(io)) {}
+      pool_(std::move(pool)),
+      budget_(std::move(budget)),
+      reserved_(reserved),
+      io_(std::move(io)) {
+  const size_t n = dev.config().queue_size;
+  states_ = std::make_unique<InFlight[]>(n);
+  free_.reserve(n);
+  for (size_t i = n; i-- > 0;) free_.push_back(&states_[i]);
+  ready_.reserve(n);
+  batch_.reserve(n);
+  small_waiters_.slots.resize(n);
+  large_waiters_.slots.resize(n);
+}
 
 QueueProcessor::~QueueProcessor() {
   if (io_) {
     io_->drain();  // callbacks only touch our own state, which is still alive
     io_.reset();
   }
-  for (auto* b : bounce_free_) std::free(b);
-  for (auto* b : small_bounce_free_) std::free(b);
-  for (auto& f : states_) {
-    if (f->bounce) std::free(f->bounce);  // requests abandoned without drain(q)
-  }
+  if (budget_) budget_->release(reserved_);
 }
 
-int QueueProcessor::completion_fd() const { return io_->completion_fd(); }
+int QueueProcessor::completion_fd() const {
+  return io_->completion_fd();
+}
 
 QueueProcessor::InFlight* QueueProcessor::acquire() {
+  if (free_.empty()) return nullptr;
   ++in_flight_;
-  if (free_.empty()) {
-    states_.push_back(std::make_unique<InFlight>());
-    return states_.back().get();
-  }
   InFlight* f = free_.back();
   free_.pop_back();
   return f;
@@ -82,28 +78,39 @@ QueueProcessor::InFlight* QueueProcessor::acquire() {
 
 void QueueProcessor::release(InFlight* f) {
   --in_flight_;
-  if (f->bounce) release_bounce(f->bounce, f->bounce_size);
+  if (f->bounce) pool_.give(f->bounce, f->small_bounce);
   f->clear();
   free_.push_back(f);
 }
 
-uint8_t* QueueProcessor::acquire_bounce(size_t size) {
-  auto& pool = size == kSmallBounce ? small_bounce_free_ : bounce_free_;
-  if (!pool.empty()) {
-    uint8_t* b = pool.back();
-    pool.pop_back();
-    return b;
+void QueueProcessor::start_crypt(InFlight* f, virtio::SplitQueue& q) {
+  // FIFO per buffer class: a request arriving while others wait queues behind them.
+  WaitQueue& waiters = pool_.uses_small(f->req.length) ? small_waiters_ : large_waiters_;
+  if (waiters.count == 0) f->bounce = pool_.take(f->req.length, f->small_bounce);
+  if (f->bounce == nullptr) {
+    // The cap is reached: wait for a buffer (never allocate one).
+    ++buffer_waits_;
+    waiters.push(f);
+    return;
   }
-  return static_cast<uint8_t*>(std::aligned_alloc(kBounceAlign, size));
+  if (!submit_crypt_chunk(f)) {
+    ICEBLK_GUEST_ERROR("queue {}: request {}: {}", index_, f->req.head, f->error->to_string());
+    finish(f, q, status_for(*f->error), 1);
+  }
 }
 
-void QueueProcessor::release_bounce(uint8_t* b, size_t size) {
-  const bool small = size == kSmallBounce;
-  auto& pool = small ? small_bounce_free_ : bounce_free_;
-  if (pool.size() < (small ? kMaxIdleSmallBounce : kMaxIdleLargeBounce)) {
-    pool.push_back(b);
-  } else {
-    std::free(b);
+void QueueProcessor::resume_waiters(virtio::SplitQueue& q) {
+  for (WaitQueue* w : {&small_waiters_, &large_waiters_}) {
+    while (w->count > 0) {
+      InFlight* f = w->slots[w->head];
+      f->bounce = pool_.take(f->req.length, f->small_bounce);
+      if (f->bounce == nullptr) break;
+      (void)w->pop();
+      if (!submit_crypt_chunk(f)) {
+        ICEBLK_GUEST_ERROR("queue {}: request {}: {}", index_, f->req.head, f->error->to_string());
+        finish(f, q, status_for(*f->error), 1);
+      }
+    }
   }
 }
 
@@ -121,8 +128,8 @@ void QueueProcessor::finish(InFlight* f, virtio::SplitQueue& q, uint8_t status, 
   complete(q, f->req.head, used_len);
   const Request& r = f->req;
   const bool data = r.kind == RequestKind::kIn || r.kind == RequestKind::kOut;
-  stats_->record(static_cast<size_t>(r.kind), data ? r.length : 0, status, stats_now_ns() - f->start_ns,
-                 r.encrypted(), r.kind == RequestKind::kOut);
+  stats_->record(static_cast<size_t>(r.kind), data ? r.length : 0, status,
+                 stats_now_ns() - f->start_ns, r.encrypted(), r.kind == RequestKind::kOut);
   release(f);
 }
 
@@ -138,26 +145,19 @@ void QueueProcessor::submit(InFlight* f, backend::IoRequest req) {
 bool QueueProcessor::submit_crypt_chunk(InFlight* f) {
   const Request& r = f->req;
   const uint64_t len = std::min<uint64_t>(kCryptChunk, r.length - f->chunk_off);
-  f->chunk_len = len;
-  if (f->bounce == nullptr) {
-    // One buffer serves every chunk of the request: sized by the whole request.
-    f->bounce_size = r.length <= kSmallBounce ? kSmallBounce : kCryptChunk;
-    f->bounce = acquire_bounce(f->bounce_size);
-  }
-  if (f->bounce == nullptr) {
-    f->error = make_error(Errc::kIo, "out of memory for a bounce buffer");
-    return false;
-  }
-  std::span<uint8_t> buf(f->bounce, len);
+  f->chunk_len = len;  // the buffer (start_crypt) serves every chunk of the request
   backend::IoRequest io;
   io.offset = r.offset + f->chunk_off;
   io.length = len;
   io.iov = {{f->bounce, len}};
   if (r.kind == RequestKind::kOut) {
-    // TRUST: the guest's plaintext is copied once into our private buffer and
-    // encrypted there; the driver's buffer is never modified.
-    memory::copy_from_iovecs(r.data, buf, f->chunk_off);
-    if (auto s = crypt_.crypt(*r.key, ice::Direction::kEncrypt, r.dun_at(f->chunk_off), buf); !s) {
+    // TRUST: one pass, encrypting straight out of the driver's buffers into our
+    // private buffer (the cipher is the copy); the driver's buffer is only read,
+    // each byte once.
+    const iovec dst{f->bounce, len};
+    if (auto s = crypt_.crypt(*r.key, ice::Direction::kEncrypt, r.dun_at(f->chunk_off), r.data,
+                              f->chunk_off, {&dst, 1}, 0, len);
+        !s) {
       f->error = std::move(s).error();
       return false;
     }
@@ -175,15 +175,14 @@ void QueueProcessor::start(InFlight* f, virtio::SplitQueue& q) {
     case RequestKind::kIn:
     case RequestKind::kOut:
       if (r.length == 0) return finish(f, q, kStatusOk, 1);
-      if (r.encrypted()) {
-        if (!submit_crypt_chunk(f)) {
-          ICEBLK_GUEST_ERROR("queue {}: request {}: {}", index_, r.head, f->error->to_string());
-          return finish(f, q, status_for(*f->error), 1);
-        }
-        return;
-      }
-      return submit(f, backend::IoRequest{r.kind == RequestKind::kIn ? backend::IoOp::kRead : backend::IoOp::kWrite,
-                                          r.offset, r.length, r.data, false, {}});
+      if (r.encrypted()) return start_crypt(f, q);
+      return submit(f, backend::IoRequest{r.kind == RequestKind::kIn ? backend::IoOp::kRead
+                                                                     : backend::IoOp::kWrite,
+                                          r.offset,
+                                          r.length,
+                                          r.data,
+                                          false,
+                                          {}});
     case RequestKind::kFlush:
       return submit(f, backend::IoRequest{backend::IoOp::kFlush, 0, 0, {}, false, {}});
     case RequestKind::kGetId: {
@@ -195,7 +194,8 @@ void QueueProcessor::start(InFlight* f, virtio::SplitQueue& q) {
     }
     case RequestKind::kDiscard:
     case RequestKind::kWriteZeroes: {
-      const auto op = r.kind == RequestKind::kDiscard ? backend::IoOp::kDiscard : backend::IoOp::kWriteZeroes;
+      const auto op =
+          r.kind == RequestKind::kDiscard ? backend::IoOp::kDiscard : backend::IoOp::kWriteZeroes;
       // Count every segment first so a synchronous completion cannot finish the
       // request while later segments are still being submitted.
       ++f->outstanding;
@@ -235,12 +235,15 @@ void QueueProcessor::advance(InFlight* f, virtio::SplitQueue& q) {
   }
   if (r.encrypted()) {
     if (r.kind == RequestKind::kIn) {
-      std::span<uint8_t> buf(f->bounce, f->chunk_len);
-      if (auto s = crypt_.crypt(*r.key, ice::Direction::kDecrypt, r.dun_at(f->chunk_off), buf); !s) {
+      // TRUST: decrypted out of place, from our buffer straight into the driver's:
+      // its buffer receives only the final plaintext, never ciphertext.
+      const iovec src{f->bounce, f->chunk_len};
+      if (auto s = crypt_.crypt(*r.key, ice::Direction::kDecrypt, r.dun_at(f->chunk_off), {&src, 1},
+                                0, r.data, f->chunk_off, f->chunk_len);
+          !s) {
         ICEBLK_GUEST_ERROR("queue {}: decrypt: {}", index_, s.error().to_string());
         return finish(f, q, status_for(s.error()), 1);
       }
-      memory::copy_to_iovecs(r.data, buf, f->chunk_off);
     }
     f->chunk_off += f->chunk_len;
     if (f->chunk_off < r.length) {
@@ -257,10 +260,16 @@ void QueueProcessor::advance(InFlight* f, virtio::SplitQueue& q) {
 }
 
 void QueueProcessor::handle_ready(virtio::SplitQueue& q) {
-  while (!ready_.empty()) {
-    batch_.swap(ready_);
-    for (InFlight* f : batch_) advance(f, q);
-    batch_.clear();
+  for (;;) {
+    while (!ready_.empty()) {
+      batch_.swap(ready_);
+      for (InFlight* f : batch_) advance(f, q);
+      batch_.clear();
+    }
+    // Finished requests gave their buffers back: start the requests waiting for one
+    // (a synchronous backend completes them at once, hence the loop).
+    resume_waiters(q);
+    if (ready_.empty()) break;
   }
 }
 
@@ -280,7 +289,7 @@ void QueueProcessor::handle_chain(const virtio::DescriptorChain& chain, virtio::
     stats_->record(kStatInvalid, 0, st, 0, false, false);
     return complete(q, chain.head, 1);
   }
-  InFlight* f = acquire();
+  InFlight* f = acquire();  // process() pops only while a state is free
   f->start_ns = stats_now_ns();
   f->req = std::move(*req);
   f->mem = q.memory_ptr();
@@ -295,7 +304,10 @@ Result<bool> QueueProcessor::process(virtio::SplitQueue& q) {
   io_->reap();
   handle_ready(q);
   for (;;) {
+    // With all queue_size request states in use, chains wait in the ring; a
+    // completion (completion_fd) brings us back.
     for (;;) {
+      if (free_.empty()) break;
       auto c = q.pop();
       if (!c) return tl::unexpected(std::move(c).error());
       if (!*c) break;
@@ -312,7 +324,7 @@ Result<bool> QueueProcessor::process(virtio::SplitQueue& q) {
     io_->reap();
     handle_ready(q);
     io_->flush_submissions();
-    if (ring_error_) break;
+    if (ring_error_ || free_.empty()) break;
     // EVENT_IDX: publish avail_event, then re-check so a chain added meanwhile is
     // not left waiting for a kick that will not come.
     q.enable_notifications();

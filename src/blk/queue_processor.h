@@ -6,12 +6,21 @@
 //
 // Data path:
 //  - plain IN/OUT: zero-copy, the backend reads/writes guest buffers directly;
-//  - encrypted OUT: guest data is copied to a private bounce buffer, encrypted there
-//    and written (ciphertext never lands in driver buffers, plaintext never on disk);
-//  - encrypted IN: read into a bounce buffer, decrypt, copy to the guest.
+//  - encrypted OUT: encrypted straight from the guest's buffers into a private
+//    bounce buffer, which is written (one pass over the data: the cipher is the
+//    copy; ciphertext never lands in driver buffers, plaintext never on disk);
+//  - encrypted IN: read into a bounce buffer, decrypted out of place straight into
+//    the guest's buffers (they receive only the final plaintext).
+//  Data units split across guest iovecs go through a small per-worker block
+//  (ice::CryptContext::crypt, scatter/gather form).
 //  Encrypted requests move in chunks of kCryptChunk bytes, one chunk in flight per
-//  request, through a per-processor pool of bounce buffers (no allocation per data
-//  unit or, in the steady state, per request).
+//  request, through the queue's fixed pool of bounce buffers (buffer_pool.h: sized
+//  at set-up from the export's and the engine's caps, never grown). A request holds
+//  one buffer for all its chunks; when none is free it waits (FIFO) and resumes when
+//  one is released.
+//  - at most queue_size requests are held: with every request state in use, further
+//    chains stay in the available ring until one completes (a driver that re-posts
+//    heads cannot make the device hold more).
 //  - writethrough mode (BlkDevice::writeback() false): every OUT is followed by a
 //    flush before it completes.
 #pragma once
@@ -23,6 +32,7 @@
 
 #include "backend/block_backend.h"
 #include "base/result.h"
+#include "blk/buffer_pool.h"
 #include "blk/request.h"
 #include "blk/stats.h"
 #include "ice/engine.h"
@@ -31,8 +41,6 @@
 namespace iceblk::blk {
 
 class BlkDevice;
-
-inline constexpr uint64_t kCryptChunk = 256 * 1024;  // multiple of every data unit size
 
 class QueueProcessor {
  public:
@@ -58,13 +66,19 @@ class QueueProcessor {
 
   // Requests popped and not yet completed.
   [[nodiscard]] size_t in_flight() const { return in_flight_; }
+  // Encrypted requests that had to wait for a bounce buffer (since creation).
+  [[nodiscard]] uint64_t buffer_waits() const { return buffer_waits_; }
+  // This queue's bounce buffers (fixed at creation).
+  [[nodiscard]] const BouncePool& buffers() const { return pool_; }
   [[nodiscard]] uint16_t queue_index() const { return index_; }
 
  private:
   friend class BlkDevice;
   struct InFlight;
 
-  QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<backend::IoQueue> io);
+  // `reserved` bytes of `budget` (may be null) back `pool`; released on destruction.
+  QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<backend::IoQueue> io, BouncePool pool,
+                 std::shared_ptr<BufferBudget> budget, uint64_t reserved);
 
   void handle_chain(const virtio::DescriptorChain& chain, virtio::SplitQueue& q);
   void start(InFlight* f, virtio::SplitQueue& q);
@@ -74,10 +88,10 @@ class QueueProcessor {
   bool submit_crypt_chunk(InFlight* f);  // false: failed before anything was submitted
   void finish(InFlight* f, virtio::SplitQueue& q, uint8_t status, uint32_t used_len);
   void complete(virtio::SplitQueue& q, uint16_t head, uint32_t used_len);
-  InFlight* acquire();
+  InFlight* acquire();  // nullptr when all queue_size states are in use
   void release(InFlight* f);
-  uint8_t* acquire_bounce(size_t size);
-  void release_bounce(uint8_t* b, size_t size);
+  void start_crypt(InFlight* f, virtio::SplitQueue& q);
+  void resume_waiters(virtio::SplitQueue& q);
 
   BlkDevice& dev_;
   ParseEnv env_;
@@ -85,12 +99,32 @@ class QueueProcessor {
   uint16_t index_;
   QueueStats* stats_;  // the device's counters of this queue
   ice::CryptContext crypt_;
-  std::vector<std::unique_ptr<InFlight>> states_;  // every request state ever made (owner)
-  std::vector<InFlight*> free_;                    // states not in use
-  std::vector<InFlight*> ready_;                  // sub-operations all finished
+  // Sized at creation (queue_size of each); none grows afterwards.
+  std::unique_ptr<InFlight[]> states_;
+  std::vector<InFlight*> free_;   // states not in use
+  std::vector<InFlight*> ready_;  // sub-operations all finished
   std::vector<InFlight*> batch_;
-  std::vector<uint8_t*> bounce_free_;             // kCryptChunk bytes each, 4 KiB aligned
-  std::vector<uint8_t*> small_bounce_free_;       // 16 KiB each, for requests up to 16 KiB
+  BouncePool pool_;
+  std::shared_ptr<BufferBudget> budget_;  // the engine's (null: no engine-wide cap)
+  uint64_t reserved_ = 0;                 // bytes of budget_ behind pool_
+  // Encrypted requests waiting for a buffer of their class, oldest first (fixed
+  // capacity: ring buffers of queue_size entries).
+  struct WaitQueue {
+    std::vector<InFlight*> slots;
+    size_t head = 0, count = 0;
+    void push(InFlight* f) {
+      slots[(head + count) % slots.size()] = f;
+      ++count;
+    }
+    InFlight* pop() {
+      InFlight* f = slots[head];
+      head = (head + 1) % slots.size();
+      --count;
+      return f;
+    }
+  };
+  WaitQueue small_waiters_, large_waiters_;
+  uint64_t buffer_waits_ = 0;
   size_t in_flight_ = 0;
   size_t pushed_ = 0;
   std::optional<Error> ring_error_;

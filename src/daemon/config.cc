@@ -90,11 +90,21 @@ Status check_keys(const json& j, std::initializer_list<const char*> known, const
   return {};
 }
 
+// A byte count: an integer, or a size string ("4M", base/parse_size.h).
+Status get_memory_size(const json& j, const char* key, uint64_t& out, const std::string& where) {
+  if (!j.contains(key)) return {};
+  if (j.at(key).is_string()) {
+    ICEBLK_ASSIGN_OR_RETURN(out, parse_size(j.at(key).get<std::string>(), fmt::format("{}.{}", where, key)));
+    return {};
+  }
+  return get_uint(j, key, out, where);
+}
+
 Result<ExportConfig> parse_export(const json& j, const std::string& where) {
   if (!j.is_object()) return fail(Errc::kInvalidArgument, "{}: must be an object", where);
   ICEBLK_TRY(check_keys(j, {"name", "socket", "image", "size", "readonly", "num_queues", "queue_size", "ice",
                             "keys", "slot_offset", "max_slots", "algorithms", "secure_world_socket",
-                            "io_engine", "serial", "allow_unsealed_memory"},
+                            "io_engine", "serial", "allow_unsealed_memory", "max_buffer_memory"},
                         where));
   ExportConfig e;
   ICEBLK_TRY(get_string(j, "name", e.name, where));
@@ -149,6 +159,7 @@ Result<ExportConfig> parse_export(const json& j, const std::string& where) {
     return fail(Errc::kInvalidArgument, "{}: io_engine must be auto, io_uring or sync", where);
   }
   ICEBLK_TRY(get_string(j, "serial", e.serial, where));
+  ICEBLK_TRY(get_memory_size(j, "max_buffer_memory", e.max_buffer_memory, where));
   return e;
 }
 
@@ -173,9 +184,10 @@ Result<DaemonConfig> parse_config_text(std::string_view text, const std::string&
     const json& e = j["engine"];
     const std::string where = path + ": engine";
     if (!e.is_object()) return fail(Errc::kInvalidArgument, "{}: must be an object", where);
-    ICEBLK_TRY(check_keys(e, {"num_slots", "allow_ecb"}, where));
+    ICEBLK_TRY(check_keys(e, {"num_slots", "allow_ecb", "buffer_memory"}, where));
     ICEBLK_TRY(get_uint(e, "num_slots", cfg.num_slots, where));
     ICEBLK_TRY(get_bool(e, "allow_ecb", cfg.allow_ecb, where));
+    ICEBLK_TRY(get_memory_size(e, "buffer_memory", cfg.engine_buffer_memory, where));
   }
   // With a control socket the daemon may start with no export and get them at runtime.
   const bool may_be_empty = !cfg.control_socket.empty() && (!j.contains("exports") || j["exports"].is_array());
@@ -263,6 +275,20 @@ Status validate(DaemonConfig& cfg) {
                     "slot ranges overlap: export '{}' [{}, {}) and export '{}' [{}, {})", o.name, o.slot_offset,
                     o.slot_offset + o.max_slots, n, e.slot_offset, e.slot_offset + e.max_slots);
       }
+    }
+  }
+  // Bounded memory (blk/buffer_pool.h): every queue of an ICE export needs at least
+  // one chunk of bounce buffers, from its export's cap and from the engine's.
+  if (cfg.engine_buffer_memory < blk::kMinQueueBufferMemory) {
+    return fail(Errc::kInvalidArgument, "engine: buffer_memory (--engine-buffer-memory) {} is below one chunk ({})",
+                cfg.engine_buffer_memory, blk::kMinQueueBufferMemory);
+  }
+  for (const ExportConfig& e : cfg.exports) {
+    if (e.ice && e.max_buffer_memory / e.num_queues < blk::kMinQueueBufferMemory) {
+      return fail(Errc::kInvalidArgument,
+                  "export '{}': max_buffer_memory (--max-buffer-memory) {} gives each of its {} queues less than "
+                  "one chunk ({})",
+                  e.name, e.max_buffer_memory, e.num_queues, blk::kMinQueueBufferMemory);
     }
   }
   return {};

@@ -35,6 +35,9 @@ struct ExportConfig {
   std::string secure_world_socket;  // out-of-band mode: this VM's key channel (default <socket>.sw)
   backend::FileEngine io_engine = backend::FileEngine::kAuto;
   std::string serial;               // GET_ID (default: the export name, cut to 20 bytes)
+  // Bounded memory (blk/buffer_pool.h): bounce buffers of this export's encrypted
+  // I/O, split over its queues (--max-buffer-memory, "max_buffer_memory").
+  uint64_t max_buffer_memory = blk::kDefaultExportBufferMemory;
 };
 
 struct DaemonConfig {
@@ -42,6 +45,9 @@ struct DaemonConfig {
   bool allow_ecb = false;   // AES-ECB leaks equal blocks: opt-in only
   std::vector<ExportConfig> exports;
   std::string control_socket;  // QMP control socket (--control, "control"); empty: none
+  // Bounded memory: bounce buffers of all exports together (--engine-buffer-memory,
+  // engine "buffer_memory").
+  uint64_t engine_buffer_memory = blk::kDefaultEngineBufferMemory;
 };
 
 // An image size: iceblk::parse_size (base/parse_size.h) that also refuses 0 and

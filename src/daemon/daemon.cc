@@ -90,6 +90,8 @@ Result<std::unique_ptr<Daemon::Export>> Daemon::make_export(const ExportConfig& 
   bc.queue_size = ec.queue_size;
   bc.read_only = ec.read_only;
   bc.serial = ec.serial;
+  bc.max_buffer_memory = ec.max_buffer_memory;  // bounded memory (blk/buffer_pool.h)
+  bc.buffer_budget = buffer_budget_;
   // Unregisters the VM unless the export is complete.
   struct VmGuard {
     ice::Engine* engine = nullptr;
@@ -197,6 +199,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
   std::unique_ptr<Daemon> d(new Daemon(std::move(cfg)));
   ICEBLK_ASSIGN_OR_RETURN(auto engine, ice::Engine::create({d->cfg_.num_slots, d->cfg_.allow_ecb}));
   d->engine_ = std::move(engine);
+  d->buffer_budget_ = std::make_shared<blk::BufferBudget>(d->cfg_.engine_buffer_memory);
   Daemon* self = d.get();
   d->engine_->set_slot_observer([self](const ice::SlotEvent& ev) { self->on_slot(ev); });
 

@@ -7,6 +7,8 @@
 // when the last reference goes away, and the slot's own copy is dropped at eviction.
 #pragma once
 
+#include <sys/uio.h>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -78,7 +80,8 @@ struct ProgrammedKey {
 // Per-worker handle for the per-data-unit cipher. Not thread-safe: one per queue
 // worker. The keyed OpenSSL contexts themselves are cached in the ProgrammedKey
 // (see detail::CipherPool) so they die with the key; per data unit the engine only
-// sets the IV/tweak and runs the cipher, without allocating.
+// sets the IV/tweak and runs the cipher, without allocating (see crypt_context.cc
+// for why it calls the provider's dispatch functions rather than EVP per unit).
 class CryptContext {
  public:
   CryptContext();
@@ -93,6 +96,24 @@ class CryptContext {
   // kOverflow (first + units - 1 > 2^64 - 1), kCrypto (OpenSSL failure).
   // On an error after checks passed (kCrypto) `buf` holds partial output: discard it.
   Status crypt(const ProgrammedKey& key, Direction dir, Dun first, std::span<uint8_t> buf);
+
+  // Out of place: `in` and `out` have the same size and are either the same bytes
+  // or do not overlap. Same errors, plus kInvalidArgument for different sizes.
+  Status crypt(const ProgrammedKey& key, Direction dir, Dun first, std::span<const uint8_t> in,
+               std::span<uint8_t> out);
+
+  // Scatter/gather, out of place: `len` bytes (whole data units) read from `src`
+  // starting `src_off` bytes into the list, the result written to `dst` from
+  // `dst_off` on. This is the one pass over the data (the data path's copy is the
+  // cipher): every source byte is read once and every destination byte written
+  // once, with its final value. A data unit split across iovecs on either side is
+  // gathered into a private per-context block, crypted there and scattered, so the
+  // destination never holds an intermediate value (on IN: never ciphertext in the
+  // driver's buffer; on OUT: the driver's buffer is only read). `src` and `dst`
+  // must not overlap unless they are the same bytes. kOutOfRange when either list
+  // holds fewer than `len` bytes past its offset; otherwise the errors of crypt().
+  Status crypt(const ProgrammedKey& key, Direction dir, Dun first, std::span<const iovec> src,
+               uint64_t src_off, std::span<const iovec> dst, uint64_t dst_off, uint64_t len);
 
  private:
   struct Impl;

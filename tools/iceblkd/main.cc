@@ -13,6 +13,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 
 #include "base/log.h"
+#include "base/parse_size.h"
 #include "base/version.h"
 #include "control/qmp_server.h"
 #include "daemon/daemon.h"
@@ -37,6 +38,13 @@ int main(int argc, char** argv) {
   bool readonly = false, no_ice = false, allow_ecb = false, allow_unsealed_memory = false;
   uint16_t num_queues = 1, queue_size = 256;
   uint32_t max_slots = 32, slot_offset = 0, num_slots = 64;
+  // Bounded memory (docs/iceblkd.md): per export, and for the whole engine.
+  std::string max_buffer_memory, engine_buffer_memory;
+  app.add_option("--max-buffer-memory", max_buffer_memory,
+                 "bounce-buffer memory of this export's encrypted I/O, split over its queues (default 4M; at "
+                 "least 256K per queue)");
+  app.add_option("--engine-buffer-memory", engine_buffer_memory,
+                 "bounce-buffer memory of all exports together (default 64M)");
   app.add_option("--config", config_file, "JSON file declaring several exports sharing one engine");
   app.add_option("--socket", socket,
                  "vhost-user socket path to listen on, or fd:N to serve the listening socket inherited as "
@@ -75,7 +83,8 @@ int main(int argc, char** argv) {
   CLI::Option* config_opt = app.get_option("--config");
   for (const char* opt : {"--socket", "--name", "--image", "--size", "--readonly", "--num-queues", "--queue-size",
                           "--no-ice", "--max-slots", "--slot-offset", "--num-slots", "--keys", "--secure-world-socket",
-                          "--algorithms", "--io-engine", "--serial", "--allow-unsealed-memory"}) {
+                          "--algorithms", "--io-engine", "--serial", "--allow-unsealed-memory",
+                          "--max-buffer-memory"}) {
     config_opt->excludes(app.get_option(opt));
   }
   app.get_option("--log-level")->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
@@ -139,8 +148,18 @@ int main(int argc, char** argv) {
       if (!a) return die(a.error().message);
       e.algorithms = std::move(*a);
     }
+    if (!max_buffer_memory.empty()) {
+      auto s = parse_size(max_buffer_memory, "--max-buffer-memory");
+      if (!s) return die(s.error().message);
+      e.max_buffer_memory = *s;
+    }
     cfg.exports.push_back(std::move(e));
     cfg.num_slots = num_slots;
+  }
+  if (!engine_buffer_memory.empty()) {
+    auto s = parse_size(engine_buffer_memory, "--engine-buffer-memory");
+    if (!s) return die(s.error().message);
+    cfg.engine_buffer_memory = *s;
   }
   cfg.allow_ecb = cfg.allow_ecb || allow_ecb;
   if (!control.empty()) cfg.control_socket = control;

@@ -86,6 +86,8 @@ struct DeviceSetup {
   bool indirect = true;
   uint64_t driver_mem = 8 << 20;
   ice::SlotRange range{8, 4};
+  uint64_t max_buffer_memory = kDefaultExportBufferMemory;
+  std::shared_ptr<BufferBudget> buffer_budget;
 };
 
 class BlkHarness {
@@ -130,6 +132,8 @@ class BlkHarness {
     cfg.max_discard_seg = 4;
     cfg.max_write_zeroes_sectors = 64;
     cfg.max_write_zeroes_seg = 4;
+    cfg.max_buffer_memory = s_.max_buffer_memory;
+    cfg.buffer_budget = s_.buffer_budget;
     if (s_.ice) {
       auto e = ice::Engine::create({});
       ASSERT_TRUE(e) << e.error().to_string();

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstring>
+#include <random>
 
 #include "ice/engine.h"
 #include "ice_test_util.h"
@@ -154,10 +155,10 @@ TEST(CryptIndependent, EssivMatchesSha256EcbIvAndCbc) {
     ASSERT_TRUE(ctx.crypt(pk, Direction::kEncrypt, Dun(first), buf));
     for (uint64_t i = 0; i < 2; ++i) {
       const auto dun_block = le_iv(first + i);
-      const auto iv = raw_evp("AES-256-ECB", std::span<const uint8_t>(salt, 32), nullptr,
-                              dun_block);
-      const auto expect = raw_evp("AES-128-CBC", key, iv.data(),
-                                  std::span(pt).subspan(i * kDus, kDus));
+      const auto iv =
+          raw_evp("AES-256-ECB", std::span<const uint8_t>(salt, 32), nullptr, dun_block);
+      const auto expect =
+          raw_evp("AES-128-CBC", key, iv.data(), std::span(pt).subspan(i * kDus, kDus));
       EXPECT_EQ(to_hex(std::span(buf).subspan(i * kDus, kDus)), to_hex(expect))
           << "first " << first << " unit " << i;
     }
@@ -293,6 +294,102 @@ TEST(CryptContextReuse, InterleavedKeysAndDirectionsStayCorrect) {
     EXPECT_EQ(a, pt);
     EXPECT_EQ(b, pt);
   }
+}
+
+// Splits `buf` into iovecs at random places (some empty, some a few bytes), so data
+// units straddle iovec boundaries in every way.
+std::vector<iovec> random_split(std::span<uint8_t> buf, std::mt19937& rng) {
+  std::vector<iovec> v;
+  size_t off = 0;
+  while (off < buf.size()) {
+    const size_t kind = rng() % 4;
+    size_t n = kind == 0 ? rng() % 17 : kind == 1 ? 1 + rng() % 700 : 1 + rng() % 9000;
+    n = std::min(n, buf.size() - off);
+    v.push_back({buf.data() + off, n});
+    off += n;
+  }
+  return v;
+}
+
+// The scatter/gather form gives the same bytes as the flat in-place form for every
+// mode, direction and split, reads the source without writing it, and writes
+// nothing outside [dst_off, dst_off + len) of the destination.
+TEST(CryptScatterGather, MatchesFlatForRandomSplitsAndOffsets) {
+  const unsigned seed = ::testing::UnitTest::GetInstance()->random_seed() + 1301;
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937 rng(seed);
+  const CryptoMode modes[] = {{Algorithm::kAesXts, KeySize::k256, 512},
+                              {Algorithm::kAesXts, KeySize::k128, 4096},
+                              {Algorithm::kEssivAesCbc, KeySize::k128, 1024},
+                              {Algorithm::kAesEcb, KeySize::k256, 512}};
+  CryptContext ctx;
+  for (int iter = 0; iter < 200; ++iter) {
+    const CryptoMode& m = modes[iter % 4];
+    const size_t key_len = *key_length(m.alg, m.key_size);
+    auto pk = programmed(m, pattern(key_len, static_cast<uint8_t>(iter)));
+    const size_t units = 1 + rng() % 9;
+    const size_t len = units * m.data_unit_size;
+    const size_t src_off = rng() % 3000, dst_off = rng() % 3000;
+    const uint64_t dun = rng() % 2 ? rng() : ~uint64_t{0} - units + 1;
+    const Direction dir = rng() % 2 ? Direction::kEncrypt : Direction::kDecrypt;
+    auto src = pattern(src_off + len + rng() % 100, static_cast<uint8_t>(iter + 7));
+    auto dst = pattern(dst_off + len + rng() % 100, static_cast<uint8_t>(iter + 9));
+    const auto src_before = src, dst_before = dst;
+
+    std::vector<uint8_t> want(src.begin() + src_off, src.begin() + src_off + len);
+    ASSERT_TRUE(ctx.crypt(pk, dir, Dun(dun), want));
+    const auto si = random_split(src, rng), di = random_split(dst, rng);
+    auto st = ctx.crypt(pk, dir, Dun(dun), si, src_off, di, dst_off, len);
+    ASSERT_TRUE(st) << st.error().to_string();
+    EXPECT_EQ(src, src_before) << "iteration " << iter << ": source modified";
+    EXPECT_TRUE(std::equal(want.begin(), want.end(), dst.begin() + dst_off))
+        << "iteration " << iter;
+    EXPECT_TRUE(std::equal(dst.begin(), dst.begin() + dst_off, dst_before.begin()));
+    EXPECT_TRUE(
+        std::equal(dst.begin() + dst_off + len, dst.end(), dst_before.begin() + dst_off + len));
+  }
+}
+
+TEST(CryptScatterGather, InPlaceThroughTheSameIovecsMatchesFlat) {
+  auto pk = programmed({Algorithm::kAesXts, KeySize::k256, 4096}, pattern(64, 3));
+  std::mt19937 rng(5);
+  auto buf = pattern(5 * 4096, 4);
+  auto want = buf;
+  CryptContext ctx;
+  ASSERT_TRUE(ctx.crypt(pk, Direction::kEncrypt, Dun(77), want));
+  const auto iov = random_split(buf, rng);
+  ASSERT_TRUE(ctx.crypt(pk, Direction::kEncrypt, Dun(77), iov, 0, iov, 0, buf.size()));
+  EXPECT_EQ(buf, want);
+}
+
+TEST(CryptScatterGather, OutOfPlaceFlatMatchesInPlace) {
+  auto pk = programmed({Algorithm::kEssivAesCbc, KeySize::k128, 512}, pattern(16, 8));
+  const auto in = pattern(4 * 512, 9);
+  auto want = in;
+  std::vector<uint8_t> out(in.size());
+  CryptContext ctx;
+  ASSERT_TRUE(ctx.crypt(pk, Direction::kDecrypt, Dun(3), want));
+  ASSERT_TRUE(ctx.crypt(pk, Direction::kDecrypt, Dun(3), in, out));
+  EXPECT_EQ(out, want);
+  std::vector<uint8_t> short_out(in.size() - 512);
+  EXPECT_EQ(ctx.crypt(pk, Direction::kDecrypt, Dun(3), in, short_out).error().code,
+            Errc::kInvalidArgument);
+}
+
+TEST(CryptScatterGather, ShortListsAreRejectedAndNothingIsWritten) {
+  auto pk = programmed({Algorithm::kAesXts, KeySize::k256, 512}, pattern(64, 3));
+  auto src = pattern(1024, 1);
+  auto dst = pattern(1024, 2);
+  const auto dst_before = dst;
+  const iovec s{src.data(), src.size()}, d{dst.data(), dst.size()};
+  CryptContext ctx;
+  EXPECT_EQ(ctx.crypt(pk, Direction::kEncrypt, Dun(0), {&s, 1}, 512, {&d, 1}, 0, 1024).error().code,
+            Errc::kOutOfRange);
+  EXPECT_EQ(ctx.crypt(pk, Direction::kEncrypt, Dun(0), {&s, 1}, 0, {&d, 1}, 1, 1024).error().code,
+            Errc::kOutOfRange);
+  EXPECT_EQ(ctx.crypt(pk, Direction::kEncrypt, Dun(0), {&s, 1}, 0, {&d, 1}, 0, 100).error().code,
+            Errc::kMisaligned);
+  EXPECT_EQ(dst, dst_before);
 }
 
 }  // namespace
