@@ -23,6 +23,7 @@
 
 #include "backend/block_backend.h"
 #include "base/result.h"
+#include "blk/completion_hold.h"
 #include "blk/request.h"
 #include "blk/stats.h"
 #include "ice/engine.h"
@@ -56,8 +57,8 @@ class QueueProcessor {
   // Chains still in the available ring are left there.
   void drain(virtio::SplitQueue& q);
 
-  // Requests popped and not yet completed.
-  [[nodiscard]] size_t in_flight() const { return in_flight_; }
+  // Requests popped and not yet completed (held completions included).
+  [[nodiscard]] size_t in_flight() const { return in_flight_ + (hold_ ? hold_->held() : 0); }
   [[nodiscard]] uint16_t queue_index() const { return index_; }
 
  private:
@@ -74,6 +75,7 @@ class QueueProcessor {
   bool submit_crypt_chunk(InFlight* f);  // false: failed before anything was submitted
   void finish(InFlight* f, virtio::SplitQueue& q, uint8_t status, uint32_t used_len);
   void complete(virtio::SplitQueue& q, uint16_t head, uint32_t used_len);
+  void release_held(virtio::SplitQueue& q, bool all);  // fault injection (completion_hold.h)
   InFlight* acquire();
   void release(InFlight* f);
   uint8_t* acquire_bounce(size_t size);
@@ -94,6 +96,7 @@ class QueueProcessor {
   size_t in_flight_ = 0;
   size_t pushed_ = 0;
   std::optional<Error> ring_error_;
+  std::optional<CompletionHold> hold_;    // TESTING ONLY: --test-reorder-completions
   std::unique_ptr<backend::IoQueue> io_;  // last: destroyed (and drained) first
 };
 

@@ -35,6 +35,9 @@ struct ExportConfig {
   std::string secure_world_socket;  // out-of-band mode: this VM's key channel (default <socket>.sw)
   backend::FileEngine io_engine = backend::FileEngine::kAuto;
   std::string serial;               // GET_ID (default: the export name, cut to 20 bytes)
+  // TESTING ONLY: completions held back so that requests complete out of order
+  // (--test-reorder-completions, "test_hold"; blk/completion_hold.h).
+  blk::CompletionHoldConfig test_hold;
 };
 
 struct DaemonConfig {

@@ -90,6 +90,14 @@ Result<std::unique_ptr<Daemon::Export>> Daemon::make_export(const ExportConfig& 
   bc.queue_size = ec.queue_size;
   bc.read_only = ec.read_only;
   bc.serial = ec.serial;
+  bc.test_hold = ec.test_hold;
+  if (ec.test_hold.enabled()) {
+    spdlog::warn(
+        "export {}: TESTING ONLY: every {} completion(s) one is held back (release after {} more, "
+        "{} ms): "
+        "requests complete out of order",
+        ec.name, ec.test_hold.every, ec.test_hold.release_after, ec.test_hold.max_ms);
+  }
   // Unregisters the VM unless the export is complete.
   struct VmGuard {
     ice::Engine* engine = nullptr;
