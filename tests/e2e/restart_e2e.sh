@@ -6,7 +6,7 @@
 # Stock QEMU with `-chardev socket,...,reconnect=1` and vhost-user-blk on iceblkd,
 # whose completions are forced out of order (--test-reorder-completions: every 8th
 # completion waits for 4 later ones, or 50 ms). The guest (guest/restart-test.sh)
-# runs a write-then-verify loop over the whole disk: several writers, a fresh
+# runs a write-then-verify loop over the whole disk: several O_DIRECT writers, a fresh
 # seeded pattern each round, fsync, O_DIRECT verify. During the loop iceblkd is
 # killed with SIGKILL and restarted 3 times; QEMU reconnects and hands the inflight
 # region back (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD), and the device resubmits what

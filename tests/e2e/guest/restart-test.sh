@@ -5,9 +5,11 @@
 # device resubmits what was in flight. Nothing here may see an I/O error or hang.
 #
 # Each round writes a fresh seeded pattern over the whole disk with several writers
-# at once (buffered writes, fsync at the end of each writer), then verifies it with
-# O_DIRECT readers (so the data comes from the device, not the page cache). The last
-# round's pattern is also checked by the host in the image.
+# at once (O_DIRECT, each writer reusing one buffer for its consecutive chunks, and
+# fsync at the end), then verifies it with O_DIRECT readers (so the data comes from
+# the device, not the page cache). Reused buffers are what makes a wrong resume
+# visible: a request completed twice lets the writer refill its buffer before the
+# device really reads it. The last round's pattern is also checked by the host.
 #
 # Parameters: iceblk.seed, iceblk.size (disk bytes), iceblk.rounds, iceblk.writers.
 # Prints "ICEBLK-E2E: round N start" / "... round N ok" for the host to pace its
@@ -38,11 +40,7 @@ all() {
   pids=""
   w=0
   while [ "$w" -lt "$writers" ]; do
-    if [ "$1" = write ]; then
-      iceblk-pattern write "$2" $((w * slice)) "$slice" "$dev" &
-    else
-      iceblk-pattern verify "$2" $((w * slice)) "$slice" "$dev" direct &
-    fi
+    iceblk-pattern "$1" "$2" $((w * slice)) "$slice" "$dev" direct &
     pids="$pids $!"
     w=$((w + 1))
   done
