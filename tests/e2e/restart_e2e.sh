@@ -4,8 +4,8 @@
 #   tests/e2e/restart_e2e.sh ICEBLKD
 #
 # Stock QEMU with `-chardev socket,...,reconnect=1` and vhost-user-blk on iceblkd,
-# whose completions are forced out of order (--test-reorder-completions: every 8th
-# completion waits for 4 later ones, or 50 ms). The guest (guest/restart-test.sh)
+# whose completions are forced out of order (--test-reorder-completions: every 4th
+# completion waits for 8 later ones, or 200 ms). The guest (guest/restart-test.sh)
 # runs a write-then-verify loop over the whole disk: several O_DIRECT writers, a fresh
 # seeded pattern each round, fsync, O_DIRECT verify. During the loop iceblkd is
 # killed with SIGKILL and restarted 3 times; QEMU reconnects and hands the inflight
@@ -34,7 +34,7 @@ e2e_begin iceblk-restart
 size=$((32 << 20)) rounds=6 writers=4 kills=3 limit=360
 seed=$(( (RANDOM << 15) | RANDOM ))
 truncate -s "$size" "$img"
-E2E_ICEBLKD_ARGS=(--no-ice --test-reorder-completions 8:4:50)
+E2E_ICEBLKD_ARGS=(--no-ice --test-reorder-completions 4:8:200)
 E2E_CHARDEV_PROPS=",reconnect=1"
 
 guest_job=""
@@ -72,7 +72,7 @@ for ((k = 1; k <= kills; ++k)); do
     fail "guest never reached round $((k + 1)) (restart $k)"
     break
   fi
-  sleep "0.$((RANDOM % 9 + 1))"
+  sleep "$((RANDOM % 2 + 1)).$((RANDOM % 10))"  # the writers are running by then (TCG)
   pid=$E2E_DEVICE_PID
   kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
