@@ -116,4 +116,4 @@ if ((failed)); then
   echo "FAIL: restart_e2e (logs: $tmp, set ICEBLK_E2E_KEEP=1 to keep them)" >&2
   exit 1
 fi
-echo "PASS: restart_e2e: $rounds rounds verified across $kills SIGKILL restarts ($resubmitted resubmitted in-flight I/O)"
+echo "PASS: restart_e2e: $rounds rounds verified across $kills SIGKILL restarts ($resubmitted of them resubmitted in-flight requests)"
