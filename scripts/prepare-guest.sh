@@ -181,7 +181,8 @@ cp "$out/iceblk-pattern" "$s/bin/iceblk-pattern"
 # the inline-encryption guest wrote.
 cc -std=gnu11 -O2 -static -s -Wall -Wextra -Werror -o "$s/bin/fscrypt-tool" "$guest_src/fscrypt-tool.c"
 cp "$kdir"/modules/* "$s/lib/modules/"
-cp "$guest_src/disk-test.sh" "$guest_src/demo.sh" "$guest_src/fscrypt-check.sh" "$s/iceblk/"
+cp "$guest_src/disk-test.sh" "$guest_src/demo.sh" "$guest_src/fscrypt-check.sh" "$guest_src/restart-test.sh" \
+  "$s/iceblk/"
 chmod 755 "$s"/iceblk/*.sh
 pack "$s" "$out/initrd.gz"
 echo "$stamp" >"$out/initrd.stamp"

@@ -102,7 +102,11 @@ struct DeviceConfig {
   uint8_t max_slots = 0;       // slot_info bits 15:8
   uint8_t slot_offset = 0;     // slot_info bits 7:0
   uint16_t capability_num = 0;
-  std::vector<uint8_t> raw;    // the bytes as read (100, or fewer for older devices)
+  // Proposed addition (docs/protocol.md §2): changes whenever the device lost the
+  // keys programmed into it (reset, daemon restart). 0 when the device has no such
+  // field (fewer than 104 config bytes).
+  uint32_t key_generation = 0;
+  std::vector<uint8_t> raw;  // the bytes as read (104, or fewer for older devices)
 };
 
 // Raw encryption parameters: `slot` exactly as sent on the wire (virtual in in-band
@@ -238,8 +242,13 @@ class Device {
   // Drop the connection and connect again to the same socket (e.g. after the
   // back-end restarted), then set everything up and reprogram in-band keys.
   Status reconnect();
-  // Program every key that holds a slot again (reset()/reconnect() do it in-band).
+  // Program every key that holds a slot again (reset()/reconnect() do it when the
+  // device's key_generation changed).
   Status reprogram_keys();
+  // Read key_generation from the config space again (what a driver does on a
+  // config-change notification); when it changed since the keys were programmed, the
+  // device lost them: program them again. True when it reprogrammed.
+  Result<bool> refresh_keys();
 
  private:
   struct Impl;

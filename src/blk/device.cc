@@ -1,5 +1,7 @@
 #include "blk/device.h"
 
+#include <sys/random.h>
+
 #include <cstring>
 
 #include "base/checked.h"
@@ -58,6 +60,13 @@ Result<std::unique_ptr<BlkDevice>> BlkDevice::create(BlkDeviceConfig cfg,
   dev->read_only_ = dev->cfg_.read_only || dev->backend_->read_only();
   dev->discard_ = dev->backend_->supports_discard() && !dev->read_only_;
   dev->writeback_ = dev->cfg_.writeback;
+  // A fresh random generation: a driver that programmed keys into an earlier
+  // instance (before a daemon restart) must see a different value.
+  uint32_t gen = 0;
+  if (::getrandom(&gen, sizeof gen, 0) != static_cast<ssize_t>(sizeof gen)) {
+    return tl::unexpected(errno_error(Errc::kIo, "blk: getrandom for key_generation", errno));
+  }
+  dev->key_generation_ = gen;
   if (dev->cfg_.engine) {
     ICEBLK_ASSIGN_OR_RETURN(dev->range_, dev->cfg_.engine->vm_range(dev->cfg_.vm));
     if (dev->range_.count == 0 || dev->range_.count > 255 || dev->range_.offset > 255) {
@@ -128,6 +137,7 @@ std::array<uint8_t, kConfigSize> BlkDevice::config_bytes() const {
   if (cfg_.engine) {  // spec §2: read as 0 when bit 22 is not offered
     c.slot_info = encode_slot_info({static_cast<uint8_t>(range_.count), static_cast<uint8_t>(range_.offset)});
     c.capability_num = static_cast<uint16_t>(caps_.size());
+    c.key_generation = key_generation();
   }
   return encode_config(c);
 }
@@ -162,7 +172,10 @@ void BlkDevice::reset() {
   writeback_ = cfg_.writeback;
   // Spec §8: in-band keys die with the device state; out-of-band keys belong to
   // the secure world.
-  if (cfg_.engine && cfg_.key_mode == KeyMode::kInBand) cfg_.engine->evict_range(range_);
+  if (cfg_.engine && cfg_.key_mode == KeyMode::kInBand) {
+    cfg_.engine->evict_range(range_);
+    key_generation_.fetch_add(1, std::memory_order_acq_rel);  // the driver must reprogram
+  }
 }
 
 ParseEnv BlkDevice::parse_env() const {
@@ -185,26 +198,32 @@ Result<std::unique_ptr<QueueProcessor>> BlkDevice::make_queue_processor(uint16_t
     return fail(Errc::kOutOfRange, "queue {} >= num_queues {}", queue_index, cfg_.num_queues);
   }
   ICEBLK_ASSIGN_OR_RETURN(auto io, backend_->make_queue(cfg_.queue_size));
-  // A device without ICE needs no bounce buffers (plain I/O is zero-copy).
+  std::unique_ptr<QueueProcessor> p;
   if (!cfg_.engine) {
-    return std::unique_ptr<QueueProcessor>(new QueueProcessor(*this, queue_index, std::move(io), BouncePool{}, nullptr, 0));
+    // A device without ICE needs no bounce buffers (plain I/O is zero-copy).
+    p.reset(new QueueProcessor(*this, queue_index, std::move(io), BouncePool{}, nullptr, 0));
+  } else {
+    // Bounce buffers (buffer_pool.h): the export's cap split over its queues, taken
+    // from the engine-wide budget when there is one; fixed from here on.
+    uint64_t share = cfg_.max_buffer_memory / cfg_.num_queues;
+    uint64_t reserved = 0;
+    if (cfg_.buffer_budget) {
+      auto r = cfg_.buffer_budget->reserve(share, kMinQueueBufferMemory);
+      if (!r) return fail(r.error().code, "queue {}: {}", queue_index, r.error().message);
+      share = reserved = *r;
+    }
+    auto pool = BouncePool::create(share, cfg_.queue_size);
+    if (!pool) {
+      if (reserved > 0) cfg_.buffer_budget->release(reserved);
+      return tl::unexpected(std::move(pool).error());
+    }
+    p.reset(new QueueProcessor(*this, queue_index, std::move(io), std::move(*pool), cfg_.buffer_budget, reserved));
   }
-  // Bounce buffers (buffer_pool.h): the export's cap split over its queues, taken
-  // from the engine-wide budget when there is one; fixed from here on.
-  uint64_t share = cfg_.max_buffer_memory / cfg_.num_queues;
-  uint64_t reserved = 0;
-  if (cfg_.buffer_budget) {
-    auto r = cfg_.buffer_budget->reserve(share, kMinQueueBufferMemory);
-    if (!r) return fail(r.error().code, "queue {}: {}", queue_index, r.error().message);
-    share = reserved = *r;
+  if (cfg_.test_hold.enabled()) {
+    ICEBLK_ASSIGN_OR_RETURN(auto hold, CompletionHold::create(cfg_.test_hold, p->io_->completion_fd()));
+    p->hold_ = std::move(hold);
   }
-  auto pool = BouncePool::create(share, cfg_.queue_size);
-  if (!pool) {
-    if (reserved > 0) cfg_.buffer_budget->release(reserved);
-    return tl::unexpected(std::move(pool).error());
-  }
-  return std::unique_ptr<QueueProcessor>(
-      new QueueProcessor(*this, queue_index, std::move(io), std::move(*pool), cfg_.buffer_budget, reserved));
+  return p;
 }
 
 }  // namespace iceblk::blk

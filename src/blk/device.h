@@ -14,12 +14,13 @@
 #include "base/result.h"
 #include "base/strong_types.h"
 #include "blk/buffer_pool.h"
+#include "blk/completion_hold.h"
 #include "blk/request.h"
 #include "blk/stats.h"
 #include "blk/wire.h"
-#include "iceblk/key_mode.h"
 #include "ice/crypto_mode.h"
 #include "ice/engine.h"
+#include "iceblk/key_mode.h"
 
 namespace iceblk::blk {
 
@@ -62,6 +63,9 @@ struct BlkDeviceConfig {
   // reserves its share from (shared by all exports of one engine).
   uint64_t max_buffer_memory = kDefaultExportBufferMemory;
   std::shared_ptr<BufferBudget> buffer_budget;
+  // TESTING ONLY: hold chosen completions back so that requests complete out of
+  // order (blk/completion_hold.h; iceblkd --test-reorder-completions).
+  CompletionHoldConfig test_hold;
 };
 
 inline constexpr uint16_t kMaxQueues = 64;
@@ -87,19 +91,28 @@ class BlkDevice {
   [[nodiscard]] uint64_t negotiated_features() const { return negotiated_.load(std::memory_order_acquire); }
   [[nodiscard]] uint32_t header_size() const;
 
-  // Config space (spec §2): any sub-range of the 100 bytes; a range reaching beyond
+  // Config space (spec §2): any sub-range of the 104 bytes; a range reaching beyond
   // them is kOutOfRange (the vhost-user layer answers it with size 0).
   Status read_config(uint32_t offset, std::span<uint8_t> out) const;
   // Only `writeback` (offset 32, 1 byte, value 0/1, needs CONFIG_WCE negotiated) is
   // writable; anything else is kPermissionDenied / kInvalidArgument.
   Status write_config(uint32_t offset, std::span<const uint8_t> data);
-  // The full 100-byte config space.
+  // The full 104-byte config space.
   [[nodiscard]] std::array<uint8_t, kConfigSize> config_bytes() const;
 
   // Device reset (spec §8): forget negotiated features, restore the initial cache
-  // mode, and (in-band mode) evict and zeroise this VM's keys. Out-of-band keys
-  // belong to the secure world and survive. Stop the queue workers first.
+  // mode, and (in-band mode) evict and zeroise this VM's keys and change
+  // key_generation. Out-of-band keys belong to the secure world and survive. Stop the
+  // queue workers first.
   void reset();
+
+  // Config key_generation (spec §2, proposed addition): a random value when the
+  // device is created (a restarted daemon cannot know its predecessor's, and its
+  // slots are empty), changed whenever this VM's keys are lost (in-band reset). A
+  // driver that sees a value other than the one it programmed under reprograms.
+  [[nodiscard]] uint32_t key_generation() const {
+    return key_generation_.load(std::memory_order_acquire);
+  }
 
   // One processor per queue, owned by that queue's worker thread.
   Result<std::unique_ptr<QueueProcessor>> make_queue_processor(uint16_t queue_index);
@@ -133,6 +146,7 @@ class BlkDevice {
   uint64_t offered_ = 0;
   std::atomic<uint64_t> negotiated_{0};  // read by queue workers (writeback())
   std::atomic<bool> writeback_{true};
+  std::atomic<uint32_t> key_generation_{0};
   std::unique_ptr<QueueStats[]> stats_;  // one per queue
 };
 

@@ -65,7 +65,7 @@ QueueProcessor::~QueueProcessor() {
 }
 
 int QueueProcessor::completion_fd() const {
-  return io_->completion_fd();
+  return hold_ ? hold_->event_fd() : io_->completion_fd();
 }
 
 QueueProcessor::InFlight* QueueProcessor::acquire() {
@@ -115,11 +115,26 @@ void QueueProcessor::resume_waiters(virtio::SplitQueue& q) {
 }
 
 void QueueProcessor::complete(virtio::SplitQueue& q, uint16_t head, uint32_t used_len) {
+  if (hold_ && hold_->hold(head, used_len)) return;  // TESTING ONLY: pushed later, out of order
   if (auto s = q.push_used(head, used_len); !s) {
     if (!ring_error_) ring_error_ = std::move(s).error();
     return;
   }
   ++pushed_;
+  if (hold_) hold_->pushed();
+}
+
+void QueueProcessor::release_held(virtio::SplitQueue& q, bool all) {
+  if (!hold_) return;
+  hold_->release(
+      [&](uint16_t head, uint32_t used_len) {
+        if (auto s = q.push_used(head, used_len); !s) {
+          if (!ring_error_) ring_error_ = std::move(s).error();
+          return;
+        }
+        ++pushed_;
+      },
+      all);
 }
 
 void QueueProcessor::finish(InFlight* f, virtio::SplitQueue& q, uint8_t status, uint32_t used_len) {
@@ -338,6 +353,7 @@ Result<bool> QueueProcessor::process(virtio::SplitQueue& q) {
       handle_chain(std::get<virtio::DescriptorChain>(**c), q);
     }
   }
+  release_held(q, false);
   if (ring_error_) {
     Error e = std::move(*ring_error_);
     ring_error_.reset();
@@ -358,6 +374,7 @@ void QueueProcessor::drain(virtio::SplitQueue& q) {
     }
     handle_ready(q);
   }
+  release_held(q, true);
 }
 
 }  // namespace iceblk::blk

@@ -33,6 +33,7 @@
 #include "backend/block_backend.h"
 #include "base/result.h"
 #include "blk/buffer_pool.h"
+#include "blk/completion_hold.h"
 #include "blk/request.h"
 #include "blk/stats.h"
 #include "ice/engine.h"
@@ -64,12 +65,12 @@ class QueueProcessor {
   // Chains still in the available ring are left there.
   void drain(virtio::SplitQueue& q);
 
-  // Requests popped and not yet completed.
-  [[nodiscard]] size_t in_flight() const { return in_flight_; }
   // Encrypted requests that had to wait for a bounce buffer (since creation).
   [[nodiscard]] uint64_t buffer_waits() const { return buffer_waits_; }
   // This queue's bounce buffers (fixed at creation).
   [[nodiscard]] const BouncePool& buffers() const { return pool_; }
+  // Requests popped and not yet completed (held completions included).
+  [[nodiscard]] size_t in_flight() const { return in_flight_ + (hold_ ? hold_->held() : 0); }
   [[nodiscard]] uint16_t queue_index() const { return index_; }
 
  private:
@@ -89,6 +90,7 @@ class QueueProcessor {
   void finish(InFlight* f, virtio::SplitQueue& q, uint8_t status, uint32_t used_len);
   void complete(virtio::SplitQueue& q, uint16_t head, uint32_t used_len);
   InFlight* acquire();  // nullptr when all queue_size states are in use
+  void release_held(virtio::SplitQueue& q, bool all);  // fault injection (completion_hold.h)
   void release(InFlight* f);
   void start_crypt(InFlight* f, virtio::SplitQueue& q);
   void resume_waiters(virtio::SplitQueue& q);
@@ -128,6 +130,7 @@ class QueueProcessor {
   size_t in_flight_ = 0;
   size_t pushed_ = 0;
   std::optional<Error> ring_error_;
+  std::optional<CompletionHold> hold_;    // TESTING ONLY: --test-reorder-completions
   std::unique_ptr<backend::IoQueue> io_;  // last: destroyed (and drained) first
 };
 

@@ -195,10 +195,12 @@ struct BlkConfig {
   BlkZoned zoned;
   le16 slot_info;       // spec §2: bits 15:8 max_slots, bits 7:0 slot_offset
   le16 capability_num;  // spec §2
+  le32
+      key_generation;  // spec §2, proposed addition (docs/protocol.md): changes when keys were lost
 };
-// The wire size is 100 bytes; sizeof is 104 only because le64 capacity makes the
-// struct 8-aligned. Only the first kConfigSize bytes are ever exposed.
-inline constexpr uint32_t kConfigSize = 100;
+// The wire size is 104 bytes (100 before key_generation).
+inline constexpr uint32_t kConfigSize = 104;
+inline constexpr uint32_t kConfigKeyGenerationOffset = 100;
 static_assert(offsetof(BlkConfig, seg_max) == 12 && offsetof(BlkConfig, blk_size) == 20 &&
               offsetof(BlkConfig, physical_block_exp) == 24 && offsetof(BlkConfig, opt_io_size) == 28 &&
               offsetof(BlkConfig, writeback) == 32 && offsetof(BlkConfig, num_queues) == 34 &&
@@ -206,13 +208,15 @@ static_assert(offsetof(BlkConfig, seg_max) == 12 && offsetof(BlkConfig, blk_size
               offsetof(BlkConfig, write_zeroes_may_unmap) == 56 && offsetof(BlkConfig, max_secure_erase_sectors) == 60 &&
               offsetof(BlkConfig, zoned) == 72 && offsetof(BlkConfig, slot_info) == 96 &&
               offsetof(BlkConfig, capability_num) == 98);
-static_assert(offsetof(BlkConfig, capability_num) + sizeof(le16) == kConfigSize);
+static_assert(offsetof(BlkConfig, key_generation) == kConfigKeyGenerationOffset);
+static_assert(offsetof(BlkConfig, key_generation) + sizeof(le32) == kConfigSize);
 static_assert(sizeof(BlkConfig) >= kConfigSize);
 inline constexpr uint32_t kConfigWritebackOffset = offsetof(BlkConfig, writeback);
 
-// Older devices expose fewer config bytes (QEMU's struct sizes: 96 with zoned, 72 with
-// secure erase, 60 before); a driver tries these sizes in this order.
-inline constexpr uint32_t kConfigSizes[] = {kConfigSize, 96, 72, 60};
+// Older devices expose fewer config bytes (100 without key_generation; QEMU's struct
+// sizes: 96 with zoned, 72 with secure erase, 60 before); a driver tries these sizes
+// in this order.
+inline constexpr uint32_t kConfigSizes[] = {kConfigSize, 100, 96, 72, 60};
 
 // slot_info (spec §2): bits 15:8 max_slots, bits 7:0 slot_offset.
 struct SlotInfo {

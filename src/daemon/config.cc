@@ -104,7 +104,7 @@ Result<ExportConfig> parse_export(const json& j, const std::string& where) {
   if (!j.is_object()) return fail(Errc::kInvalidArgument, "{}: must be an object", where);
   ICEBLK_TRY(check_keys(j, {"name", "socket", "image", "size", "readonly", "num_queues", "queue_size", "ice",
                             "keys", "slot_offset", "max_slots", "algorithms", "secure_world_socket",
-                            "io_engine", "serial", "allow_unsealed_memory", "max_buffer_memory"},
+                            "io_engine", "serial", "allow_unsealed_memory", "max_buffer_memory", "test_hold"},
                         where));
   ExportConfig e;
   ICEBLK_TRY(get_string(j, "name", e.name, where));
@@ -160,6 +160,18 @@ Result<ExportConfig> parse_export(const json& j, const std::string& where) {
   }
   ICEBLK_TRY(get_string(j, "serial", e.serial, where));
   ICEBLK_TRY(get_memory_size(j, "max_buffer_memory", e.max_buffer_memory, where));
+  if (j.contains("test_hold")) {
+    // TESTING ONLY (docs/iceblkd.md): "EVERY[:RELEASE_AFTER[:MAX_MS]]".
+    if (!j["test_hold"].is_string()) {
+      return fail(Errc::kInvalidArgument,
+                  "{}: test_hold must be a string \"EVERY[:RELEASE_AFTER[:MAX_MS]]\"", where);
+    }
+    ICEBLK_ASSIGN_OR_RETURN(
+        e.test_hold, blk::parse_completion_hold(j["test_hold"].get<std::string>())
+                         .map_error([&](const Error& err) {
+                           return make_error(err.code, "{}: test_hold: {}", where, err.message);
+                         }));
+  }
   return e;
 }
 

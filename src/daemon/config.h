@@ -38,6 +38,9 @@ struct ExportConfig {
   // Bounded memory (blk/buffer_pool.h): bounce buffers of this export's encrypted
   // I/O, split over its queues (--max-buffer-memory, "max_buffer_memory").
   uint64_t max_buffer_memory = blk::kDefaultExportBufferMemory;
+  // TESTING ONLY: completions held back so that requests complete out of order
+  // (--test-reorder-completions, "test_hold"; blk/completion_hold.h).
+  blk::CompletionHoldConfig test_hold;
 };
 
 struct DaemonConfig {

@@ -92,6 +92,14 @@ Result<std::unique_ptr<Daemon::Export>> Daemon::make_export(const ExportConfig& 
   bc.serial = ec.serial;
   bc.max_buffer_memory = ec.max_buffer_memory;  // bounded memory (blk/buffer_pool.h)
   bc.buffer_budget = buffer_budget_;
+  bc.test_hold = ec.test_hold;
+  if (ec.test_hold.enabled()) {
+    spdlog::warn(
+        "export {}: TESTING ONLY: every {} completion(s) one is held back (release after {} more, "
+        "{} ms): "
+        "requests complete out of order",
+        ec.name, ec.test_hold.every, ec.test_hold.release_after, ec.test_hold.max_ms);
+  }
   // Unregisters the VM unless the export is complete.
   struct VmGuard {
     ice::Engine* engine = nullptr;

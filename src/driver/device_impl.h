@@ -52,6 +52,7 @@ struct Device::Impl {
   std::optional<SecureWorldClient> secure_world;
   std::mutex secure_world_mu;
   std::unique_ptr<KeyslotManager> keyslots;
+  uint32_t keys_generation = 0;  // config key_generation when the keys were (re)programmed
   std::vector<std::unique_ptr<QueueRunner>> queues;
 
   [[nodiscard]] bool has(unsigned bit) const { return blk::has_feature(negotiated, bit); }
@@ -64,6 +65,8 @@ struct Device::Impl {
   Status choose_queue_count();
   Status start_queues();
   void stop_queues();
+  // Whether the device lost the keys programmed into it (key_generation, or spec §8).
+  [[nodiscard]] bool keys_lost() const;
   Status restore_keys();  // after reset/reconnect: in-band keys were evicted (spec §8)
 
   // request_builder.cc

@@ -63,6 +63,7 @@ Status Device::Impl::setup_keys() {
     return secure_world->invalidate_key(PhysSlot{config.slot_offset + slot});
   };
   if (config.max_slots > 0) keyslots = std::make_unique<KeyslotManager>(config.max_slots, program, evict);
+  keys_generation = config.key_generation;  // nothing programmed yet: nothing lost
   return {};
 }
 

@@ -39,6 +39,7 @@ DeviceConfig to_device_config(std::vector<uint8_t> raw) {
   cfg.max_slots = si.max_slots;
   cfg.slot_offset = si.slot_offset;
   cfg.capability_num = c.capability_num;
+  if (cfg.raw.size() >= blk::kConfigSize) cfg.key_generation = c.key_generation;
   return cfg;
 }
 
@@ -141,10 +142,29 @@ void Device::Impl::stop_queues() {
   for (auto& q : queues) q->stop();
 }
 
+bool Device::Impl::keys_lost() const {
+  // Proposed config field key_generation (docs/protocol.md §2): it changes exactly
+  // when the device lost keys. A device without it: spec §8 (in-band keys die with a
+  // reset or reconnect, out-of-band keys survive).
+  if (config.raw.size() >= blk::kConfigSize) return config.key_generation != keys_generation;
+  return key_mode == KeyMode::kInBand;
+}
+
 Status Device::Impl::restore_keys() {
-  // Spec §8: the device evicted its in-band keys; out-of-band keys survive.
-  if (key_mode != KeyMode::kInBand || !keyslots) return {};
-  return keyslots->reprogram_all();
+  if (!keyslots || !keys_lost()) return {};
+  if (key_mode == KeyMode::kOutOfBand && !opts.secure_world_socket.empty()) {
+    // A restarted daemon runs a new secure world: the old channel is gone.
+    std::lock_guard lk(secure_world_mu);
+    secure_world.reset();
+    auto c = SecureWorldClient::connect(opts.secure_world_socket);
+    if (!c)
+      return tl::unexpected(
+          prefixed(fmt::format("secure world {}", opts.secure_world_socket), c.error()));
+    secure_world.emplace(std::move(*c));
+  }
+  ICEBLK_TRY(keyslots->reprogram_all());
+  keys_generation = config.key_generation;
+  return {};
 }
 
 Result<std::unique_ptr<Device>> Device::connect(const ConnectOptions& opts) {
@@ -173,8 +193,18 @@ Status Device::reset() {
   ICEBLK_TRY(d.frontend->reset_device());
   ICEBLK_TRY(d.frontend->set_features(d.wire_features));
   ICEBLK_TRY(d.share_memory());
+  ICEBLK_TRY(d.read_config_space());  // key_generation after the reset
   ICEBLK_TRY(d.start_queues());
   return d.restore_keys();
+}
+
+Result<bool> Device::refresh_keys() {
+  Impl& d = *impl_;
+  if (d.on_completion_thread()) return fail(Errc::kBusy, "refresh_keys from a completion callback");
+  ICEBLK_TRY(d.read_config_space());
+  if (!d.keyslots || !d.keys_lost()) return false;
+  ICEBLK_TRY(d.restore_keys());
+  return true;
 }
 
 Status Device::reconnect() {

@@ -38,6 +38,12 @@ bool Frontend::reply_ack() const {
 }
 
 Result<std::vector<uint8_t>> Frontend::read_reply(Request req, std::optional<size_t> expected_size) {
+  ICEBLK_ASSIGN_OR_RETURN(auto m, read_reply_raw(req, expected_size, 0));
+  return std::move(m.payload);
+}
+
+Result<RawMessage> Frontend::read_reply_raw(Request req, std::optional<size_t> expected_size,
+                                            size_t max_fds) {
   auto m = conn_.receive(-1, opts_.reply_timeout_ms);
   if (!m) return tl::unexpected(m.error());
   // TRUST: the back-end is a peer too; check what we act on.
@@ -48,11 +54,11 @@ Result<std::vector<uint8_t>> Frontend::read_reply(Request req, std::optional<siz
       (m->header.flags & kFlagReply) == 0) {
     return fail(Errc::kProtocol, "reply has bad flags 0x{:x}", m->header.flags);
   }
-  if (!m->fds.empty()) return fail(Errc::kProtocol, "unexpected file descriptors in reply");
+  if (m->fds.size() > max_fds) return fail(Errc::kProtocol, "unexpected file descriptors in reply");
   if (expected_size && m->payload.size() != *expected_size) {
     return fail(Errc::kProtocol, "reply payload size {} (expected {})", m->payload.size(), *expected_size);
   }
-  return std::move(m->payload);
+  return std::move(*m);
 }
 
 Result<std::vector<uint8_t>> Frontend::call(Request req, std::span<const uint8_t> payload,
@@ -223,6 +229,41 @@ Status Frontend::set_config(uint32_t offset, std::span<const uint8_t> data, uint
   std::vector<uint8_t> payload = bytes_of(h);
   payload.insert(payload.end(), data.begin(), data.end());
   return request(Request::kSetConfig, payload);
+}
+
+Result<InflightShm> Frontend::get_inflight_fd(uint16_t num_queues, uint16_t queue_size) {
+  const Request req = Request::kGetInflightFd;
+  if ((acked_protocol_features_ & pf_bit(kPfInflightShmfd)) == 0) {
+    return tagged(req, Error(Errc::kUnsupported, "INFLIGHT_SHMFD not negotiated"));
+  }
+  InflightDesc d{0, 0, num_queues, queue_size, 0};
+  std::lock_guard lk(mu_);
+  if (auto s = conn_.send(static_cast<uint32_t>(req), kVersion, as_bytes_of(d)); !s)
+    return tagged(req, s.error());
+  auto m = read_reply_raw(req, sizeof(InflightDesc), 1);
+  if (!m) return tagged(req, m.error());
+  const auto r = load_obj<InflightDesc>(m->payload.data());
+  InflightShm out;
+  out.mmap_size = r.mmap_size;
+  out.mmap_offset = r.mmap_offset;
+  out.num_queues = r.num_queues;
+  out.queue_size = r.queue_size;
+  // TRUST: a region comes with exactly one fd; mmap_size 0 means "declined", no fd.
+  if ((r.mmap_size != 0) != (m->fds.size() == 1)) {
+    return tagged(req, Error(Errc::kProtocol, fmt::format("mmap_size {} with {} fd(s)", r.mmap_size,
+                                                          m->fds.size())));
+  }
+  if (r.mmap_size != 0) out.fd = std::move(m->fds[0]);
+  return out;
+}
+
+Status Frontend::set_inflight_fd(const InflightShm& shm) {
+  if (!shm.fd.valid()) {
+    return tagged(Request::kSetInflightFd, Error(Errc::kInvalidArgument, "no inflight region"));
+  }
+  InflightDesc d{shm.mmap_size, shm.mmap_offset, shm.num_queues, shm.queue_size, 0};
+  const int fd = shm.fd.get();
+  return request(Request::kSetInflightFd, as_bytes_of(d), std::span<const int>(&fd, 1));
 }
 
 Status Frontend::reset_device() { return request(Request::kResetDevice, {}); }

@@ -47,6 +47,15 @@ struct VringSetup {
   int call_fd = -1;   // borrowed eventfd the device writes; -1 = no interrupts
 };
 
+// An inflight I/O tracking region (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD). The
+// front-end keeps it across back-end restarts and hands it back to each new one.
+struct InflightShm {
+  UniqueFd fd;  // invalid (and mmap_size 0) when the back-end declined
+  uint64_t mmap_size = 0;
+  uint64_t mmap_offset = 0;
+  uint16_t num_queues = 0;
+  uint16_t queue_size = 0;
+};
 
 class Frontend {
  public:
@@ -91,6 +100,11 @@ class Frontend {
   Status set_vring_enable(uint16_t q, bool enable);
   Result<std::vector<uint8_t>> get_config(uint32_t offset, uint32_t size, uint32_t flags = 0);
   Status set_config(uint32_t offset, std::span<const uint8_t> data, uint32_t flags = 0);
+  // INFLIGHT_SHMFD (needs the protocol feature): GET_INFLIGHT_FD asks the back-end
+  // for a fresh region for `num_queues` rings of `queue_size`; SET_INFLIGHT_FD hands
+  // one (fresh or kept from an earlier back-end) over before the rings start.
+  Result<InflightShm> get_inflight_fd(uint16_t num_queues, uint16_t queue_size);
+  Status set_inflight_fd(const InflightShm& shm);
   Status reset_device();
   Status set_status(uint8_t status);
   Result<uint8_t> get_status();
@@ -116,6 +130,9 @@ class Frontend {
   Result<std::vector<uint8_t>> call(Request req, std::span<const uint8_t> payload,
                                     std::optional<size_t> expected_size);
   Result<std::vector<uint8_t>> read_reply(Request req, std::optional<size_t> expected_size);
+  // The same, keeping the reply's file descriptors (at most `max_fds`).
+  Result<RawMessage> read_reply_raw(Request req, std::optional<size_t> expected_size,
+                                    size_t max_fds);
   Result<uint64_t> call_u64(Request req);
   Status vring_fd(Request req, uint16_t q, int fd);
 

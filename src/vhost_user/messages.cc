@@ -168,6 +168,15 @@ Result<Body> decode_config(std::string_view name, RawMessage& m) {
   return Body{std::move(b)};
 }
 
+Result<Body> decode_inflight(std::string_view name, RawMessage& m, bool set) {
+  ICEBLK_TRY(expect_size(name, m, sizeof(InflightDesc)));
+  ICEBLK_TRY(expect_fds(name, m, set ? 1 : 0));
+  InflightMsg b;
+  b.desc = payload_as<InflightDesc>(m);
+  if (set) b.fd = std::move(m.fds[0]);
+  return Body{std::move(b)};
+}
+
 Result<Body> decode_body(Request req, RawMessage& m) {
   const std::string_view name = request_name(req);
   switch (req) {
@@ -219,6 +228,11 @@ Result<Body> decode_body(Request req, RawMessage& m) {
     case Request::kSetConfig:
       return decode_config(name, m);
 
+    case Request::kGetInflightFd:
+      return decode_inflight(name, m, false);
+    case Request::kSetInflightFd:
+      return decode_inflight(name, m, true);
+
     // Known requests whose protocol/virtio feature we never offer: a front-end
     // sending them violated negotiation.
     case Request::kSetLogBase:
@@ -233,8 +247,6 @@ Result<Body> decode_body(Request req, RawMessage& m) {
     case Request::kPostcopyAdvise:
     case Request::kPostcopyListen:
     case Request::kPostcopyEnd:
-    case Request::kGetInflightFd:
-    case Request::kSetInflightFd:
     case Request::kGpuSetSocket:
     case Request::kVringKick:
     case Request::kGetSharedObject:
@@ -276,6 +288,7 @@ bool has_own_reply(Request r) {
     case Request::kGetConfig:
     case Request::kGetMaxMemSlots:
     case Request::kGetStatus:
+    case Request::kGetInflightFd:
       return true;
     default:
       return false;

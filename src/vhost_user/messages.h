@@ -139,8 +139,9 @@ constexpr uint64_t pf_bit(ProtocolFeature f) { return 1ull << static_cast<unsign
 
 // The protocol features both halves implement: the back-end session always offers
 // them and the front-end asks for them by default (when offered).
-inline constexpr uint64_t kProtocolFeatures = pf_bit(kPfMq) | pf_bit(kPfReplyAck) | pf_bit(kPfConfig) |
-                                              pf_bit(kPfConfigureMemSlots) | pf_bit(kPfResetDevice);
+inline constexpr uint64_t kProtocolFeatures = pf_bit(kPfMq) | pf_bit(kPfReplyAck) |
+                                              pf_bit(kPfConfig) | pf_bit(kPfConfigureMemSlots) |
+                                              pf_bit(kPfResetDevice) | pf_bit(kPfInflightShmfd);
 
 // ---- Payload structs ---------------------------------------------------------
 
@@ -199,6 +200,18 @@ static_assert(sizeof(ConfigHeader) == 12);
 inline constexpr uint32_t kMaxConfigSize = 256;  // VHOST_USER_MAX_CONFIG_SIZE (QEMU)
 inline constexpr uint32_t kConfigFlagMigration = 1;
 
+// GET_INFLIGHT_FD / SET_INFLIGHT_FD payload (QEMU's VhostUserInflight: the struct is
+// not packed, so it carries 4 bytes of tail padding and is 24 bytes on the wire).
+struct InflightDesc {
+  uint64_t mmap_size = 0;
+  uint64_t mmap_offset = 0;
+  uint16_t num_queues = 0;
+  uint16_t queue_size = 0;
+  uint32_t padding = 0;
+};
+static_assert(sizeof(InflightDesc) == 24);
+static_assert(offsetof(InflightDesc, num_queues) == 16 && offsetof(InflightDesc, queue_size) == 18);
+
 // SET_VRING_KICK/CALL/ERR u64 payload: bits 0-7 index, bit 8 "no fd".
 inline constexpr uint64_t kVringIndexMask = 0xff;
 inline constexpr uint64_t kVringNoFdMask = 1ull << 8;
@@ -237,8 +250,13 @@ struct ConfigMsg {                         // GET_CONFIG / SET_CONFIG
   std::vector<uint8_t> data;  // SET_CONFIG: `size` bytes; GET_CONFIG: ignored contents
 };
 
-using Body = std::variant<NoPayload, U64Payload, VringStateMsg, VringAddrMsg, VringFdMsg, MemTableMsg,
-                          MemRegMsg, ConfigMsg>;
+struct InflightMsg {  // GET_INFLIGHT_FD (no fd) / SET_INFLIGHT_FD (fd valid)
+  InflightDesc desc;
+  UniqueFd fd;
+};
+
+using Body = std::variant<NoPayload, U64Payload, VringStateMsg, VringAddrMsg, VringFdMsg,
+                          MemTableMsg, MemRegMsg, ConfigMsg, InflightMsg>;
 
 struct Message {
   Request request;
@@ -251,7 +269,7 @@ struct Message {
 // Validate a raw front-end message and convert it to its typed form (see TRUST
 // above). Consumes the fds: on success they move into the body, on error they are
 // closed. Unknown request ids are kProtocol; known ids this back-end does not
-// implement (logging, postcopy, inflight, ...) are kUnsupported.
+// implement (logging, postcopy, ...) are kUnsupported.
 Result<Message> decode(RawMessage raw);
 
 // Build a back-end reply / front-end request as bytes (header + payload).

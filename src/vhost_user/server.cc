@@ -37,7 +37,9 @@ Status serve_connection(Backend& device, Connection& conn, int cancel_fd) {
       break;
     }
     if (*reply) {
-      auto s = conn.send((*reply)->request, kVersion | kFlagReply, (*reply)->payload);
+      const int fd = (*reply)->fd.get();
+      auto s = conn.send((*reply)->request, kVersion | kFlagReply, (*reply)->payload,
+                         fd >= 0 ? std::span<const int>(&fd, 1) : std::span<const int>());
       if (!s) {
         why = tl::unexpected(make_error(s.error().code, "sending {} reply: {}", name, s.error().message));
         break;

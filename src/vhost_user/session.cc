@@ -21,7 +21,9 @@ std::vector<uint8_t> u64_bytes(uint64_t v) {
   return out;
 }
 
-Reply u64_reply(Request r, uint64_t v) { return Reply{static_cast<uint32_t>(r), u64_bytes(v)}; }
+Reply u64_reply(Request r, uint64_t v) {
+  return Reply{static_cast<uint32_t>(r), u64_bytes(v), {}};
+}
 
 }  // namespace
 
@@ -120,6 +122,7 @@ Result<std::optional<Reply>> Session::dispatch(Message& msg) {
     case Request::kResetOwner:
       // Deprecated; treated as a full reset that also gives up ownership.
       reset_rings();
+      inflight_.reset();
       acked_features_ = 0;
       owner_ = false;
       device_.reset();
@@ -172,6 +175,19 @@ Result<std::optional<Reply>> Session::dispatch(Message& msg) {
     }
     case Request::kResetDevice:
       ICEBLK_TRY(on_reset_device());
+      return R();
+    case Request::kGetInflightFd:
+      if ((acked_protocol_features_ & pf_bit(kPfInflightShmfd)) == 0) {
+        return fail(Errc::kProtocol,
+                    "GET_INFLIGHT_FD without VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD");
+      }
+      return R(on_get_inflight_fd(std::get<InflightMsg>(body)));
+    case Request::kSetInflightFd:
+      if ((acked_protocol_features_ & pf_bit(kPfInflightShmfd)) == 0) {
+        return fail(Errc::kProtocol,
+                    "SET_INFLIGHT_FD without VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD");
+      }
+      ICEBLK_TRY(on_set_inflight_fd(std::get<InflightMsg>(body)));
       return R();
     case Request::kSetStatus:
       ICEBLK_TRY(on_set_status(std::get<U64Payload>(body).value));
@@ -250,8 +266,9 @@ Result<Reply> Session::on_get_vring_base(const VringState& s) {
   // Stops the ring: the worker drains in-flight requests first (Backend::drain_queue).
   stop_ring(*v);
   VringState out{s.index, v->base};
-  return Reply{static_cast<uint32_t>(Request::kGetVringBase), std::vector<uint8_t>(as_bytes_of(out).begin(),
-                                                                                   as_bytes_of(out).end())};
+  return Reply{static_cast<uint32_t>(Request::kGetVringBase),
+               std::vector<uint8_t>(as_bytes_of(out).begin(), as_bytes_of(out).end()),
+               {}};
 }
 
 Status Session::start_ring(uint16_t index, Vring& v, UniqueFd kick) {
@@ -272,6 +289,26 @@ Status Session::start_ring(uint16_t index, Vring& v, UniqueFd kick) {
   cfg.event_idx = has_feature(acked_features_, virtio::kFeatureEventIdx);
   cfg.indirect = has_feature(acked_features_, virtio::kFeatureIndirectDesc);
   ICEBLK_ASSIGN_OR_RETURN(auto queue, virtio::SplitQueue::activate(cfg, mem_, v.base));
+  if (inflight_ && index < inflight_->num_queues) {
+    // INFLIGHT_SHMFD: requests a crashed back-end left unfinished are resubmitted
+    // first (virtio/inflight.h).
+    if (v.size != inflight_->queue_size) {
+      return fail(Errc::kInvalidArgument,
+                  "vring {}: size {} but the inflight region is for {} descriptors", index, v.size,
+                  inflight_->queue_size);
+    }
+    virtio::InflightQueue tracker(
+        inflight_->mapping->data() + index * virtio::inflight_queue_bytes(v.size), v.size,
+        inflight_->mapping);
+    ICEBLK_ASSIGN_OR_RETURN(
+        size_t resubmit, queue.attach_inflight(std::move(tracker)).map_error([&](const Error& e) {
+          return make_error(e.code, "vring {}: {}", index, e.message);
+        }));
+    if (resubmit > 0) {
+      spdlog::info("vring {}: resubmitting {} request(s) left in flight by the previous back-end",
+                   index, resubmit);
+    }
+  }
   ICEBLK_ASSIGN_OR_RETURN(v.worker, VringWorker::start(index, device_, std::move(queue), std::move(kick),
                                                        *v.notifier, effective_enabled(v)));
   return {};
@@ -294,6 +331,10 @@ Status Session::on_set_vring_call_err(Request req, VringFdMsg& m) {
   // No fd (bit 8) = no notifications / errors reported for this ring.
   if (req == Request::kSetVringCall) {
     v->notifier->set_call(std::move(m.fd));
+    // Signal the new call fd once, as libvhost-user does: a guest that missed an
+    // interrupt while the back-end was away (crash, restart) wakes up and looks at
+    // its used ring. A spurious interrupt is harmless.
+    v->notifier->signal_call();
   } else {
     v->notifier->set_err(std::move(m.fd));
   }
@@ -309,7 +350,7 @@ Status Session::on_set_vring_enable(const VringState& s) {
 }
 
 Reply Session::on_get_config(const ConfigMsg& m) {
-  Reply rep{static_cast<uint32_t>(Request::kGetConfig), {}};
+  Reply rep{static_cast<uint32_t>(Request::kGetConfig), {}, {}};
   if ((acked_protocol_features_ & pf_bit(kPfConfig)) == 0) {
     ICEBLK_PEER_WARN("vhost-user GET_CONFIG without VHOST_USER_PROTOCOL_F_CONFIG negotiated: error reply");
     return rep;
@@ -332,8 +373,10 @@ Status Session::on_reset_device() {
   if ((acked_protocol_features_ & pf_bit(kPfResetDevice)) == 0) {
     return fail(Errc::kProtocol, "RESET_DEVICE without VHOST_USER_PROTOCOL_F_RESET_DEVICE");
   }
-  // Spec: disable all rings and reset internal state; ownership is retained.
+  // Spec: disable all rings and reset internal state; ownership is retained. The
+  // inflight region goes too (QEMU fetches a new one after a reset).
   reset_rings();
+  inflight_.reset();
   acked_features_ = 0;
   status_ = 0;
   device_.reset();

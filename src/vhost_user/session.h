@@ -22,12 +22,13 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "base/result.h"
 #include "memory/guest_memory.h"
-#include "vhost_user/connection.h"
 #include "vhost_user/backend.h"
+#include "vhost_user/connection.h"
 #include "vhost_user/messages.h"
 #include "vhost_user/vring_worker.h"
 
@@ -45,6 +46,7 @@ inline constexpr uint64_t kMaxMemSlots = 509;
 struct Reply {
   uint32_t request = 0;
   std::vector<uint8_t> payload;
+  UniqueFd fd;  // sent with the reply when valid (GET_INFLIGHT_FD)
 };
 
 class Session {
@@ -77,6 +79,13 @@ class Session {
     MemRegionDesc desc;
     std::shared_ptr<memory::Mapping> mapping;
   };
+  // The inflight region of SET_INFLIGHT_FD (virtio/inflight.h): num_queues parts of
+  // virtio::inflight_queue_bytes(queue_size) bytes each.
+  struct InflightRegion {
+    std::shared_ptr<memory::Mapping> mapping;
+    uint16_t num_queues = 0;
+    uint16_t queue_size = 0;
+  };
   struct Vring {
     uint16_t size = 0;
     bool addr_set = false;
@@ -97,6 +106,12 @@ class Session {
   Status start_ring(uint16_t index, Vring& v, UniqueFd kick);
   Result<MemSlot> map_region(const MemRegionDesc& d, int fd) const;
   Status install_memory(std::vector<MemSlot> slots);
+  // TRUST: a shared file from the front-end may be mapped only if [offset, offset +
+  // size) lies inside it and it cannot shrink later (sealed F_SEAL_SHRINK, unless the
+  // back-end accepts unsealed memory). `what` names it in errors.
+  Status check_shared_file(int fd, uint64_t offset, uint64_t size, const std::string& what) const;
+  Reply on_get_inflight_fd(const InflightMsg& m);
+  Status on_set_inflight_fd(InflightMsg& m);
 
   Status on_set_features(uint64_t v);
   Status on_set_protocol_features(uint64_t v);
@@ -122,6 +137,7 @@ class Session {
   std::vector<MemSlot> slots_;
   std::shared_ptr<const memory::GuestMemory> mem_;
   std::vector<Vring> vrings_;
+  std::optional<InflightRegion> inflight_;
   bool closed_ = false;
 };
 

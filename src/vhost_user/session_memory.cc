@@ -9,43 +9,54 @@
 
 namespace iceblk::vhost_user {
 
-Result<Session::MemSlot> Session::map_region(const MemRegionDesc& d, int fd) const {
-  // TRUST: region geometry comes from the front-end; reject wrapping ranges here,
-  // overlaps are rejected by GuestMemory::create.
-  if (!checked_add(d.guest_phys_addr, d.memory_size - 1) || !checked_add(d.userspace_addr, d.memory_size - 1) ||
-      !checked_add(d.mmap_offset, d.memory_size)) {
-    return fail(Errc::kOverflow, "memory region gpa 0x{:x} size 0x{:x} wraps the address space", d.guest_phys_addr,
-                d.memory_size);
-  }
+Status Session::check_shared_file(int fd, uint64_t offset, uint64_t size,
+                                  const std::string& what) const {
   // TRUST: touching a mapping beyond the end of the shared file raises SIGBUS, so
-  // the region must lie inside the file as it is now, and the front-end must not be
+  // the range must lie inside the file as it is now, and the front-end must not be
   // able to shrink it later: the file must be sealed F_SEAL_SHRINK (QEMU's
-  // memory-backend-memfd seals by default), unless the back-end accepts unsealed
-  // memory (docs/threat-model.md).
+  // memory-backend-memfd seals by default; the inflight memfds we create are sealed
+  // too), unless the back-end accepts unsealed memory (docs/threat-model.md).
   if (!device_.accepts_unsealed_memory()) {
     const int seals = ::fcntl(fd, F_GET_SEALS);
     if (seals < 0) {
       return fail(Errc::kInvalidArgument,
-                  "memory region gpa 0x{:x}: the shared memory file cannot be sealed (F_GET_SEALS: {}); only a memfd "
-                  "sealed with F_SEAL_SHRINK is accepted (QEMU: memory-backend-memfd), or start iceblkd with "
+                  "{}: the shared memory file cannot be sealed (F_GET_SEALS: {}); only a memfd "
+                  "sealed with F_SEAL_SHRINK is accepted (QEMU: memory-backend-memfd), or start "
+                  "iceblkd with "
                   "--allow-unsealed-memory",
-                  d.guest_phys_addr, std::strerror(errno));
+                  what, std::strerror(errno));
     }
     if ((seals & F_SEAL_SHRINK) == 0) {
       return fail(Errc::kInvalidArgument,
-                  "memory region gpa 0x{:x}: the memfd is not sealed with F_SEAL_SHRINK, so the front-end could "
-                  "truncate it under the device (QEMU: memory-backend-memfd with seal=on, the default), or start "
+                  "{}: the memfd is not sealed with F_SEAL_SHRINK, so the front-end could "
+                  "truncate it under the device (QEMU: memory-backend-memfd with seal=on, the "
+                  "default), or start "
                   "iceblkd with --allow-unsealed-memory",
-                  d.guest_phys_addr);
+                  what);
     }
   }
   struct stat st{};
-  if (::fstat(fd, &st) != 0) return tl::unexpected(errno_error(Errc::kInvalidArgument, "fstat region fd", errno));
-  if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < d.mmap_offset + d.memory_size) {
+  if (::fstat(fd, &st) != 0)
+    return tl::unexpected(errno_error(Errc::kInvalidArgument, "fstat " + what, errno));
+  if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < offset + size) {
     return fail(Errc::kInvalidArgument,
-                "memory region gpa 0x{:x}: offset 0x{:x} + size 0x{:x} exceeds the shared file (0x{:x} bytes)",
-                d.guest_phys_addr, d.mmap_offset, d.memory_size, st.st_size);
+                "{}: offset 0x{:x} + size 0x{:x} exceeds the shared file (0x{:x} bytes)", what,
+                offset, size, st.st_size);
   }
+  return {};
+}
+
+Result<Session::MemSlot> Session::map_region(const MemRegionDesc& d, int fd) const {
+  // TRUST: region geometry comes from the front-end; reject wrapping ranges here,
+  // overlaps are rejected by GuestMemory::create.
+  if (!checked_add(d.guest_phys_addr, d.memory_size - 1) ||
+      !checked_add(d.userspace_addr, d.memory_size - 1) ||
+      !checked_add(d.mmap_offset, d.memory_size)) {
+    return fail(Errc::kOverflow, "memory region gpa 0x{:x} size 0x{:x} wraps the address space",
+                d.guest_phys_addr, d.memory_size);
+  }
+  ICEBLK_TRY(check_shared_file(fd, d.mmap_offset, d.memory_size,
+                               fmt::format("memory region gpa 0x{:x}", d.guest_phys_addr)));
   ICEBLK_ASSIGN_OR_RETURN(auto mapping, memory::Mapping::map_fd(fd, d.mmap_offset, d.memory_size));
   return MemSlot{d, std::move(mapping)};
 }

@@ -108,6 +108,20 @@ Result<SplitQueue> SplitQueue::activate(const QueueConfig& cfg,
   return q;
 }
 
+Result<size_t> SplitQueue::attach_inflight(InflightQueue tracker) {
+  const uint16_t used_idx = load16(used_ + kRingIdxOff, __ATOMIC_ACQUIRE);
+  ICEBLK_ASSIGN_OR_RETURN(auto rec, tracker.recover(used_idx));
+  if (!rec.fresh) {
+    // Everything popped before the crash is either in the used ring or still marked
+    // inflight, so the avail ring continues after both (libvhost-user does the same).
+    next_avail_ = rec.next_avail;
+    resubmit_ = std::move(rec.resubmit);
+    resubmit_pos_ = 0;
+  }
+  inflight_.emplace(std::move(tracker));
+  return resubmit_.size();
+}
+
 Status SplitQueue::set_memory(std::shared_ptr<const memory::GuestMemory> mem) {
   if (!mem) return fail(Errc::kInvalidArgument, "no guest memory");
   const uint64_t ev = cfg_.event_idx ? 2 : 0;
@@ -163,6 +177,17 @@ Result<DescriptorChain> SplitQueue::walk(uint16_t head) const {
 
 Result<std::optional<std::variant<DescriptorChain, BadChain>>> SplitQueue::pop() {
   using Out = std::optional<std::variant<DescriptorChain, BadChain>>;
+  if (resubmit_pos_ < resubmit_.size()) {
+    // Recovered after a restart: already marked inflight (keeps its counter).
+    const uint16_t head = resubmit_[resubmit_pos_++];
+    if (resubmit_pos_ == resubmit_.size()) {
+      resubmit_.clear();
+      resubmit_pos_ = 0;
+    }
+    auto chain = walk(head);
+    if (!chain) return Out{BadChain{head, std::move(chain).error()}};
+    return Out{std::move(*chain)};
+  }
   // ORDER: acquire pairs with the driver's release store of avail->idx: the ring
   // entries and descriptors read below are at least as new as this index.
   const uint16_t avail_idx = load16(avail_ + kRingIdxOff, __ATOMIC_ACQUIRE);
@@ -180,6 +205,8 @@ Result<std::optional<std::variant<DescriptorChain, BadChain>>> SplitQueue::pop()
     return fail(Errc::kProtocol, "avail ring entry {} >= queue size {}", head, cfg_.size);
   }
   ++next_avail_;
+  // ORDER: marked before the request runs, so a crash from here on resubmits it.
+  if (inflight_) inflight_->mark(head);
   auto chain = walk(head);
   if (!chain) return Out{BadChain{head, std::move(chain).error()}};
   return Out{std::move(*chain)};
@@ -190,12 +217,17 @@ Status SplitQueue::push_used(uint16_t head, uint32_t written_len) {
     return fail(Errc::kInvalidArgument, "used head {} >= queue size {}", head, cfg_.size);
   }
   const auto slot = static_cast<uint16_t>(next_used_ & (cfg_.size - 1));
+  // ORDER (inflight tracking): last_batch_head is stored before used->idx, and the
+  // inflight flag is cleared after it, so a crash between the two is repaired by
+  // InflightQueue::recover() (used_idx in the region lags used->idx).
+  if (inflight_) inflight_->before_publish(head);
   const VirtqUsedElem e{le32(head), le32(written_len)};
   std::memcpy(used_ + used_ring_entry_off(slot), &e, sizeof e);
   ++next_used_;
   // ORDER: release: the used element (and the buffer contents written before this
   // call) are visible to the driver before the new used->idx.
   store16(used_ + kRingIdxOff, next_used_, __ATOMIC_RELEASE);
+  if (inflight_) inflight_->after_publish(head, next_used_);
   return {};
 }
 

@@ -24,6 +24,7 @@
 #include "base/result.h"
 #include "base/strong_types.h"
 #include "memory/guest_memory.h"
+#include "virtio/inflight.h"
 
 namespace iceblk::virtio {
 
@@ -71,6 +72,14 @@ class SplitQueue {
                                      std::shared_ptr<const memory::GuestMemory> mem,
                                      uint16_t next_avail = 0);
 
+  // vhost-user INFLIGHT_SHMFD (virtio/inflight.h): track every head in `tracker`'s
+  // shared region from now on. A region left by a back-end that crashed is recovered
+  // first: its inflight heads are returned by pop() before anything new, oldest
+  // first, and next_avail becomes used->idx + their number (whatever the front-end
+  // restored with SET_VRING_BASE). Call right after activate(). Returns how many
+  // requests will be resubmitted.
+  Result<size_t> attach_inflight(InflightQueue tracker);
+
   // Replace the memory snapshot (after a memory table change); re-resolves rings.
   Status set_memory(std::shared_ptr<const memory::GuestMemory> mem);
 
@@ -117,6 +126,9 @@ class SplitQueue {
   uint16_t next_used_ = 0;
   uint16_t signalled_used_ = 0;
   bool signalled_used_valid_ = false;
+  std::optional<InflightQueue> inflight_;
+  std::vector<uint16_t> resubmit_;  // recovered heads, popped before the avail ring
+  size_t resubmit_pos_ = 0;
 };
 
 }  // namespace iceblk::virtio

@@ -11,6 +11,9 @@ E2E_QEMU_PID=""
 E2E_TAIL_PID=""
 # Extra iceblkd arguments for e2e_start_device (e.g. --max-slots 4).
 E2E_ICEBLKD_ARGS=()
+# Appended to the vhost-user -chardev (e.g. ",reconnect=1": QEMU reconnects when the
+# device goes away; tests/e2e/restart_e2e.sh).
+E2E_CHARDEV_PROPS=""
 # The QEMU that e2e_boot_guest runs: ICEBLK_QEMU overrides the system one (e.g. the
 # patched build/qemu-ice/qemu-system-x86_64, which needs the packaged firmware).
 E2E_QEMU=${ICEBLK_QEMU:-qemu-system-x86_64}
@@ -163,7 +166,7 @@ e2e_run_qemu() {
   timeout -k 5 "$limit" "$qemu" "${fw_args[@]}" \
     -nodefaults -no-user-config -machine q35 -accel tcg -smp "$queues" -m "$mem" \
     -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" -numa node,memdev=mem \
-    -chardev "socket,id=c0,path=$sock" \
+    -chardev "socket,id=c0,path=$sock$E2E_CHARDEV_PROPS" \
     -device "vhost-user-blk-pci,chardev=c0,num-queues=$queues$props" \
     -kernel "$kernel" -initrd "$initrd" \
     -append "console=ttyS0 panic=-1 quiet $append" \

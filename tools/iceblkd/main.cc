@@ -71,6 +71,12 @@ int main(int argc, char** argv) {
   app.add_flag("--allow-ecb", allow_ecb, "allow AES-ECB (leaks equal blocks)");
   app.add_option("--io-engine", io_engine, "auto, io_uring or sync")->check(CLI::IsMember({"auto", "io_uring", "sync"}));
   app.add_option("--serial", serial, "serial number returned by GET_ID (max 20 bytes)");
+  // TESTING ONLY (docs/iceblkd.md): fault injection for the crash/restart tests.
+  std::string test_reorder;
+  app.add_option("--test-reorder-completions", test_reorder,
+                 "TESTING ONLY: hold every EVERY-th completion back until RELEASE_AFTER later ones "
+                 "(or MAX_MS) "
+                 "so requests complete out of order: EVERY[:RELEASE_AFTER[:MAX_MS]]");
   app.add_option("--control", control, "QMP control socket (docs/control.md): add/remove exports at runtime");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
   app.add_option("--log-target", log_target,
@@ -84,7 +90,7 @@ int main(int argc, char** argv) {
   for (const char* opt : {"--socket", "--name", "--image", "--size", "--readonly", "--num-queues", "--queue-size",
                           "--no-ice", "--max-slots", "--slot-offset", "--num-slots", "--keys", "--secure-world-socket",
                           "--algorithms", "--io-engine", "--serial", "--allow-unsealed-memory",
-                          "--max-buffer-memory"}) {
+                          "--max-buffer-memory", "--test-reorder-completions"}) {
     config_opt->excludes(app.get_option(opt));
   }
   app.get_option("--log-level")->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
@@ -140,6 +146,11 @@ int main(int argc, char** argv) {
     e.max_slots = max_slots;
     e.secure_world_socket = sw_socket;
     e.serial = serial;
+    if (!test_reorder.empty()) {
+      auto h = blk::parse_completion_hold(test_reorder);
+      if (!h) return die(h.error().message);
+      e.test_hold = *h;
+    }
     e.io_engine = io_engine == "sync"       ? backend::FileEngine::kSync
                   : io_engine == "io_uring" ? backend::FileEngine::kIoUring
                                             : backend::FileEngine::kAuto;

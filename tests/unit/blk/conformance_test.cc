@@ -153,7 +153,7 @@ TEST_P(Conformance, ConfigSpace) {
     EXPECT_EQ(slot_info, 0u);
     EXPECT_EQ(cap_num, 0u);
   }
-  // Every in-bounds sub-range reads the same bytes; beyond 100 bytes is an error.
+  // Every in-bounds sub-range reads the same bytes; beyond 104 bytes is an error.
   for (uint32_t off = 0; off <= kConfigSize; off += 7) {
     for (uint32_t len = 0; off + len <= kConfigSize; len += 5) {
       std::vector<uint8_t> buf(len);
@@ -162,10 +162,10 @@ TEST_P(Conformance, ConfigSpace) {
     }
   }
   std::vector<uint8_t> two(2);
-  EXPECT_FALSE(h_->dev_->read_config(99, two));
-  EXPECT_FALSE(h_->dev_->read_config(100, std::span<uint8_t>(two.data(), 1)));
+  EXPECT_FALSE(h_->dev_->read_config(103, two));
+  EXPECT_FALSE(h_->dev_->read_config(104, std::span<uint8_t>(two.data(), 1)));
   EXPECT_FALSE(h_->dev_->read_config(UINT32_MAX, std::span<uint8_t>(two.data(), 1)));
-  std::vector<uint8_t> big(101);
+  std::vector<uint8_t> big(kConfigSize + 1);
   EXPECT_FALSE(h_->dev_->read_config(0, big));
 }
 
@@ -597,6 +597,33 @@ TEST_P(Conformance, ResetEvictsInbandKeysOnly) {
   EXPECT_EQ(h_->engine_->lookup(PhysSlot(8)).has_value(), !inband());
   h_->negotiate(h_->dev_->offered_features());
   EXPECT_EQ(h_->write(0, random_bytes(4096, 73), wire_slot(0), 1).status, inband() ? kStatusIoErr : kStatusOk);
+}
+
+// Proposed config field key_generation (docs/protocol.md §2): at offset 100, read-only,
+// changed by a reset exactly when the reset lost keys (in-band); 0 without ICE.
+TEST_P(Conformance, KeyGenerationChangesWhenKeysAreLost) {
+  auto gen = [&] {
+    std::array<uint8_t, 4> b{};
+    EXPECT_TRUE(h_->dev_->read_config(kConfigKeyGenerationOffset, b));
+    return load_obj<uint32_t>(b.data());
+  };
+  if (!ice()) {
+    EXPECT_EQ(gen(), 0u);
+    return;
+  }
+  const uint32_t before = gen();
+  EXPECT_EQ(before, h_->dev_->key_generation());
+  EXPECT_FALSE(
+      h_->dev_->write_config(kConfigKeyGenerationOffset, std::array<uint8_t, 4>{1, 2, 3, 4}));
+  EXPECT_EQ(gen(), before) << "read-only";
+  program(0, 3, random_bytes(64, 91));
+  EXPECT_EQ(gen(), before) << "programming keys does not lose any";
+  h_->dev_->reset();
+  if (inband()) {
+    EXPECT_NE(gen(), before) << "in-band keys died with the reset";
+  } else {
+    EXPECT_EQ(gen(), before) << "out-of-band keys survive a reset";
+  }
 }
 
 TEST_P(Conformance, OutOfBandDeviceHasNoKeyPath) {

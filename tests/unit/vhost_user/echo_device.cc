@@ -109,6 +109,7 @@ Result<bool> EchoDevice::process_queue(uint16_t q, virtio::SplitQueue& vq) {
     if (deferred) {
       std::lock_guard lk(mu_);
       pending_[q].push_back(std::move(chain));
+      ++deferred_chains;
       continue;
     }
     uint32_t written = 0;

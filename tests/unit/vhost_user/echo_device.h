@@ -58,6 +58,7 @@ class EchoDevice : public Backend {
   std::atomic<int> processed{0};   // chains completed with data
   std::atomic<int> bad_chains{0};  // BadChain completions
   std::atomic<int> drained{0};     // chains completed by drain_queue
+  std::atomic<int> deferred_chains{0};  // chains popped and held in deferred mode
   std::atomic<uint64_t> negotiated{0};
   std::atomic<bool> process_on_foreign_thread{false};  // process_queue ran off the worker
   std::vector<uint8_t> config_snapshot() const;

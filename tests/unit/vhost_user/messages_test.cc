@@ -302,15 +302,43 @@ TEST(VhostMessages, UnknownAndUnsupportedRequests) {
     m.header = Header{id, kVersion, 0};
     EXPECT_EQ(decode_err(std::move(m)), Errc::kProtocol) << id;
   }
-  for (Request r : {Request::kSetLogBase, Request::kSetLogFd, Request::kSendRarp, Request::kSetBackendReqFd,
-                    Request::kIotlbMsg, Request::kSetVringEndian, Request::kPostcopyAdvise, Request::kGetInflightFd,
-                    Request::kSetInflightFd, Request::kVringKick, Request::kSetDeviceStateFd}) {
+  for (Request r : {Request::kSetLogBase, Request::kSetLogFd, Request::kSendRarp,
+                    Request::kSetBackendReqFd, Request::kIotlbMsg, Request::kSetVringEndian,
+                    Request::kPostcopyAdvise, Request::kVringKick, Request::kSetDeviceStateFd}) {
     FdProbe p;
     auto m = raw(r, u64(0));
     m.fds.push_back(p.take());
     EXPECT_EQ(decode_err(std::move(m)), Errc::kUnsupported) << request_name(r);
     EXPECT_TRUE(p.closed());
   }
+}
+
+TEST(VhostMessages, InflightFdMessages) {
+  InflightDesc d{8192, 0, 2, 128, 0};
+  const auto payload = std::vector<uint8_t>(as_bytes_of(d).begin(), as_bytes_of(d).end());
+  auto get = decode(raw(Request::kGetInflightFd, payload));
+  ASSERT_TRUE(get) << get.error().to_string();
+  EXPECT_EQ(std::get<InflightMsg>(get->body).desc.queue_size, 128);
+  EXPECT_TRUE(has_own_reply(Request::kGetInflightFd));
+  {
+    FdProbe p;  // GET_INFLIGHT_FD carries no fd
+    auto m = raw(Request::kGetInflightFd, payload);
+    m.fds.push_back(p.take());
+    EXPECT_EQ(decode_err(std::move(m)), Errc::kProtocol);
+    EXPECT_TRUE(p.closed());
+  }
+  EXPECT_EQ(decode_err(raw(Request::kSetInflightFd, payload)),
+            Errc::kProtocol);                                                    // SET needs its fd
+  EXPECT_EQ(decode_err(raw(Request::kGetInflightFd, u64(0))), Errc::kProtocol);  // 8 bytes, not 24
+  FdProbe p;
+  auto m = raw(Request::kSetInflightFd, payload);
+  m.fds.push_back(p.take());
+  auto set = decode(std::move(m));
+  ASSERT_TRUE(set) << set.error().to_string();
+  const auto& b = std::get<InflightMsg>(set->body);
+  EXPECT_EQ(b.desc.mmap_size, 8192u);
+  EXPECT_EQ(b.desc.num_queues, 2);
+  EXPECT_TRUE(b.fd.valid());
 }
 
 TEST(VhostMessages, FlagsAndHeaderSize) {

@@ -3,19 +3,22 @@
 // GET_CONFIG ranges, RESET_DEVICE, protocol violations.
 #include "vhost_user/session.h"
 
+#include <fcntl.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstring>
 #include <thread>
 
-#include "virtio/driver_queue.h"
 #include "unit/vhost_user/echo_device.h"
 #include "unit/vhost_user/fd_probe.h"
+#include "virtio/driver_queue.h"
+#include "virtio/inflight.h"
 
 namespace iceblk::vhost_user {
 namespace {
@@ -603,6 +606,158 @@ TEST_F(SessionTest, SetFeaturesChangeWhileRunningRefused) {
   // Same features again is fine.
   r = send_u64(Request::kSetFeatures, session_.acked_features(), kVersion | kFlagNeedReply);
   EXPECT_EQ(reply_u64(*r), 0u);
+}
+
+// ---- INFLIGHT_SHMFD ----------------------------------------------------------
+
+UniqueFd sealed_memfd(uint64_t size, unsigned seals) {
+  UniqueFd fd(::memfd_create("inflight-test", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  EXPECT_TRUE(fd.valid());
+  EXPECT_EQ(::ftruncate(fd.get(), static_cast<off_t>(size)), 0);
+  if (seals != 0) {
+    EXPECT_EQ(::fcntl(fd.get(), F_ADD_SEALS, seals), 0);
+  }
+  return fd;
+}
+
+TEST_F(SessionTest, GetInflightFdGivesASealedZeroedRegion) {
+  negotiate();
+  ASSERT_NE(session_.acked_protocol_features() & pf_bit(kPfInflightShmfd), 0u)
+      << "offered by default";
+  auto r = send(Request::kGetInflightFd, bytes(InflightDesc{0, 0, 2, 16, 0}));
+  ASSERT_TRUE(r && *r) << (r ? "" : r.error().to_string());
+  ASSERT_EQ((*r)->payload.size(), sizeof(InflightDesc));
+  const auto d = load_obj<InflightDesc>((*r)->payload.data());
+  EXPECT_EQ(d.mmap_size, 2 * virtio::inflight_queue_bytes(16));
+  EXPECT_EQ(d.mmap_offset, 0u);
+  EXPECT_EQ(d.num_queues, 2);
+  EXPECT_EQ(d.queue_size, 16);
+  const int fd = (*r)->fd.get();
+  ASSERT_GE(fd, 0);
+  struct stat st {};
+  ASSERT_EQ(::fstat(fd, &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), d.mmap_size);
+  const int seals = ::fcntl(fd, F_GET_SEALS);
+  EXPECT_EQ(seals & (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL),
+            F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  EXPECT_NE(::ftruncate(fd, 64), 0) << "nobody can shrink it";
+  // Bad geometry: mmap_size 0 (QEMU then goes on without inflight tracking).
+  for (auto bad : {InflightDesc{0, 0, 3, 16, 0}, InflightDesc{0, 0, 0, 16, 0},
+                   InflightDesc{0, 0, 1, 12, 0}, InflightDesc{0, 0, 1, 512, 0}}) {
+    auto e = send(Request::kGetInflightFd, bytes(bad));
+    ASSERT_TRUE(e && *e);
+    EXPECT_EQ(load_obj<InflightDesc>((*e)->payload.data()).mmap_size, 0u);
+    EXPECT_FALSE((*e)->fd.valid());
+  }
+}
+
+TEST_F(SessionTest, InflightNeedsNegotiation) {
+  negotiate(kProtocolFeatures & ~pf_bit(kPfInflightShmfd));
+  auto r = send(Request::kGetInflightFd, bytes(InflightDesc{0, 0, 1, 16, 0}));
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, Errc::kProtocol);
+  std::vector<UniqueFd> fds;
+  fds.push_back(sealed_memfd(4096, F_SEAL_SHRINK));
+  auto s = send(Request::kSetInflightFd, bytes(InflightDesc{4096, 0, 1, 16, 0}), std::move(fds));
+  ASSERT_FALSE(s);
+  EXPECT_EQ(s.error().code, Errc::kProtocol);
+}
+
+TEST_F(SessionTest, SetInflightFdValidatesWhatTheFrontEndSends) {
+  negotiate();
+  const uint64_t need = virtio::inflight_queue_bytes(16);
+  auto set = [&](InflightDesc d, UniqueFd fd) {
+    std::vector<UniqueFd> fds;
+    fds.push_back(std::move(fd));
+    auto r = send(Request::kSetInflightFd, bytes(d), std::move(fds), kVersion | kFlagNeedReply);
+    EXPECT_TRUE(r);
+    return r ? reply_u64(*r) : ~0ull;
+  };
+  EXPECT_EQ(set({need - 64, 0, 1, 16, 0}, sealed_memfd(need, F_SEAL_SHRINK)), 1u)
+      << "region too small";
+  EXPECT_EQ(set({need, 0, 3, 16, 0}, sealed_memfd(3 * need, F_SEAL_SHRINK)), 1u)
+      << "more queues than the device";
+  EXPECT_EQ(set({need, 0, 1, 24, 0}, sealed_memfd(need, F_SEAL_SHRINK)), 1u)
+      << "queue size not a power of two";
+  EXPECT_EQ(set({need, 0, 1, 16, 0}, sealed_memfd(need, 0)), 1u) << "unsealed: could shrink later";
+  EXPECT_EQ(set({need, 0, 1, 16, 0}, sealed_memfd(need / 2, F_SEAL_SHRINK)), 1u)
+      << "file smaller than the region";
+  EXPECT_EQ(set({need, 4, 1, 16, 0}, sealed_memfd(need + 4096, F_SEAL_SHRINK)), 1u)
+      << "misaligned offset";
+  EXPECT_EQ(set({~0ull - 8, 4096, 1, 16, 0}, sealed_memfd(need, F_SEAL_SHRINK)), 1u) << "overflow";
+  {
+    std::vector<UniqueFd> fds;
+    fds.push_back(make_eventfd());
+    auto r = send(Request::kSetInflightFd, bytes(InflightDesc{need, 0, 1, 16, 0}), std::move(fds),
+                  kVersion | kFlagNeedReply);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(reply_u64(*r), 1u) << "not a memory file";
+  }
+  // A good one, and then a ring of another size is refused at start.
+  EXPECT_EQ(set({need, 0, 1, 16, 0}, sealed_memfd(need, F_SEAL_SHRINK | F_SEAL_GROW)), 0u);
+  set_mem_table();
+  auto dq = virtio::DriverQueue::create(dmem_, 32, true);
+  ASSERT_TRUE(dq);
+  const auto cfg = (*dq)->device_config();
+  ASSERT_TRUE(send_state(Request::kSetVringNum, 0, 32));
+  VringAddr a;
+  a.desc_user_addr = va(cfg.desc);
+  a.avail_user_addr = va(cfg.avail);
+  a.used_user_addr = va(cfg.used);
+  ASSERT_TRUE(send(Request::kSetVringAddr, bytes(a)));
+  auto kick = make_eventfd();
+  auto k = send_fd(Request::kSetVringKick, 0, kick.get(), kVersion | kFlagNeedReply);
+  ASSERT_TRUE(k);
+  EXPECT_EQ(reply_u64(*k), 1u) << "ring size 32 against a region for 16";
+  EXPECT_FALSE(session_.ring_started(0));
+  // Once rings run, the region cannot be replaced.
+  start_ring(0);
+  EXPECT_EQ(set({need, 0, 1, 16, 0}, sealed_memfd(need, F_SEAL_SHRINK)), 1u) << "rings running";
+}
+
+TEST_F(SessionTest, InflightRegionMarksPoppedHeads) {
+  negotiate();
+  auto g = send(Request::kGetInflightFd, bytes(InflightDesc{0, 0, 1, 16, 0}));
+  ASSERT_TRUE(g && *g && (*g)->fd.valid());
+  const auto d = load_obj<InflightDesc>((*g)->payload.data());
+  UniqueFd region(::dup((*g)->fd.get()));
+  auto hand_over = [&](Session& s) {
+    RawMessage raw;
+    raw.header =
+        Header{static_cast<uint32_t>(Request::kSetInflightFd), kVersion, sizeof(InflightDesc)};
+    raw.payload = bytes(d);
+    raw.fds.emplace_back(::dup(region.get()));
+    auto m = decode(std::move(raw));
+    ASSERT_TRUE(m);
+    auto r = s.handle(std::move(*m));
+    ASSERT_TRUE(r) << r.error().to_string();
+  };
+  hand_over(session_);
+  set_mem_table();
+  dev_.deferred = true;  // pops and holds every chain: all in flight
+  start_ring(0);
+  post(0, {1}, 1);
+  post(0, {2}, 1);
+  for (int i = 0; i < 500 && dev_.deferred_chains.load() < 2; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  ASSERT_EQ(dev_.deferred_chains.load(), 2);
+  auto* map =
+      static_cast<uint8_t*>(::mmap(nullptr, d.mmap_size, PROT_READ, MAP_SHARED, region.get(), 0));
+  ASSERT_NE(map, MAP_FAILED);
+  const auto* desc =
+      reinterpret_cast<const virtio::InflightDescState*>(map + sizeof(virtio::InflightQueueHeader));
+  int marked = 0;
+  for (int i = 0; i < 16; ++i) marked += desc[i].inflight;
+  EXPECT_EQ(marked, 2) << "both popped heads are marked inflight";
+  ::munmap(map, d.mmap_size);
+}
+
+TEST_F(SessionTest, SetVringCallSignalsTheNewFdOnce) {
+  negotiate();
+  auto call = make_eventfd();
+  ASSERT_TRUE(send_fd(Request::kSetVringCall, 0, call.get()));
+  EXPECT_TRUE(wait_signalled(call.get(), 1000)) << "a guest that missed an interrupt must wake up";
+  EXPECT_FALSE(wait_signalled(call.get(), 50)) << "once";
 }
 
 }  // namespace
