@@ -1,6 +1,19 @@
 #include "base/log.h"
 
+#include <mutex>
+#include <vector>
+
 namespace iceblk::log {
+
+void set_default_logger(std::shared_ptr<spdlog::logger> logger) {
+  static std::mutex mu;
+  // Never destroyed: threads may log during static destruction too.
+  static auto* retained = new std::vector<std::shared_ptr<spdlog::logger>>;
+  std::lock_guard lk(mu);
+  retained->push_back(spdlog::default_logger());
+  retained->push_back(logger);
+  spdlog::set_default_logger(std::move(logger));
+}
 
 void set_level(std::string_view level) {
   auto l = spdlog::level::from_str(std::string(level));

@@ -13,6 +13,15 @@ namespace iceblk::log {
 // Set the global level from a string ("trace".."off"); unknown strings keep "info".
 void set_level(std::string_view level);
 
+// Install `logger` as spdlog's default logger. Use this, never
+// spdlog::set_default_logger(): spdlog::info() and friends log through
+// default_logger_raw(), a bare pointer that holds no reference, so a thread still
+// inside a log call when the default logger is replaced would use freed memory
+// (TSan: heap-use-after-free at daemon shutdown in the lifecycle tests). Every logger
+// installed here, and the one it replaces, is kept alive until the process exits
+// (a handful per process: the daemon's, a test's capture logger).
+void set_default_logger(std::shared_ptr<spdlog::logger> logger);
+
 // Allows at most `per_second` events per second; the rest are counted and dropped.
 class RateLimiter {
  public:
@@ -29,14 +38,14 @@ class RateLimiter {
 
 // Peer-caused warnings (a vhost-user front-end breaking the protocol): warn level,
 // rate limited so a front-end cannot flood the log.
-#define ICEBLK_PEER_WARN(...)                                    \
-  do {                                                           \
-    static ::iceblk::log::RateLimiter iceblk_peer_rl_;           \
-    if (iceblk_peer_rl_.allow()) ::spdlog::warn(__VA_ARGS__);    \
+#define ICEBLK_PEER_WARN(...)                                 \
+  do {                                                        \
+    static ::iceblk::log::RateLimiter iceblk_peer_rl_;        \
+    if (iceblk_peer_rl_.allow()) ::spdlog::warn(__VA_ARGS__); \
   } while (0)
 
-#define ICEBLK_GUEST_ERROR(...)                                  \
-  do {                                                           \
-    static ::iceblk::log::RateLimiter iceblk_rl_;                \
-    if (iceblk_rl_.allow()) ::spdlog::debug(__VA_ARGS__);        \
+#define ICEBLK_GUEST_ERROR(...)                           \
+  do {                                                    \
+    static ::iceblk::log::RateLimiter iceblk_rl_;         \
+    if (iceblk_rl_.allow()) ::spdlog::debug(__VA_ARGS__); \
   } while (0)

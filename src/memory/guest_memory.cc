@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "base/checked.h"
+#include "memory/tsan_shared_memory.h"
 
 namespace iceblk::memory {
 
@@ -44,11 +45,15 @@ Result<std::shared_ptr<Mapping>> Mapping::map_fd(int fd, uint64_t mmap_offset, u
                       fd, static_cast<off_t>(aligned));
   if (base == MAP_FAILED) return fail(errno_error(Errc::kIo, "mmap", errno));
   auto* data = static_cast<uint8_t*>(base) + delta;
+  tsan::note_mapping(base, static_cast<size_t>(*map_len), fd, aligned);  // no-op without TSan
   return std::shared_ptr<Mapping>(new Mapping(base, *map_len, data, size));
 }
 
 Mapping::~Mapping() {
-  if (base_ != nullptr) ::munmap(base_, static_cast<size_t>(map_len_));
+  if (base_ != nullptr) {
+    tsan::forget_mapping(base_);
+    ::munmap(base_, static_cast<size_t>(map_len_));
+  }
 }
 
 // ---------------------------------------------------------------------------

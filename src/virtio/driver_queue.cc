@@ -193,7 +193,7 @@ bool DriverQueue::needs_kick() {
   std::lock_guard lock(s.mu);
   // ORDER: full fence between storing avail->idx and reading avail_event/flags;
   // pairs with the device's fence in enable_notifications().
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  full_fence();
   const uint16_t old = s.kicked_idx;
   const uint16_t now = s.published_idx;
   s.kicked_idx = now;
@@ -217,7 +217,7 @@ std::optional<UsedElem> DriverQueue::get_used() {
   if (s.event_idx && s.interrupts) {
     // Ask for an interrupt at the next completion; fence as in enable_interrupts().
     store16(s.avail_p + virtio::avail_used_event_off(s.size), s.last_used, __ATOMIC_RELAXED);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    full_fence();
   }
   const UsedElem out{static_cast<uint16_t>(e.id.get()), e.len.get()};
   // The device is not trusted either: only free chains that are in flight.
@@ -247,7 +247,7 @@ void DriverQueue::enable_interrupts() {
   // ORDER: full fence between publishing used_event/flags and the caller's
   // re-check of used->idx (has_used/get_used); pairs with the device's fence in
   // should_notify().
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  full_fence();
 }
 
 void DriverQueue::disable_interrupts() {

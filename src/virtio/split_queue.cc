@@ -236,7 +236,7 @@ bool SplitQueue::should_notify() {
   // Pairs with the driver's fence between writing used_event (or clearing
   // NO_INTERRUPT) and re-reading used->idx; without it both sides can miss each
   // other's store and the interrupt is lost (§2.7.10).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  full_fence();
   const uint16_t old = signalled_used_;
   const bool valid = signalled_used_valid_;
   signalled_used_ = next_used_;
@@ -261,7 +261,7 @@ void SplitQueue::enable_notifications() {
   // ORDER: full fence between publishing avail_event/flags and the caller's
   // re-check of avail->idx (pop()); pairs with the driver's fence between
   // storing avail->idx and reading avail_event/flags.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  full_fence();
 }
 
 void SplitQueue::disable_notifications() {

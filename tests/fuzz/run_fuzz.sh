@@ -5,7 +5,8 @@
 # Without clang: prints "skipped: clang not found" and exits 0.
 # Env: ICEBLK_FUZZ_SECONDS, ICEBLK_FUZZ_JOBS (build parallelism, default 2),
 #      ICEBLK_FUZZ_BUILD_DIR (default <source>/build/fuzz), ICEBLK_FUZZ_TARGETS
-#      (space-separated names to restrict to, e.g. "chain_walker").
+#      (space-separated names to restrict to, e.g. "chain_walker"),
+#      ICEBLK_FUZZ_BUILD_ONLY=1 (build the targets and stop: scripts/fuzz.sh uses it).
 set -euo pipefail
 
 src="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -44,6 +45,7 @@ targets=()
 for n in "${names[@]}"; do targets+=("fuzz_$n"); done
 echo "== building ${targets[*]}"
 cmake --build "$build" --parallel "$jobs" --target "${targets[@]}"
+if [[ "${ICEBLK_FUZZ_BUILD_ONLY:-0}" == 1 ]]; then exit 0; fi
 
 status=0
 for n in "${names[@]}"; do

@@ -4,10 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <cstdio>
-#include <fstream>
-#include <iterator>
 
 namespace iceblk::cli {
 
@@ -48,42 +45,6 @@ Result<ice::CryptoMode> crypto_mode(const CryptOptions& c) {
                 v.error().message);
   }
   return m;
-}
-
-Result<SecretBytes> load_key_file(const std::string& path, const ice::CryptoMode& mode) {
-  ICEBLK_ASSIGN_OR_RETURN(size_t need, ice::key_length(mode.alg, mode.key_size));
-  const std::string alg = ice::algorithm_name(mode.alg, mode.key_size);
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return fail(Errc::kNotFound, "cannot open key file {}", path);
-  SecretBytes raw(size_t{4096});
-  f.read(reinterpret_cast<char*>(raw.mutable_view().data()), static_cast<std::streamsize>(raw.size()));
-  const size_t n = static_cast<size_t>(f.gcount());
-  if (n == raw.size()) return fail(Errc::kInvalidArgument, "key file {} is too large for a key", path);
-  std::span<const uint8_t> bytes = raw.view().first(n);
-  if (n == need) return SecretBytes(bytes);
-  // Hex text?
-  SecretBytes hex(n / 2 + 1);
-  size_t digits = 0;
-  bool is_hex = true;
-  for (uint8_t ch : bytes) {
-    if (std::isspace(ch)) continue;
-    if (!std::isxdigit(ch)) {
-      is_hex = false;
-      break;
-    }
-    const int v = std::isdigit(ch) ? ch - '0' : std::tolower(ch) - 'a' + 10;
-    auto out = hex.mutable_view();
-    if (digits / 2 >= out.size()) {
-      is_hex = false;
-      break;
-    }
-    out[digits / 2] = static_cast<uint8_t>(digits % 2 == 0 ? v << 4 : out[digits / 2] | v);
-    ++digits;
-  }
-  if (is_hex && digits % 2 == 0 && digits / 2 == need) return SecretBytes(hex.view().first(need));
-  const size_t got = is_hex && digits % 2 == 0 && digits > 0 ? digits / 2 : n;
-  return fail(Errc::kInvalidArgument, "key file {}: {} needs a {}-byte key ({} hex digits), the file holds {} bytes",
-              path, alg, need, need * 2, got);
 }
 
 Result<SecretBytes> random_key(const ice::CryptoMode& mode) {

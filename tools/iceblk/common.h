@@ -41,10 +41,6 @@ Result<std::unique_ptr<driver::Device>> open_device(const DeviceOptions& o);
 // The mode named by --algorithm / --data-unit-size.
 Result<ice::CryptoMode> crypto_mode(const CryptOptions& c);
 
-// Read a key file: raw bytes, or hex text (whitespace ignored). The length must
-// match the algorithm; the message names both lengths, never key bytes.
-Result<SecretBytes> load_key_file(const std::string& path, const ice::CryptoMode& mode);
-
 // Random key material for the mode (OpenSSL RAND_bytes; XTS halves differ).
 Result<SecretBytes> random_key(const ice::CryptoMode& mode);
 

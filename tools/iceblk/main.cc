@@ -14,6 +14,7 @@
 #include "bench.h"
 #include "common.h"
 #include "ctl.h"
+#include "ice/key_file.h"
 #include "iceblk/conformance.h"
 #include "iceblk/keyslot_manager.h"
 
@@ -62,7 +63,7 @@ Result<std::optional<ice::CryptoMode>> setup_crypt(driver::Device& dev, const Cr
     return fail(Errc::kUnsupported,
                 "--key-file given, but the device does not offer inline encryption (VIRTIO_BLK_F_ICE)");
   }
-  ICEBLK_ASSIGN_OR_RETURN(auto key, load_key_file(c.key_file, mode));
+  ICEBLK_ASSIGN_OR_RETURN(auto key, ice::load_key_file(c.key_file, mode));
   ICEBLK_TRY(install_key(dev, mode, key));
   return std::optional<ice::CryptoMode>(mode);
 }
@@ -284,7 +285,7 @@ int cmd_verify(const DeviceOptions& o, const CryptOptions& c, const IoArgs& a, u
   if (!d) return die(d.error());
   driver::Device& dev = **d;
   if (!dev.ice()) return die("verify needs inline encryption, and the device does not offer VIRTIO_BLK_F_ICE");
-  auto key = c.key_file.empty() ? random_key(*mode) : load_key_file(c.key_file, *mode);
+  auto key = c.key_file.empty() ? random_key(*mode) : ice::load_key_file(c.key_file, *mode);
   if (!key) return die(key.error());
   if (auto st = install_key(dev, *mode, *key); !st) return die(st.error());
   auto dun = pick_dun(a, *offset, mode->data_unit_size);

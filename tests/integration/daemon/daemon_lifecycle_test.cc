@@ -19,6 +19,7 @@
 #include <random>
 #include <thread>
 
+#include "base/log.h"
 #include "daemon/daemon.h"
 #include "iceblk/device.h"
 #include "ice/key.h"
@@ -72,9 +73,11 @@ class LogCapture {
     old_ = spdlog::default_logger();
     auto l = std::make_shared<spdlog::logger>("capture", sink_);
     l->set_level(spdlog::level::info);
-    spdlog::set_default_logger(l);
+    log::set_default_logger(l);
   }
-  ~LogCapture() { spdlog::set_default_logger(old_); }
+  // The daemon's threads may still be logging (a disconnect seen at shutdown):
+  // log::set_default_logger keeps the capture logger alive for them.
+  ~LogCapture() { log::set_default_logger(old_); }
   [[nodiscard]] bool contains(const std::string& needle) const {
     for (const auto& line : sink_->last_formatted()) {
       if (line.find(needle) != std::string::npos) return true;
