@@ -37,8 +37,7 @@ void put_header(std::span<uint8_t> msg, sw::Op op) {
 
 }  // namespace
 
-Result<SecureWorldClient> SecureWorldClient::connect(const std::string& socket_path,
-                                                     Options opts) {
+Result<SecureWorldClient> SecureWorldClient::connect(const std::string& socket_path, Options opts) {
   auto fd = connect_unix(socket_path);
   if (!fd) return fail(fd.error().code, "secure world: {}", fd.error().message);
   timeval tv{};
@@ -48,17 +47,23 @@ Result<SecureWorldClient> SecureWorldClient::connect(const std::string& socket_p
       ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
     return fail(errno_error(Errc::kIo, "setsockopt", errno));
   }
-  return SecureWorldClient(std::move(*fd));
+  return SecureWorldClient(std::move(*fd), opts.timeout);
 }
 
 Errc SecureWorldClient::errc_for(sw::WireStatus st) {
   switch (st) {
-    case sw::WireStatus::kOk: break;
-    case sw::WireStatus::kDenied: return Errc::kPermissionDenied;
-    case sw::WireStatus::kInvalid: return Errc::kInvalidArgument;
-    case sw::WireStatus::kUnsupported: return Errc::kUnsupported;
-    case sw::WireStatus::kBadMessage: return Errc::kProtocol;
-    case sw::WireStatus::kInternal: return Errc::kIo;
+    case sw::WireStatus::kOk:
+      break;
+    case sw::WireStatus::kDenied:
+      return Errc::kPermissionDenied;
+    case sw::WireStatus::kInvalid:
+      return Errc::kInvalidArgument;
+    case sw::WireStatus::kUnsupported:
+      return Errc::kUnsupported;
+    case sw::WireStatus::kBadMessage:
+      return Errc::kProtocol;
+    case sw::WireStatus::kInternal:
+      return Errc::kIo;
   }
   return Errc::kProtocol;
 }
@@ -71,6 +76,10 @@ Status SecureWorldClient::send_all(std::span<const uint8_t> buf) {
       const int err = errno;
       fd_.reset();
       if (err == EPIPE || err == ECONNRESET) return fail(Errc::kClosed, "secure world closed");
+      if (err == EAGAIN || err == EWOULDBLOCK) {
+        return fail(Errc::kTimedOut, "the secure world took no request within {} ms (hung?)",
+                    timeout_.count());
+      }
       return fail(errno_error(Errc::kIo, "send to secure world", err));
     }
     buf = buf.subspan(static_cast<size_t>(n));
@@ -90,6 +99,10 @@ Status SecureWorldClient::recv_all(std::span<uint8_t> buf) {
       const int err = errno;
       fd_.reset();
       if (err == ECONNRESET) return fail(Errc::kClosed, "secure world closed the connection");
+      if (err == EAGAIN || err == EWOULDBLOCK) {  // SO_RCVTIMEO
+        return fail(Errc::kTimedOut, "no reply from the secure world within {} ms (hung?)",
+                    timeout_.count());
+      }
       return fail(errno_error(Errc::kIo, "receive from secure world", err));
     }
     buf = buf.subspan(static_cast<size_t>(n));
@@ -100,10 +113,13 @@ Status SecureWorldClient::recv_all(std::span<uint8_t> buf) {
 Result<size_t> SecureWorldClient::transact(sw::Op op, std::span<const uint8_t> msg,
                                            std::span<uint8_t> resp_payload) {
   if (!fd_) return fail(Errc::kClosed, "not connected to the secure world");
-  ICEBLK_TRY(send_all(msg));
+  auto named = [&](const Error& e) {
+    return Error(e.code, fmt::format("{}: {}", sw::op_name(static_cast<uint16_t>(op)), e.message));
+  };
+  ICEBLK_TRY(send_all(msg).map_error(named));
   sw::ResponseHeader h;
   std::array<uint8_t, sw::kHeaderSize> raw{};
-  ICEBLK_TRY(recv_all(raw));
+  ICEBLK_TRY(recv_all(raw).map_error(named));
   // TRUST: the service is trusted more than the guest, but a response is still
   // checked before its length is used.
   h = load_obj<sw::ResponseHeader>(raw.data());
@@ -114,12 +130,11 @@ Result<size_t> SecureWorldClient::transact(sw::Op op, std::span<const uint8_t> m
                 h.op.get(), h.payload_len.get());
   }
   std::array<uint8_t, sw::kMaxPayloadLen> payload{};
-  ICEBLK_TRY(recv_all(std::span(payload).first(h.payload_len)));
+  ICEBLK_TRY(recv_all(std::span(payload).first(h.payload_len)).map_error(named));
   const auto st = static_cast<sw::WireStatus>(h.status.get());
   if (st != sw::WireStatus::kOk) {
     if (st == sw::WireStatus::kBadMessage) fd_.reset();
-    return fail(errc_for(st), "secure world: {} {}", sw::op_name(h.op),
-                sw::status_name(st));
+    return fail(errc_for(st), "secure world: {} {}", sw::op_name(h.op), sw::status_name(st));
   }
   if (h.payload_len != resp_payload.size()) {
     fd_.reset();
@@ -132,8 +147,7 @@ Result<size_t> SecureWorldClient::transact(sw::Op op, std::span<const uint8_t> m
   return resp_payload.size();
 }
 
-Status SecureWorldClient::set_key(PhysSlot slot,
-                                  std::span<const uint8_t, ice::kKeyBlobSize> blob) {
+Status SecureWorldClient::set_key(PhysSlot slot, std::span<const uint8_t, ice::kKeyBlobSize> blob) {
   std::array<uint8_t, sw::kHeaderSize + sizeof(sw::SetKeyPayload)> msg{};
   WipeOnExit<msg.size()> wipe{msg};
   put_header<sw::SetKeyPayload>(msg, sw::Op::kSetKey);

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "base/checked.h"
+#include "base/secret_bytes.h"
 #include "ice/engine.h"
 
 namespace iceblk::ice {
@@ -67,6 +68,9 @@ Result<const EVP_CIPHER*> cipher_for(const CryptoMode& m) {
 }
 
 Result<EvpCtx> keyed_ctx(const EVP_CIPHER* cipher, std::span<const uint8_t> key, bool enc) {
+  // The context and its provider state (the key schedule) go to the key arena:
+  // locked, not in core dumps (base/secret_bytes.h); freed through the same hook.
+  SecretAllocScope in_key_arena;
   EvpCtx ctx(EVP_CIPHER_CTX_new());
   if (!ctx) return fail(openssl_error("EVP_CIPHER_CTX_new"));
   if (EVP_CipherInit_ex2(ctx.get(), cipher, key.data(), nullptr, enc ? 1 : 0, nullptr) != 1) {
