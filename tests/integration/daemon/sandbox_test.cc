@@ -14,6 +14,7 @@
 #include <map>
 #include <sstream>
 
+#include "ice/crypto_mode.h"
 #include "iceblk/device.h"
 #include "integration/daemon/subprocess.h"
 #include "support/pattern.h"
@@ -110,6 +111,8 @@ TEST_F(Sandbox, FilterAndNoNewPrivsOnEveryThread) {
   auto st = proc_status("/proc/" + std::to_string(d->pid()) + "/status");
   EXPECT_EQ(st["Seccomp"], "2") << "filter mode expected";
   EXPECT_EQ(st["NoNewPrivs"], "1");
+  // The key arena is locked (4 MiB; RLIMIT_MEMLOCK does not bind root).
+  EXPECT_GE(std::stoul(st["VmLck"]), 4096u) << st["VmLck"];
   const auto seccomp = threads_field(d->pid(), "Seccomp");
   EXPECT_GE(seccomp.size(), 4u) << "main, export, two queue workers at least";
   for (const auto& [tid, v] : seccomp) EXPECT_EQ(v, "2") << "thread " << tid;
@@ -165,6 +168,34 @@ TEST_F(Sandbox, UserDropsRootAfterTheImageIsOpenAndStaysUndumpable) {
       dir_ + "/err.log");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.output.find("no-such-user-xyz"), std::string::npos) << r.output;
+}
+
+TEST_F(Sandbox, KeyArenaThatCannotBeLockedIsOneWarningAndTheDaemonServes) {
+  // Without CAP_IPC_LOCK (root bypasses the limit) and with a 64 KiB RLIMIT_MEMLOCK
+  // the 4 MiB arena cannot be locked: one warning line naming the limit, then the
+  // daemon serves keys as usual (they stay out of dumps: the arena is still there).
+  Subprocess d({"/usr/bin/setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock", "/usr/bin/prlimit",
+                "--memlock=65536:65536", ICEBLKD_PATH, "--socket", sock_, "--image", img_, "--size", "8M"},
+               dir_ + "/iceblkd.log");
+  ASSERT_TRUE(testing::wait_for_listener(sock_)) << d.output();
+  auto dev = connect();
+  ASSERT_TRUE(dev);
+  ASSERT_TRUE(dev->add_key("k", {ice::Algorithm::kAesXts, ice::KeySize::k256, 4096}, pattern(64, 3)));
+  ASSERT_TRUE(dev->write(0, pattern(8192, 4), drv::KeyRef{"k", 0}));
+  std::vector<uint8_t> back(8192);
+  ASSERT_TRUE(dev->read(0, back, drv::KeyRef{"k", 0}));
+  EXPECT_EQ(back, pattern(8192, 4));
+  int warnings = 0;
+  for (const auto& l : testing::lines_of(d.output())) {
+    if (l.find("key arena") != std::string::npos) {
+      ++warnings;
+      EXPECT_NE(l.find("RLIMIT_MEMLOCK is 64 KiB"), std::string::npos) << l;
+      EXPECT_NE(l.find("[warning]"), std::string::npos) << l;
+    }
+  }
+  EXPECT_EQ(warnings, 1) << d.output();
+  const std::string locked = "VmLck";
+  EXPECT_EQ(proc_status("/proc/" + std::to_string(d.pid()) + "/status")[locked], "0 kB");
 }
 
 TEST_F(Sandbox, ForbiddenSyscallFromAWorkerKillsOnlyTheDaemon) {
