@@ -174,13 +174,15 @@ TEST_F(Sandbox, KeyArenaThatCannotBeLockedIsOneWarningAndTheDaemonServes) {
   // Without CAP_IPC_LOCK (root bypasses the limit) and with a 64 KiB RLIMIT_MEMLOCK
   // the 4 MiB arena cannot be locked: one warning line naming the limit, then the
   // daemon serves keys as usual (they stay out of dumps: the arena is still there).
-  Subprocess d({"/usr/bin/setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock", "/usr/bin/prlimit",
-                "--memlock=65536:65536", ICEBLKD_PATH, "--socket", sock_, "--image", img_, "--size", "8M"},
+  Subprocess d({"/usr/bin/setpriv", "--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock",
+                "/usr/bin/prlimit", "--memlock=65536:65536", ICEBLKD_PATH, "--socket", sock_,
+                "--image", img_, "--size", "8M", "--num-queues", "2"},
                dir_ + "/iceblkd.log");
   ASSERT_TRUE(testing::wait_for_listener(sock_)) << d.output();
   auto dev = connect();
   ASSERT_TRUE(dev);
-  ASSERT_TRUE(dev->add_key("k", {ice::Algorithm::kAesXts, ice::KeySize::k256, 4096}, pattern(64, 3)));
+  ASSERT_TRUE(
+      dev->add_key("k", {ice::Algorithm::kAesXts, ice::KeySize::k256, 4096}, pattern(64, 3)));
   ASSERT_TRUE(dev->write(0, pattern(8192, 4), drv::KeyRef{"k", 0}));
   std::vector<uint8_t> back(8192);
   ASSERT_TRUE(dev->read(0, back, drv::KeyRef{"k", 0}));
