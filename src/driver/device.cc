@@ -9,57 +9,40 @@
 
 namespace iceblk::driver {
 
-Error prefixed(const std::string& what, const Error& e) {
-  return Error(e.code, what + ": " + e.message);
-}
+Error prefixed(const std::string& what, const Error& e) { return Error(e.code, what + ": " + e.message); }
 
 const char* op_name(Op op) {
   switch (op) {
-    case Op::kRead:
-      return "read";
-    case Op::kWrite:
-      return "write";
-    case Op::kFlush:
-      return "flush";
-    case Op::kDiscard:
-      return "discard";
-    case Op::kWriteZeroes:
-      return "write-zeroes";
-    case Op::kGetId:
-      return "get-id";
-    case Op::kGetCapabilities:
-      return "get-capabilities";
+    case Op::kRead: return "read";
+    case Op::kWrite: return "write";
+    case Op::kFlush: return "flush";
+    case Op::kDiscard: return "discard";
+    case Op::kWriteZeroes: return "write-zeroes";
+    case Op::kGetId: return "get-id";
+    case Op::kGetCapabilities: return "get-capabilities";
   }
   return "?";
 }
 
-std::string feature_names(uint64_t features) {
-  return blk::feature_names(features);
-}
+std::string feature_names(uint64_t features) { return blk::feature_names(features); }
 
 Status status_to_error(uint8_t status, const std::string& what) {
   switch (status) {
-    case blk::kStatusOk:
-      return {};
-    case blk::kStatusIoErr:
-      return fail(Errc::kIo, "{}: device returned IOERR", what);
-    case blk::kStatusUnsupp:
-      return fail(Errc::kUnsupported, "{}: device returned UNSUPP", what);
-    default:
-      return fail(Errc::kProtocol, "{}: device returned status byte {}", what, status);
+    case blk::kStatusOk: return {};
+    case blk::kStatusIoErr: return fail(Errc::kIo, "{}: device returned IOERR", what);
+    case blk::kStatusUnsupp: return fail(Errc::kUnsupported, "{}: device returned UNSUPP", what);
+    default: return fail(Errc::kProtocol, "{}: device returned status byte {}", what, status);
   }
 }
 
 // --- Impl: the ring side of a request -------------------------------------------------
 
 bool Device::Impl::on_completion_thread() const {
-  return std::any_of(queues.begin(), queues.end(),
-                     [](const auto& q) { return q->is_completion_thread(); });
+  return std::any_of(queues.begin(), queues.end(), [](const auto& q) { return q->is_completion_thread(); });
 }
 
 Status Device::Impl::submit_ring(uint16_t q, RingRequest r) {
-  if (q >= queues.size())
-    return fail(Errc::kInvalidArgument, "queue {} does not exist ({} queues)", q, queues.size());
+  if (q >= queues.size()) return fail(Errc::kInvalidArgument, "queue {} does not exist ({} queues)", q, queues.size());
   return queues[q]->submit(std::move(r), !on_completion_thread());
 }
 
@@ -110,45 +93,19 @@ Device::~Device() {
   impl_->queues.clear();
 }
 
-uint64_t Device::offered_features() const {
-  return impl_->offered;
-}
-uint64_t Device::negotiated_features() const {
-  return impl_->negotiated;
-}
-uint64_t Device::protocol_features() const {
-  return impl_->protocol;
-}
-bool Device::has_feature(unsigned bit) const {
-  return impl_->has(bit);
-}
-bool Device::ice() const {
-  return has_feature(blk::kFeatureIce);
-}
-bool Device::ice_offered() const {
-  return blk::has_feature(impl_->offered, blk::kFeatureIce);
-}
-KeyMode Device::key_mode() const {
-  return impl_->key_mode;
-}
-uint32_t Device::header_size() const {
-  return impl_->header_size;
-}
-uint16_t Device::num_queues() const {
-  return impl_->num_queues;
-}
-uint16_t Device::queue_size() const {
-  return impl_->opts.queue_size;
-}
-const DeviceConfig& Device::config() const {
-  return impl_->config;
-}
-uint64_t Device::capacity_bytes() const {
-  return impl_->config.capacity_sectors * kSectorSize;
-}
-const std::vector<ice::Capability>& Device::capabilities() const {
-  return impl_->capabilities;
-}
+uint64_t Device::offered_features() const { return impl_->offered; }
+uint64_t Device::negotiated_features() const { return impl_->negotiated; }
+uint64_t Device::protocol_features() const { return impl_->protocol; }
+bool Device::has_feature(unsigned bit) const { return impl_->has(bit); }
+bool Device::ice() const { return has_feature(blk::kFeatureIce); }
+bool Device::ice_offered() const { return blk::has_feature(impl_->offered, blk::kFeatureIce); }
+KeyMode Device::key_mode() const { return impl_->key_mode; }
+uint32_t Device::header_size() const { return impl_->header_size; }
+uint16_t Device::num_queues() const { return impl_->num_queues; }
+uint16_t Device::queue_size() const { return impl_->opts.queue_size; }
+const DeviceConfig& Device::config() const { return impl_->config; }
+uint64_t Device::capacity_bytes() const { return impl_->config.capacity_sectors * kSectorSize; }
+const std::vector<ice::Capability>& Device::capabilities() const { return impl_->capabilities; }
 
 QueueStats Device::queue_stats(uint16_t q) const {
   if (q >= impl_->queues.size()) return {};

@@ -248,9 +248,7 @@ void QueueRunner::run() {
       }
     }
     // poll() ignores negative fds: no call fd in poll mode, no socket when unknown.
-    pollfd fds[3] = {{stop_.get(), POLLIN, 0},
-                     {o_.conn_fd, POLLRDHUP, 0},
-                     {polling ? -1 : call_.get(), POLLIN, 0}};
+    pollfd fds[3] = {{stop_.get(), POLLIN, 0}, {o_.conn_fd, POLLRDHUP, 0}, {polling ? -1 : call_.get(), POLLIN, 0}};
     const int n = ::poll(fds, 3, polling ? 0 : -1);
     if (n < 0 && errno == EINTR) continue;
     if (fds[0].revents != 0) break;
@@ -281,9 +279,8 @@ Status QueueRunner::submit(RingRequest r, bool may_wait) {
   virtio::DriverMemory& mem = pool_.memory();
   const uint64_t data_len = r.out.size() + r.in.size();
   if (data_len + r.header.size() > mem.size() / 2) {
-    return fail(Errc::kInvalidArgument,
-                "request of {} bytes is larger than half the driver memory ({} bytes)", data_len,
-                mem.size());
+    return fail(Errc::kInvalidArgument, "request of {} bytes is larger than half the driver memory ({} bytes)",
+                data_len, mem.size());
   }
   // Take a context (one per possible in-flight chain).
   InFlight* c = nullptr;

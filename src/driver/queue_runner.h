@@ -113,9 +113,7 @@ class QueueRunner {
   // Waits until nothing is in flight.
   void drain();
 
-  [[nodiscard]] bool is_completion_thread() const {
-    return thread_id_.load() == std::this_thread::get_id();
-  }
+  [[nodiscard]] bool is_completion_thread() const { return thread_id_.load() == std::this_thread::get_id(); }
   [[nodiscard]] QueueStats stats() const;
 
  private:

@@ -37,7 +37,8 @@ void put_header(std::span<uint8_t> msg, sw::Op op) {
 
 }  // namespace
 
-Result<SecureWorldClient> SecureWorldClient::connect(const std::string& socket_path, Options opts) {
+Result<SecureWorldClient> SecureWorldClient::connect(const std::string& socket_path,
+                                                     Options opts) {
   auto fd = connect_unix(socket_path);
   if (!fd) return fail(fd.error().code, "secure world: {}", fd.error().message);
   timeval tv{};
@@ -52,18 +53,12 @@ Result<SecureWorldClient> SecureWorldClient::connect(const std::string& socket_p
 
 Errc SecureWorldClient::errc_for(sw::WireStatus st) {
   switch (st) {
-    case sw::WireStatus::kOk:
-      break;
-    case sw::WireStatus::kDenied:
-      return Errc::kPermissionDenied;
-    case sw::WireStatus::kInvalid:
-      return Errc::kInvalidArgument;
-    case sw::WireStatus::kUnsupported:
-      return Errc::kUnsupported;
-    case sw::WireStatus::kBadMessage:
-      return Errc::kProtocol;
-    case sw::WireStatus::kInternal:
-      return Errc::kIo;
+    case sw::WireStatus::kOk: break;
+    case sw::WireStatus::kDenied: return Errc::kPermissionDenied;
+    case sw::WireStatus::kInvalid: return Errc::kInvalidArgument;
+    case sw::WireStatus::kUnsupported: return Errc::kUnsupported;
+    case sw::WireStatus::kBadMessage: return Errc::kProtocol;
+    case sw::WireStatus::kInternal: return Errc::kIo;
   }
   return Errc::kProtocol;
 }
@@ -134,7 +129,8 @@ Result<size_t> SecureWorldClient::transact(sw::Op op, std::span<const uint8_t> m
   const auto st = static_cast<sw::WireStatus>(h.status.get());
   if (st != sw::WireStatus::kOk) {
     if (st == sw::WireStatus::kBadMessage) fd_.reset();
-    return fail(errc_for(st), "secure world: {} {}", sw::op_name(h.op), sw::status_name(st));
+    return fail(errc_for(st), "secure world: {} {}", sw::op_name(h.op),
+                sw::status_name(st));
   }
   if (h.payload_len != resp_payload.size()) {
     fd_.reset();
@@ -147,7 +143,8 @@ Result<size_t> SecureWorldClient::transact(sw::Op op, std::span<const uint8_t> m
   return resp_payload.size();
 }
 
-Status SecureWorldClient::set_key(PhysSlot slot, std::span<const uint8_t, ice::kKeyBlobSize> blob) {
+Status SecureWorldClient::set_key(PhysSlot slot,
+                                  std::span<const uint8_t, ice::kKeyBlobSize> blob) {
   std::array<uint8_t, sw::kHeaderSize + sizeof(sw::SetKeyPayload)> msg{};
   WipeOnExit<msg.size()> wipe{msg};
   put_header<sw::SetKeyPayload>(msg, sw::Op::kSetKey);

@@ -3,14 +3,15 @@
 // disconnect/reconnect and device reset (in-band keys evicted and zeroised, data
 // kept), a malformed front-end on one export while another serves I/O, shutdown.
 #include <fcntl.h>
-#include <gtest/gtest.h>
-#include <spdlog/sinks/ringbuffer_sink.h>
-#include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include <gtest/gtest.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <atomic>
 #include <cstring>
@@ -19,8 +20,8 @@
 #include <thread>
 
 #include "daemon/daemon.h"
-#include "ice/key.h"
 #include "iceblk/device.h"
+#include "ice/key.h"
 #include "integration/daemon/subprocess.h"
 #include "support/pattern.h"
 #include "support/socket.h"
@@ -121,9 +122,8 @@ class VerifiedIo {
       const uint64_t off = (i % 256) * 8192ull;
       const auto data = pattern(8192, i);
       const bool enc = (i % 2) != 0;
-      Status w =
-          enc ? b.write(off, data, drv::Encryption{1, off / 4096}, static_cast<uint16_t>(i % 2))
-              : b.write(off, data, static_cast<uint16_t>(i % 2));
+      Status w = enc ? b.write(off, data, drv::Encryption{1, off / 4096}, static_cast<uint16_t>(i % 2))
+                     : b.write(off, data, static_cast<uint16_t>(i % 2));
       std::vector<uint8_t> back(8192);
       Status r = enc ? b.read(off, back, drv::Encryption{1, off / 4096}) : b.read(off, back);
       (w && r && back == data ? ok_ : failed_).fetch_add(1);
@@ -165,8 +165,7 @@ class DaemonLifecycle : public ::testing::Test {
     ASSERT_TRUE(daemon_->start());
   }
 
-  static std::unique_ptr<drv::Device> connect(const std::string& socket,
-                                              const std::string& sw = {}) {
+  static std::unique_ptr<drv::Device> connect(const std::string& socket, const std::string& sw = {}) {
     drv::ConnectOptions o;
     o.socket_path = socket;
     o.num_queues = 0;
@@ -295,17 +294,13 @@ TEST_F(DaemonLifecycle, ConfigFileThreeExportsShareOneEngine) {
     // comments are allowed
     "engine": {"num_slots": 32},
     "exports": [
-      {"name": "a", "socket": ")" +
-                                dir_ + R"(/a.sock", "image": ")" + dir_ + R"(/a.img", "size": "16M",
+      {"name": "a", "socket": ")" + dir_ + R"(/a.sock", "image": ")" + dir_ + R"(/a.img", "size": "16M",
        "slot_offset": 0, "max_slots": 8, "num_queues": 2},
-      {"name": "b", "socket": ")" +
-                                dir_ + R"(/b.sock", "image": ")" + dir_ + R"(/b.img", "size": "16M",
+      {"name": "b", "socket": ")" + dir_ + R"(/b.sock", "image": ")" + dir_ + R"(/b.img", "size": "16M",
        "slot_offset": 8, "max_slots": 8},
-      {"name": "c", "socket": ")" +
-                                dir_ + R"(/c.sock", "image": ")" + dir_ + R"(/c.img", "size": "16M",
+      {"name": "c", "socket": ")" + dir_ + R"(/c.sock", "image": ")" + dir_ + R"(/c.img", "size": "16M",
        "slot_offset": 16, "max_slots": 8, "keys": "secure-world",
-       "secure_world_socket": ")" +
-                                dir_ + R"(/c.sw"}
+       "secure_world_socket": ")" + dir_ + R"(/c.sw"}
     ]
   })");
   auto cfg = daemon::load_config_file(path);
@@ -330,8 +325,7 @@ TEST_F(DaemonLifecycle, ConfigFileThreeExportsShareOneEngine) {
   drv::Device* devs[3] = {a.get(), b.get(), c.get()};
   for (uint32_t i = 0; i < 3; ++i) ASSERT_TRUE(devs[i]->write(8192, pattern(4096, 10 + i)));
   for (uint32_t i = 0; i < 3; ++i) {
-    EXPECT_EQ(pread_image(dir_ + "/" + names[i] + ".img", 8192, 4096), pattern(4096, 10 + i))
-        << names[i];
+    EXPECT_EQ(pread_image(dir_ + "/" + names[i] + ".img", 8192, 4096), pattern(4096, 10 + i)) << names[i];
   }
 
   // Keys: in-band on a and b (both their virtual slot 0 = physical 0 and 8), out of
@@ -442,8 +436,7 @@ TEST_F(DaemonLifecycle, MalformedFrontEndOnOneExportDoesNotDisturbAnother) {
     SCOPED_TRACE(g.what);
     UniqueFd s = raw_connect(sa);
     ASSERT_TRUE(s);
-    ASSERT_EQ(::send(s.get(), g.bytes.data(), g.bytes.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(g.bytes.size()));
+    ASSERT_EQ(::send(s.get(), g.bytes.data(), g.bytes.size(), MSG_NOSIGNAL), static_cast<ssize_t>(g.bytes.size()));
     ASSERT_TRUE(closed_by_peer(s.get())) << "the daemon kept a malformed connection open";
     // A good front-end is accepted on A right after.
     expect_good_front_end(sa);
@@ -524,8 +517,7 @@ TEST_F(DaemonLifecycle, ShutdownZeroisesKeysAndRemovesSockets) {
   EXPECT_FALSE(slot_empty(*daemon_, 7));
 
   daemon_->shutdown();
-  for (uint32_t s = 0; s < daemon_->engine().num_slots(); ++s)
-    EXPECT_TRUE(slot_empty(*daemon_, s)) << s;
+  for (uint32_t s = 0; s < daemon_->engine().num_slots(); ++s) EXPECT_TRUE(slot_empty(*daemon_, s)) << s;
   EXPECT_FALSE(std::filesystem::exists(sa));
   EXPECT_FALSE(std::filesystem::exists(sb));
   EXPECT_EQ(pread_image(daemon_->config().exports[0].image, 0, 4096), pattern(4096, 1));
@@ -544,8 +536,7 @@ TEST_F(DaemonLifecycle, ShutdownWithAStalledPeerAndAWaitingOne) {
   UniqueFd stalled = raw_connect(sa);
   ASSERT_TRUE(stalled);
   const uint32_t half[1] = {1};
-  ASSERT_EQ(::send(stalled.get(), half, sizeof half, MSG_NOSIGNAL),
-            static_cast<ssize_t>(sizeof half));
+  ASSERT_EQ(::send(stalled.get(), half, sizeof half, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof half));
   UniqueFd waiting = raw_connect(sa);
   ASSERT_TRUE(waiting);
   std::this_thread::sleep_for(std::chrono::milliseconds(50));

@@ -2,9 +2,10 @@
 // command line and its one-line errors, the options seen from a front-end (the
 // driver library), socket in use, and SIGTERM in the middle of heavy I/O.
 #include <fcntl.h>
-#include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
+
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <atomic>
@@ -15,8 +16,8 @@
 #include <random>
 #include <thread>
 
-#include "ice/key.h"
 #include "iceblk/device.h"
+#include "ice/key.h"
 #include "integration/daemon/subprocess.h"
 #include "support/pattern.h"
 
@@ -50,8 +51,7 @@ class IceblkdCli : public ::testing::Test {
 
   // Run iceblkd expecting a start-up failure: exit code != 0, exactly one line that
   // starts with "iceblkd: " and contains every needle.
-  void expect_one_line_error(std::vector<std::string> args,
-                             std::initializer_list<std::string> needles) {
+  void expect_one_line_error(std::vector<std::string> args, std::initializer_list<std::string> needles) {
     SCOPED_TRACE(::testing::PrintToString(args));
     auto r = testing::run_to_exit(args, log("err"));
     EXPECT_NE(r.code, 0) << r.output;
@@ -59,13 +59,11 @@ class IceblkdCli : public ::testing::Test {
     const auto lines = lines_of(r.output);
     ASSERT_EQ(lines.size(), 1u) << r.output;
     EXPECT_EQ(lines[0].rfind("iceblkd: ", 0), 0u) << lines[0];
-    for (const auto& n : needles)
-      EXPECT_NE(lines[0].find(n), std::string::npos) << "'" << n << "' not in: " << lines[0];
+    for (const auto& n : needles) EXPECT_NE(lines[0].find(n), std::string::npos) << "'" << n << "' not in: " << lines[0];
   }
 
   static std::unique_ptr<drv::Device> connect(const std::string& socket, uint16_t nq = 0,
-                                              const std::string& sw = {},
-                                              uint16_t queue_size = 128) {
+                                              const std::string& sw = {}, uint16_t queue_size = 128) {
     drv::ConnectOptions o;
     o.socket_path = socket;
     o.num_queues = nq;
@@ -98,15 +96,13 @@ TEST_F(IceblkdCli, MissingImage) {
                         {"missing.img", "does not exist", "--size"});
   expect_one_line_error(argv({"--socket", sock, "--image", dir_ + "/nodir/x.img", "--size", "1M"}),
                         {"nodir/x.img"});
-  expect_one_line_error(
-      argv({"--socket", sock, "--image", dir_ + "/ro.img", "--size", "1M", "--readonly"}),
-      {"ro.img", "read-only"});
+  expect_one_line_error(argv({"--socket", sock, "--image", dir_ + "/ro.img", "--size", "1M", "--readonly"}),
+                        {"ro.img", "read-only"});
   EXPECT_FALSE(std::filesystem::exists(sock));
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/ro.img"));
   // A socket that cannot be bound: the image created for it is removed again.
-  expect_one_line_error(
-      argv({"--socket", dir_ + "/nodir/s.sock", "--image", dir_ + "/new.img", "--size", "1M"}),
-      {"nodir/s.sock"});
+  expect_one_line_error(argv({"--socket", dir_ + "/nodir/s.sock", "--image", dir_ + "/new.img", "--size", "1M"}),
+                        {"nodir/s.sock"});
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/new.img"));
   expect_one_line_error(argv({"--image", dir_ + "/x.img"}), {"--socket"});
   expect_one_line_error(argv({"--socket", sock}), {"--image"});
@@ -115,20 +111,16 @@ TEST_F(IceblkdCli, MissingImage) {
 TEST_F(IceblkdCli, BadSize) {
   const std::string sock = dir_ + "/s.sock";
   const std::string img = dir_ + "/x.img";
-  expect_one_line_error(argv({"--socket", sock, "--image", img, "--size", "1000"}),
-                        {"--size", "512"});
-  expect_one_line_error(argv({"--socket", sock, "--image", img, "--size", "abc"}),
-                        {"--size", "abc"});
+  expect_one_line_error(argv({"--socket", sock, "--image", img, "--size", "1000"}), {"--size", "512"});
+  expect_one_line_error(argv({"--socket", sock, "--image", img, "--size", "abc"}), {"--size", "abc"});
   expect_one_line_error(argv({"--socket", sock, "--image", img, "--size", "0"}), {"--size", "0"});
   expect_one_line_error(argv({"--socket", sock, "--image", img, "--size", "5X"}), {"--size", "X"});
   expect_one_line_error(argv({"--socket", sock, "--image", img, "--size", "-1M"}), {"--size"});
-  expect_one_line_error(argv({"--socket", sock, "--image", img, "--size", "99999999999T"}),
-                        {"--size", "large"});
+  expect_one_line_error(argv({"--socket", sock, "--image", img, "--size", "99999999999T"}), {"--size", "large"});
   EXPECT_FALSE(std::filesystem::exists(img));
   // An existing image smaller than --size is not silently grown.
   testing::write_file(img, std::string(4096, 'x'));
-  expect_one_line_error(argv({"--socket", sock, "--image", img, "--size", "1M"}),
-                        {"x.img", "smaller"});
+  expect_one_line_error(argv({"--socket", sock, "--image", img, "--size", "1M"}), {"x.img", "smaller"});
   EXPECT_EQ(std::filesystem::file_size(img), 4096u);
   // Empty or unaligned existing images.
   testing::write_file(img, "");
@@ -160,15 +152,13 @@ TEST_F(IceblkdCli, BadOptions) {
 TEST_F(IceblkdCli, ConfigFileErrors) {
   const std::string cfg = dir_ + "/c.json";
   auto exp = [&](const std::string& name, int off, int n) {
-    return "{\"name\": \"" + name + "\", \"socket\": \"" + dir_ + "/" + name +
-           ".sock\", \"image\": \"" + dir_ + "/" + name +
-           ".img\", \"size\": \"1M\", \"slot_offset\": " + std::to_string(off) +
+    return "{\"name\": \"" + name + "\", \"socket\": \"" + dir_ + "/" + name + ".sock\", \"image\": \"" + dir_ +
+           "/" + name + ".img\", \"size\": \"1M\", \"slot_offset\": " + std::to_string(off) +
            ", \"max_slots\": " + std::to_string(n) + "}";
   };
-  testing::write_file(cfg, "{\"exports\": [" + exp("alpha", 0, 8) + ", " + exp("beta", 16, 8) +
-                               ", " + exp("gamma", 4, 8) + "]}");
-  expect_one_line_error(argv({"--config", cfg}),
-                        {"overlap", "'alpha'", "'gamma'", "[0, 8)", "[4, 12)"});
+  testing::write_file(cfg, "{\"exports\": [" + exp("alpha", 0, 8) + ", " + exp("beta", 16, 8) + ", " +
+                               exp("gamma", 4, 8) + "]}");
+  expect_one_line_error(argv({"--config", cfg}), {"overlap", "'alpha'", "'gamma'", "[0, 8)", "[4, 12)"});
   for (const char* n : {"alpha", "beta", "gamma"}) {
     EXPECT_FALSE(std::filesystem::exists(dir_ + "/" + n + ".sock")) << n;
     EXPECT_FALSE(std::filesystem::exists(dir_ + "/" + n + ".img")) << n;
@@ -195,8 +185,7 @@ TEST_F(IceblkdCli, SocketInUse) {
   ASSERT_GT(first.pid(), 0);
   ASSERT_TRUE(testing::wait_for_listener(sock)) << first.output();
 
-  expect_one_line_error(argv({"--socket", sock, "--image", dir_ + "/y.img", "--size", "4M"}),
-                        {sock, "in use"});
+  expect_one_line_error(argv({"--socket", sock, "--image", dir_ + "/y.img", "--size", "4M"}), {sock, "in use"});
   // The second one must not have removed the first one's socket, and removed the
   // image it had created.
   ASSERT_TRUE(std::filesystem::exists(sock));
@@ -244,8 +233,7 @@ TEST_F(IceblkdCli, MinimalFormServesWritableWithInBandIce) {
     for (const auto& c : dev->capabilities()) xts = xts || c.alg == ice::Algorithm::kAesXts;
     EXPECT_TRUE(xts);
     const auto data = pattern(8192, 4);
-    auto key =
-        ice::Key::create({ice::Algorithm::kAesXts, ice::KeySize::k256, 4096}, pattern(64, 5));
+    auto key = ice::Key::create({ice::Algorithm::kAesXts, ice::KeySize::k256, 4096}, pattern(64, 5));
     ASSERT_TRUE(key);
     ASSERT_TRUE(dev->program_key(2, *key));
     ASSERT_TRUE(dev->write(65536, data, drv::Encryption{2, 16}));
@@ -262,9 +250,9 @@ TEST_F(IceblkdCli, OptionsReachTheFrontEnd) {
   const std::string sock = dir_ + "/s.sock";
   const std::string img = dir_ + "/x.img";
   {
-    Subprocess p(argv({"--socket", sock, "--image", img, "--size", "8M", "--num-queues", "3",
-                       "--queue-size", "64", "--max-slots", "5", "--slot-offset", "7",
-                       "--algorithms", "aes-256-xts", "--serial", "disk-7"}),
+    Subprocess p(argv({"--socket", sock, "--image", img, "--size", "8M", "--num-queues", "3", "--queue-size", "64",
+                       "--max-slots", "5", "--slot-offset", "7", "--algorithms", "aes-256-xts", "--serial",
+                       "disk-7"}),
                  log("opts"));
     ASSERT_TRUE(testing::wait_for_listener(sock)) << p.output();
     // A ring larger than --queue-size is refused...
@@ -314,8 +302,7 @@ TEST_F(IceblkdCli, OptionsReachTheFrontEnd) {
     auto dev = connect(sock, 1, sock + ".sw");
     ASSERT_TRUE(dev);
     EXPECT_EQ(dev->key_mode(), drv::KeyMode::kOutOfBand);
-    ASSERT_TRUE(
-        dev->add_key("k", {ice::Algorithm::kAesXts, ice::KeySize::k256, 4096}, pattern(64, 8)));
+    ASSERT_TRUE(dev->add_key("k", {ice::Algorithm::kAesXts, ice::KeySize::k256, 4096}, pattern(64, 8)));
     const auto data = pattern(4096, 9);
     ASSERT_TRUE(dev->write(4096, data, drv::KeyRef{"k", 1}));
     std::vector<uint8_t> back(4096);
@@ -353,9 +340,7 @@ TEST_F(IceblkdCli, SigtermDuringIoKeepsEveryAcknowledgedWrite) {
     uint64_t outstanding = 0, failures = 0;
     std::atomic<uint64_t> next{0};
     std::atomic<bool> stop{false};
-    const auto seed_of = [round](uint64_t blk) {
-      return static_cast<uint32_t>(round * 1000003 + blk);
-    };
+    const auto seed_of = [round](uint64_t blk) { return static_cast<uint32_t>(round * 1000003 + blk); };
     // Buffers must stay valid until their callbacks ran.
     std::vector<std::vector<uint8_t>> bufs(kBlocks);
     auto writer = [&](uint16_t q) {
@@ -397,16 +382,14 @@ TEST_F(IceblkdCli, SigtermDuringIoKeepsEveryAcknowledgedWrite) {
     // Let I/O get going, then SIGTERM with requests in flight.
     {
       std::unique_lock lk(mu);
-      cv.wait_for(lk, std::chrono::seconds(20),
-                  [&] { return acked.size() >= 200 + 150 * static_cast<size_t>(round); });
+      cv.wait_for(lk, std::chrono::seconds(20), [&] { return acked.size() >= 200 + 150 * static_cast<size_t>(round); });
     }
     p.signal(SIGTERM);
     ASSERT_TRUE(p.wait(30000)) << "iceblkd did not exit after SIGTERM:\n" << p.output();
     // The writers notice the closed connection (submit or the callbacks fail).
     {
       std::unique_lock lk(mu);
-      cv.wait_for(lk, std::chrono::seconds(20),
-                  [&] { return failures > 0 || next.load() >= kBlocks; });
+      cv.wait_for(lk, std::chrono::seconds(20), [&] { return failures > 0 || next.load() >= kBlocks; });
     }
     stop = true;
     cv.notify_all();
@@ -420,16 +403,14 @@ TEST_F(IceblkdCli, SigtermDuringIoKeepsEveryAcknowledgedWrite) {
     EXPECT_FALSE(std::filesystem::exists(sock));
     EXPECT_NE(p.output().find("shut down cleanly"), std::string::npos) << p.output();
     EXPECT_GE(acked.size(), 200u);
-    EXPECT_LT(acked.size(), kBlocks)
-        << "all writes finished before SIGTERM: the test did not test anything";
+    EXPECT_LT(acked.size(), kBlocks) << "all writes finished before SIGTERM: the test did not test anything";
 
     const int fd = ::open(img.c_str(), O_RDONLY | O_CLOEXEC);
     ASSERT_GE(fd, 0);
     size_t bad = 0;
     std::vector<uint8_t> got(kBlock);
     for (uint64_t blk : acked) {
-      ASSERT_EQ(::pread(fd, got.data(), kBlock, static_cast<off_t>(blk * kBlock)),
-                static_cast<ssize_t>(kBlock));
+      ASSERT_EQ(::pread(fd, got.data(), kBlock, static_cast<off_t>(blk * kBlock)), static_cast<ssize_t>(kBlock));
       if (got != pattern(kBlock, seed_of(blk))) ++bad;
     }
     // Blocks never acknowledged hold either nothing or exactly their write (a request
@@ -437,15 +418,14 @@ TEST_F(IceblkdCli, SigtermDuringIoKeepsEveryAcknowledgedWrite) {
     size_t garbage = 0;
     const std::vector<uint8_t> zeros(kBlock, 0);
     for (uint64_t blk = 0; blk < std::min(next.load(), kBlocks); ++blk) {
-      ASSERT_EQ(::pread(fd, got.data(), kBlock, static_cast<off_t>(blk * kBlock)),
-                static_cast<ssize_t>(kBlock));
+      ASSERT_EQ(::pread(fd, got.data(), kBlock, static_cast<off_t>(blk * kBlock)), static_cast<ssize_t>(kBlock));
       if (got != zeros && got != pattern(kBlock, seed_of(blk))) ++garbage;
     }
     ::close(fd);
     EXPECT_EQ(bad, 0u) << "acknowledged writes missing from the image (of " << acked.size() << ")";
     EXPECT_EQ(garbage, 0u);
-    std::printf("round %d: %zu writes acknowledged, %llu failed after SIGTERM\n", round,
-                acked.size(), static_cast<unsigned long long>(failures));
+    std::printf("round %d: %zu writes acknowledged, %llu failed after SIGTERM\n", round, acked.size(),
+                static_cast<unsigned long long>(failures));
   }
 }
 

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -67,6 +68,13 @@ class Sandbox : public ::testing::Test {
     auto p = std::make_unique<Subprocess>(v, dir_ + "/iceblkd.log");
     EXPECT_GT(p->pid(), 0);
     EXPECT_TRUE(testing::wait_for_listener(sock_)) << p->output();
+    // The filter goes on just after the sockets listen (start-up is done then).
+    const bool sandbox = std::find(v.begin(), v.end(), "--no-sandbox") == v.end();
+    const std::string status = "/proc/" + std::to_string(p->pid()) + "/status";
+    if (sandbox) {
+      EXPECT_TRUE(test::eventually([&] { return proc_status(status)["Seccomp"] == "2"; }))
+          << p->output();
+    }
     return p;
   }
   std::unique_ptr<drv::Device> connect() const {
@@ -131,7 +139,10 @@ TEST_F(Sandbox, NoSandboxLeavesTheFilterOff) {
   auto st = proc_status("/proc/" + std::to_string(d->pid()) + "/status");
   EXPECT_EQ(st["Seccomp"], "0");
   EXPECT_EQ(st["NoNewPrivs"], "0");
-  EXPECT_NE(d->output().find("--no-sandbox"), std::string::npos) << d->output();
+  // Logged once start-up is done, which may be just after the socket listens.
+  EXPECT_TRUE(test::eventually([&] {
+    return d->output().find("sandbox off (--no-sandbox)") != std::string::npos;
+  })) << d->output();
 }
 
 TEST_F(Sandbox, UserDropsRootAfterTheImageIsOpenAndStaysUndumpable) {

@@ -19,15 +19,13 @@ extern char** environ;
 
 namespace iceblk::testing {
 
-Subprocess::Subprocess(const std::vector<std::string>& argv, const std::string& log_path)
-    : log_path_(log_path) {
+Subprocess::Subprocess(const std::vector<std::string>& argv, const std::string& log_path) : log_path_(log_path) {
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log_path.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
   posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
   // The child must see SIGTERM/SIGINT with default dispositions and an empty mask.
@@ -56,9 +54,7 @@ Subprocess::~Subprocess() {
   }
 }
 
-bool Subprocess::running() {
-  return pid_ > 0 && !wait(0);
-}
+bool Subprocess::running() { return pid_ > 0 && !wait(0); }
 
 void Subprocess::signal(int sig) const {
   if (pid_ > 0 && !exited_) ::kill(pid_, sig);
