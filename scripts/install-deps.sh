@@ -21,7 +21,7 @@ pkgs=(build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
       libssl-dev openssl liburing-dev libexpected-dev libfmt-dev libspdlog-dev
       libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev googletest
       libbenchmark-dev e2fsprogs util-linux
-      libsystemd-dev systemd help2man groff-base python3)
+      libsystemd-dev systemd help2man groff-base python3 libseccomp-dev gdb)
 want_qmp=0
 for group in "$@"; do
   case "$group" in

@@ -37,7 +37,9 @@
 // its status byte: IOERR -> Errc::kIo, UNSUPP -> Errc::kUnsupported, anything else
 // -> Errc::kProtocol; the message names the request ("read 4096 bytes at offset
 // 8192 (queue 0, slot 3, dun 2): device returned IOERR"). A back-end that goes away
-// fails every in-flight request with Errc::kClosed. Key bytes never appear in
+// fails every in-flight request with Errc::kClosed; a synchronous call that gets no
+// completion within ConnectOptions::request_timeout fails with Errc::kTimedOut
+// ("write 4096 bytes at offset 8192 (queue 0): no completion within 30000 ms"). Key bytes never appear in
 // messages or logs, and request buffers that carried them are zeroised.
 #pragma once
 
@@ -78,6 +80,12 @@ struct ConnectOptions {
   CompletionMode completion = CompletionMode::kInterrupt;
   std::string secure_world_socket;   // out-of-band key channel (bit 22 without 23)
   int reply_timeout_ms = 30000;      // vhost-user replies
+  // How long each synchronous call (read(), write(), ..., execute_raw(), program_key(),
+  // add_key() programming, secure-world calls) waits for its completion; then it
+  // fails with Errc::kTimedOut naming the request and its queue. The request is
+  // abandoned: its completion, if it ever comes, no longer touches the caller's
+  // buffers. 0 = wait forever. The futures of submit() are not bounded by it.
+  std::chrono::milliseconds request_timeout{30000};
   // How long a key acquire waits when every slot is busy (then Errc::kBusy).
   std::chrono::milliseconds keyslot_timeout{10000};
 };

@@ -22,6 +22,7 @@ enum class Errc {
   kProtocol,         // the peer violated a wire protocol
   kClosed,           // the peer went away
   kCrypto,           // the cipher library failed
+  kTimedOut,         // no answer in time (a synchronous driver call; the request is abandoned)
 };
 
 std::string_view errc_name(Errc c);

@@ -1,11 +1,12 @@
 // SecretBytes: key material. Move-only, zeroised (OPENSSL_cleanse) on destruction
 // and on move-from, never formattable or streamable: there is deliberately no
 // operator<< and no fmt::formatter, so key bytes cannot reach a log by accident.
+// The bytes live in OpenSSL's secure heap when the process set one up (iceblkd:
+// locked in RAM, excluded from core dumps), else on the ordinary heap.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <span>
 
 namespace iceblk {
@@ -24,15 +25,15 @@ class SecretBytes {
 
   [[nodiscard]] size_t size() const { return size_; }
   [[nodiscard]] bool empty() const { return size_ == 0; }
-  [[nodiscard]] std::span<const uint8_t> view() const { return {data_.get(), size_}; }
-  [[nodiscard]] std::span<uint8_t> mutable_view() { return {data_.get(), size_}; }
+  [[nodiscard]] std::span<const uint8_t> view() const { return {data_, size_}; }
+  [[nodiscard]] std::span<uint8_t> mutable_view() { return {data_, size_}; }
   // Constant-time comparison.
   [[nodiscard]] bool equals(std::span<const uint8_t> other) const;
   // Zeroise and release now.
   void wipe();
 
  private:
-  std::unique_ptr<uint8_t[]> data_;
+  uint8_t* data_ = nullptr;
   size_t size_ = 0;
 };
 

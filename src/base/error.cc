@@ -18,6 +18,7 @@ std::string_view errc_name(Errc c) {
     case Errc::kProtocol: return "protocol error";
     case Errc::kClosed: return "closed";
     case Errc::kCrypto: return "crypto error";
+    case Errc::kTimedOut: return "timed out";
   }
   return "unknown";
 }

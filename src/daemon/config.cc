@@ -189,9 +189,13 @@ Result<DaemonConfig> parse_config_text(std::string_view text, const std::string&
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
   if (j.is_discarded()) return fail(Errc::kInvalidArgument, "config file {}: not valid JSON", path);
   if (!j.is_object()) return fail(Errc::kInvalidArgument, "config file {}: top level must be an object", path);
-  ICEBLK_TRY(check_keys(j, {"engine", "exports", "control"}, path));
+  ICEBLK_TRY(check_keys(j, {"engine", "exports", "control", "sandbox", "allow_core_dumps", "user", "group"}, path));
   DaemonConfig cfg;
   ICEBLK_TRY(get_string(j, "control", cfg.control_socket, path));
+  ICEBLK_TRY(get_bool(j, "sandbox", cfg.sandbox, path));
+  ICEBLK_TRY(get_bool(j, "allow_core_dumps", cfg.allow_core_dumps, path));
+  ICEBLK_TRY(get_string(j, "user", cfg.user, path));
+  ICEBLK_TRY(get_string(j, "group", cfg.group, path));
   if (j.contains("engine")) {
     const json& e = j["engine"];
     const std::string where = path + ": engine";

@@ -51,6 +51,11 @@ struct DaemonConfig {
   // Bounded memory: bounce buffers of all exports together (--engine-buffer-memory,
   // engine "buffer_memory").
   uint64_t engine_buffer_memory = blk::kDefaultEngineBufferMemory;
+  // Confinement after start-up (daemon/sandbox.h, docs/iceblkd.md "Confinement").
+  bool sandbox = true;            // no_new_privs + seccomp allowlist (--no-sandbox, "sandbox")
+  bool allow_core_dumps = false;  // stay dumpable (--allow-core-dumps, "allow_core_dumps")
+  std::string user;               // drop to this user once started (--user, "user"); empty: stay
+  std::string group;              // ... and group (--group, "group"); default: the user's group
 };
 
 // An image size: iceblk::parse_size (base/parse_size.h) that also refuses 0 and

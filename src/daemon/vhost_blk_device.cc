@@ -1,6 +1,7 @@
 #include "daemon/vhost_blk_device.h"
 
 #include "base/log.h"
+#include "daemon/sandbox.h"
 
 namespace iceblk::daemon {
 
@@ -51,6 +52,7 @@ int VhostBlkDevice::queue_event_fd(uint16_t q) {
 }
 
 Result<bool> VhostBlkDevice::process_queue(uint16_t q, virtio::SplitQueue& vq) {
+  testing_seccomp_probe();  // testing only: daemon/sandbox.h
   if (q >= processors_.size() || !processors_[q]) {
     return fail(Errc::kIo, "queue {} has no processor (start failed)", q);
   }

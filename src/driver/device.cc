@@ -46,16 +46,38 @@ Status Device::Impl::submit_ring(uint16_t q, RingRequest r) {
   return queues[q]->submit(std::move(r), !on_completion_thread());
 }
 
+Result<RawResult> Device::Impl::sync_raw(uint16_t q, const std::string& what, RingRequest r) {
+  if (on_completion_thread())
+    return fail(Errc::kBusy, "{}: synchronous call from a completion callback", what);
+  auto waiter = std::make_shared<SyncWaiter>(r.in);
+  r.waiter = waiter;
+  r.cb = nullptr;
+  ICEBLK_TRY(
+      submit_ring(q, std::move(r)).map_error([&](const Error& e) { return prefixed(what, e); }));
+  auto res = waiter->wait(opts.request_timeout);
+  if (!res) {
+    // Abandoned: the device still owns the chain (its context and buffers stay
+    // reserved until it completes or the connection ends); the caller's do not.
+    return fail(Errc::kTimedOut,
+                "{}: no completion within {} ms on queue {} (the back-end is hung or overloaded)",
+                what, opts.request_timeout.count(), q);
+  }
+  if (!*res) return tl::unexpected(prefixed(what, res->error()));
+  return **res;
+}
+
 Status Device::Impl::sync(uint16_t q, const std::string& what, std::span<const uint8_t> header,
-                          std::span<const uint8_t> out, std::span<uint8_t> in, bool secret) {
-  if (on_completion_thread()) return fail(Errc::kBusy, "{}: synchronous call from a completion callback", what);
-  std::promise<Result<RawResult>> p;
-  auto f = p.get_future();
-  RingRequest r{header, out, in, secret, {}, [&p](Result<RawResult> res) { p.set_value(std::move(res)); }};
-  ICEBLK_TRY(submit_ring(q, std::move(r)).map_error([&](const Error& e) { return prefixed(what, e); }));
-  auto res = f.get();
-  if (!res) return tl::unexpected(prefixed(what, res.error()));
-  return status_to_error(res->status, what);
+                          std::span<const uint8_t> out, std::span<uint8_t> in, bool secret,
+                          KeyslotManager::Lease lease) {
+  ICEBLK_ASSIGN_OR_RETURN(
+      RawResult res,
+      sync_raw(q, what, RingRequest{header, out, in, secret, std::move(lease), {}, {}}));
+  return status_to_error(res.status, what);
+}
+
+Status Device::Impl::sync_io(const Io& io) {
+  ICEBLK_ASSIGN_OR_RETURN(BuiltRequest b, build(io));
+  return sync(io.queue, b.what, b.header, b.out, b.in, false, std::move(b.lease));
 }
 
 // --- Device ----------------------------------------------------------------------------
@@ -103,8 +125,10 @@ Status Device::submit(Io io, Callback cb) {
     }
     cb(status_to_error(r->status, what));
   };
-  RingRequest r{b.header, b.out, b.in, false, std::move(b.lease), std::move(done)};
-  return impl_->submit_ring(io.queue, std::move(r)).map_error([&](const Error& e) { return prefixed(b.what, e); });
+  RingRequest r{b.header, b.out, b.in, false, std::move(b.lease), std::move(done), {}};
+  return impl_->submit_ring(io.queue, std::move(r)).map_error([&](const Error& e) {
+    return prefixed(b.what, e);
+  });
 }
 
 std::future<Status> Device::submit(Io io) {
@@ -116,15 +140,15 @@ std::future<Status> Device::submit(Io io) {
 }
 
 Status Device::submit_raw(RawRequest req, RawCallback cb) {
-  return impl_->submit_ring(req.queue, RingRequest{req.header, req.out, req.in, req.secret, {}, std::move(cb)});
+  return impl_->submit_ring(
+      req.queue, RingRequest{req.header, req.out, req.in, req.secret, {}, std::move(cb), {}});
 }
 
 Result<RawResult> Device::execute_raw(RawRequest req) {
-  if (impl_->on_completion_thread()) return fail(Errc::kBusy, "synchronous call from a completion callback");
-  std::promise<Result<RawResult>> p;
-  auto f = p.get_future();
-  ICEBLK_TRY(submit_raw(std::move(req), [&p](Result<RawResult> r) { p.set_value(std::move(r)); }));
-  return f.get();
+  const std::string what = fmt::format(
+      "raw request type {}", req.header.size() >= 4 ? req.header[0] | (req.header[1] << 8) : -1);
+  return impl_->sync_raw(req.queue, what,
+                         RingRequest{req.header, req.out, req.in, req.secret, {}, {}, {}});
 }
 
 // --- synchronous wrappers --------------------------------------------------------------
@@ -140,59 +164,63 @@ Io make_io(Op op, uint16_t q, uint64_t offset, uint64_t length = 0) {
   return io;
 }
 
-Status run(Device& d, Io io) { return d.submit(std::move(io)).get(); }
+// The synchronous wrappers below: each waits at most ConnectOptions::request_timeout
+// (Impl::sync_io).
 
 template <typename Crypt>
-Status read_with(Device& d, uint64_t offset, std::span<uint8_t> buf, uint16_t q, Crypt crypt) {
+Io read_io(uint64_t offset, std::span<uint8_t> buf, uint16_t q, Crypt crypt) {
   Io io = make_io(Op::kRead, q, offset);
   io.in = buf;
   crypt(io);
-  return run(d, std::move(io));
+  return io;
 }
 
 template <typename Crypt>
-Status write_with(Device& d, uint64_t offset, std::span<const uint8_t> buf, uint16_t q, Crypt crypt) {
+Io write_io(uint64_t offset, std::span<const uint8_t> buf, uint16_t q, Crypt crypt) {
   Io io = make_io(Op::kWrite, q, offset);
   io.out = buf;
   crypt(io);
-  return run(d, std::move(io));
+  return io;
 }
 
 }  // namespace
 
 Status Device::read(uint64_t offset, std::span<uint8_t> buf, uint16_t q) {
-  return read_with(*this, offset, buf, q, [](Io&) {});
+  return impl_->sync_io(read_io(offset, buf, q, [](Io&) {}));
 }
 Status Device::read(uint64_t offset, std::span<uint8_t> buf, const Encryption& enc, uint16_t q) {
-  return read_with(*this, offset, buf, q, [&](Io& io) { io.encryption = enc; });
+  return impl_->sync_io(read_io(offset, buf, q, [&](Io& io) { io.encryption = enc; }));
 }
 Status Device::read(uint64_t offset, std::span<uint8_t> buf, const KeyRef& key, uint16_t q) {
-  return read_with(*this, offset, buf, q, [&](Io& io) { io.key = key; });
+  return impl_->sync_io(read_io(offset, buf, q, [&](Io& io) { io.key = key; }));
 }
 Status Device::write(uint64_t offset, std::span<const uint8_t> buf, uint16_t q) {
-  return write_with(*this, offset, buf, q, [](Io&) {});
+  return impl_->sync_io(write_io(offset, buf, q, [](Io&) {}));
 }
-Status Device::write(uint64_t offset, std::span<const uint8_t> buf, const Encryption& enc, uint16_t q) {
-  return write_with(*this, offset, buf, q, [&](Io& io) { io.encryption = enc; });
+Status Device::write(uint64_t offset, std::span<const uint8_t> buf, const Encryption& enc,
+                     uint16_t q) {
+  return impl_->sync_io(write_io(offset, buf, q, [&](Io& io) { io.encryption = enc; }));
 }
 Status Device::write(uint64_t offset, std::span<const uint8_t> buf, const KeyRef& key, uint16_t q) {
-  return write_with(*this, offset, buf, q, [&](Io& io) { io.key = key; });
+  return impl_->sync_io(write_io(offset, buf, q, [&](Io& io) { io.key = key; }));
 }
-Status Device::flush(uint16_t q) { return run(*this, make_io(Op::kFlush, q, 0)); }
+Status Device::flush(uint16_t q) {
+  return impl_->sync_io(make_io(Op::kFlush, q, 0));
+}
 Status Device::discard(uint64_t offset, uint64_t length, uint16_t q) {
-  return run(*this, make_io(Op::kDiscard, q, offset, length));
+  return impl_->sync_io(make_io(Op::kDiscard, q, offset, length));
 }
 Status Device::write_zeroes(uint64_t offset, uint64_t length, bool unmap, uint16_t q) {
   Io io = make_io(Op::kWriteZeroes, q, offset, length);
   io.unmap = unmap;
-  return run(*this, std::move(io));
+  return impl_->sync_io(io);
 }
 
 Result<std::string> Device::get_id(uint16_t q) {
   std::array<uint8_t, blk::kIdBytes> id{};
   Io io = make_io(Op::kGetId, q, 0);
   io.in = id;
-  ICEBLK_TRY(run(*this, std::move(io)));
+  ICEBLK_TRY(impl_->sync_io(io));
   size_t n = 0;
   while (n < id.size() && id[n] != 0) ++n;
   return std::string(reinterpret_cast<const char*>(id.data()), n);
@@ -203,7 +231,7 @@ Result<std::vector<ice::Capability>> Device::get_capabilities(uint16_t q) {
   if (buf.empty()) return std::vector<ice::Capability>{};
   Io io = make_io(Op::kGetCapabilities, q, 0);
   io.in = buf;
-  ICEBLK_TRY(run(*this, std::move(io)));
+  ICEBLK_TRY(impl_->sync_io(io));
   return blk::decode_capabilities(buf);
 }
 

@@ -80,9 +80,14 @@ struct Device::Impl {
 
   // device.cc
   Status submit_ring(uint16_t q, RingRequest r);
-  // Submits and waits; maps the status byte (status_to_error) naming `what`.
+  // Submits and waits up to opts.request_timeout; maps the status byte
+  // (status_to_error) naming `what`; kTimedOut names `what` and the queue.
   Status sync(uint16_t q, const std::string& what, std::span<const uint8_t> header, std::span<const uint8_t> out,
-              std::span<uint8_t> in, bool secret = false);
+              std::span<uint8_t> in, bool secret = false, KeyslotManager::Lease lease = {});
+  // The same, returning the raw result (execute_raw).
+  Result<RawResult> sync_raw(uint16_t q, const std::string& what, RingRequest r);
+  // An Io built and run synchronously (the facade's read/write/... wrappers).
+  Status sync_io(const Io& io);
 };
 
 Error prefixed(const std::string& what, const Error& e);

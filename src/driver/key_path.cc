@@ -40,7 +40,7 @@ Status Device::Impl::setup_keys() {
     capabilities = blk::decode_capabilities(buf);
   }
   if (key_mode == KeyMode::kOutOfBand && !opts.secure_world_socket.empty()) {
-    auto c = SecureWorldClient::connect(opts.secure_world_socket);
+    auto c = SecureWorldClient::connect(opts.secure_world_socket, {.timeout = opts.request_timeout});
     if (!c) return tl::unexpected(prefixed(fmt::format("secure world {}", opts.secure_world_socket), c.error()));
     secure_world.emplace(std::move(*c));
   }

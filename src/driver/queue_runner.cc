@@ -1,13 +1,12 @@
 #include "driver/queue_runner.h"
 
 #include <poll.h>
+#include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
-
-#include <spdlog/spdlog.h>
 
 #include "base/secret_bytes.h"
 
@@ -62,6 +61,34 @@ void BufferPool::notify() {
   cv_.notify_all();
 }
 
+// --- SyncWaiter ---------------------------------------------------------------------
+
+void SyncWaiter::deliver_in(std::span<const uint8_t> in) {
+  std::lock_guard lk(mu_);
+  if (!abandoned_ && !in_dst_.empty())
+    std::memcpy(in_dst_.data(), in.data(), std::min(in.size(), in_dst_.size()));
+}
+
+void SyncWaiter::complete(Result<RawResult> r) {
+  {
+    std::lock_guard lk(mu_);
+    result_ = std::move(r);
+  }
+  cv_.notify_all();
+}
+
+std::optional<Result<RawResult>> SyncWaiter::wait(std::chrono::milliseconds timeout) {
+  std::unique_lock lk(mu_);
+  if (timeout.count() <= 0) {
+    cv_.wait(lk, [&] { return result_.has_value(); });
+  } else if (!cv_.wait_for(lk, timeout, [&] { return result_.has_value(); })) {
+    abandoned_ = true;  // under mu_: deliver_in() sees it before touching in_dst_
+    in_dst_ = {};
+    return std::nullopt;
+  }
+  return std::move(result_);
+}
+
 // --- QueueRunner --------------------------------------------------------------------
 
 struct QueueRunner::InFlight {
@@ -73,6 +100,7 @@ struct QueueRunner::InFlight {
   std::span<uint8_t> in_dst;
   bool secret = false;
   RawCallback cb;
+  std::shared_ptr<SyncWaiter> waiter;
   KeyslotManager::Lease lease;
 };
 
@@ -80,7 +108,8 @@ QueueRunner::QueueRunner(BufferPool& pool, const Options& o) : pool_(pool), o_(o
 
 Result<std::unique_ptr<QueueRunner>> QueueRunner::create(BufferPool& pool, const Options& o) {
   std::unique_ptr<QueueRunner> q(new QueueRunner(pool, o));
-  ICEBLK_ASSIGN_OR_RETURN(q->ring_, virtio::DriverQueue::create(pool.memory_ptr(), o.size, o.event_idx, o.indirect));
+  ICEBLK_ASSIGN_OR_RETURN(
+      q->ring_, virtio::DriverQueue::create(pool.memory_ptr(), o.size, o.event_idx, o.indirect));
   ICEBLK_ASSIGN_OR_RETURN(q->kick_, make_eventfd());
   ICEBLK_ASSIGN_OR_RETURN(q->call_, make_eventfd());
   ICEBLK_ASSIGN_OR_RETURN(q->stop_, make_eventfd());
@@ -121,6 +150,7 @@ void QueueRunner::give_back(InFlight* c) {
   if (c->data.value != 0) pool_.free(std::exchange(c->data, GuestAddr{0}));
   if (c->header_addr.value != 0) pool_.free(std::exchange(c->header_addr, GuestAddr{0}));
   c->cb = nullptr;
+  c->waiter.reset();
   c->lease.release();
   {
     std::lock_guard lk(mu_);
@@ -133,19 +163,31 @@ void QueueRunner::give_back(InFlight* c) {
 void QueueRunner::finish(InFlight* c, Result<RawResult> r) {
   virtio::DriverMemory& mem = pool_.memory();
   uint8_t* base = mem.ptr(c->data, std::max<uint64_t>(c->out_len + c->in_len, 1));
-  if (r && c->in_len > 0 && base != nullptr && !c->in_dst.empty()) {
-    std::memcpy(c->in_dst.data(), base + c->out_len, std::min<uint64_t>(c->in_len, c->in_dst.size()));
+  if (r && c->in_len > 0 && base != nullptr) {
+    if (c->waiter) {
+      c->waiter->deliver_in({base + c->out_len, c->in_len});
+    } else if (!c->in_dst.empty()) {
+      std::memcpy(c->in_dst.data(), base + c->out_len,
+                  std::min<uint64_t>(c->in_len, c->in_dst.size()));
+    }
   }
+  // ORDER: key bytes leave the shared memory before the caller learns of the
+  // completion (a caller may then let the device be dumped).
   if (c->secret) {
     if (base != nullptr) secure_zero(base, c->out_len + c->in_len);
     if (uint8_t* b = mem.ptr(c->block, kBlockSize)) secure_zero(b, kBlockSize);
   }
   RawCallback cb = std::move(c->cb);
+  std::shared_ptr<SyncWaiter> waiter = std::move(c->waiter);
   c->in_dst = {};
   give_back(c);
   pool_.notify();  // the ring may have freed an indirect table too
   completed_.fetch_add(1, std::memory_order_relaxed);
-  if (cb) cb(std::move(r));
+  if (waiter) {
+    waiter->complete(std::move(r));
+  } else if (cb) {
+    cb(std::move(r));
+  }
 }
 
 void QueueRunner::reap() {
@@ -298,6 +340,7 @@ Status QueueRunner::submit(RingRequest r, bool may_wait) {
   add_range(r.out.size(), r.in.size(), true);
   bufs.push_back({GuestAddr{c->block.value + kStatusOffset}, 1, true});
   c->cb = std::move(r.cb);
+  c->waiter = std::move(r.waiter);
   c->lease = std::move(r.lease);
 
   std::unique_lock lk(mu_);

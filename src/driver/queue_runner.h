@@ -10,6 +10,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -21,8 +22,8 @@
 
 #include "base/result.h"
 #include "base/unique_fd.h"
-#include "iceblk/keyslot_manager.h"
 #include "iceblk/device.h"
+#include "iceblk/keyslot_manager.h"
 #include "virtio/driver_queue.h"
 
 namespace iceblk::driver {
@@ -46,6 +47,28 @@ class BufferPool {
   std::condition_variable cv_;
 };
 
+// The waiting side of one synchronous request (Device's sync wrappers). The
+// completion thread hands it the device-written bytes and the result; the caller
+// waits with a deadline. After a timeout the request is abandoned: a late
+// completion copies nothing into the caller's (by then maybe gone) buffer. Shared
+// by both sides, so whichever finishes last frees it.
+class SyncWaiter {
+ public:
+  explicit SyncWaiter(std::span<uint8_t> in_dst) : in_dst_(in_dst) {}
+  // Completion thread: copy the in bytes to the caller's buffer unless abandoned.
+  void deliver_in(std::span<const uint8_t> in);
+  void complete(Result<RawResult> r);
+  // Caller: the result, or nullopt after `timeout` (0 = no limit), now abandoned.
+  std::optional<Result<RawResult>> wait(std::chrono::milliseconds timeout);
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::span<uint8_t> in_dst_;
+  bool abandoned_ = false;
+  std::optional<Result<RawResult>> result_;
+};
+
 // A request as it goes on the ring.
 struct RingRequest {
   std::span<const uint8_t> header;
@@ -54,6 +77,8 @@ struct RingRequest {
   bool secret = false;  // zeroise the driver buffers after completion
   KeyslotManager::Lease lease;
   RawCallback cb;
+  // Set (instead of cb) by synchronous calls: `in` goes through the waiter.
+  std::shared_ptr<SyncWaiter> waiter;
 };
 
 class QueueRunner {

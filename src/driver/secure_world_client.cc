@@ -48,7 +48,7 @@ Result<SecureWorldClient> SecureWorldClient::connect(const std::string& socket_p
       ::setsockopt(fd->get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
     return fail(errno_error(Errc::kIo, "setsockopt", errno));
   }
-  return SecureWorldClient(std::move(*fd));
+  return SecureWorldClient(std::move(*fd), opts.timeout);
 }
 
 Errc SecureWorldClient::errc_for(sw::WireStatus st) {
@@ -71,6 +71,10 @@ Status SecureWorldClient::send_all(std::span<const uint8_t> buf) {
       const int err = errno;
       fd_.reset();
       if (err == EPIPE || err == ECONNRESET) return fail(Errc::kClosed, "secure world closed");
+      if (err == EAGAIN || err == EWOULDBLOCK) {
+        return fail(Errc::kTimedOut, "the secure world took no request within {} ms (hung?)",
+                    timeout_.count());
+      }
       return fail(errno_error(Errc::kIo, "send to secure world", err));
     }
     buf = buf.subspan(static_cast<size_t>(n));
@@ -90,6 +94,10 @@ Status SecureWorldClient::recv_all(std::span<uint8_t> buf) {
       const int err = errno;
       fd_.reset();
       if (err == ECONNRESET) return fail(Errc::kClosed, "secure world closed the connection");
+      if (err == EAGAIN || err == EWOULDBLOCK) {  // SO_RCVTIMEO
+        return fail(Errc::kTimedOut, "no reply from the secure world within {} ms (hung?)",
+                    timeout_.count());
+      }
       return fail(errno_error(Errc::kIo, "receive from secure world", err));
     }
     buf = buf.subspan(static_cast<size_t>(n));
@@ -100,10 +108,13 @@ Status SecureWorldClient::recv_all(std::span<uint8_t> buf) {
 Result<size_t> SecureWorldClient::transact(sw::Op op, std::span<const uint8_t> msg,
                                            std::span<uint8_t> resp_payload) {
   if (!fd_) return fail(Errc::kClosed, "not connected to the secure world");
-  ICEBLK_TRY(send_all(msg));
+  auto named = [&](const Error& e) {
+    return Error(e.code, fmt::format("{}: {}", sw::op_name(static_cast<uint16_t>(op)), e.message));
+  };
+  ICEBLK_TRY(send_all(msg).map_error(named));
   sw::ResponseHeader h;
   std::array<uint8_t, sw::kHeaderSize> raw{};
-  ICEBLK_TRY(recv_all(raw));
+  ICEBLK_TRY(recv_all(raw).map_error(named));
   // TRUST: the service is trusted more than the guest, but a response is still
   // checked before its length is used.
   h = load_obj<sw::ResponseHeader>(raw.data());
@@ -114,7 +125,7 @@ Result<size_t> SecureWorldClient::transact(sw::Op op, std::span<const uint8_t> m
                 h.op.get(), h.payload_len.get());
   }
   std::array<uint8_t, sw::kMaxPayloadLen> payload{};
-  ICEBLK_TRY(recv_all(std::span(payload).first(h.payload_len)));
+  ICEBLK_TRY(recv_all(std::span(payload).first(h.payload_len)).map_error(named));
   const auto st = static_cast<sw::WireStatus>(h.status.get());
   if (st != sw::WireStatus::kOk) {
     if (st == sw::WireStatus::kBadMessage) fd_.reset();

@@ -9,7 +9,9 @@
 //   kUnsupported       UNSUPPORTED: triple not advertised, key_type not raw
 //   kProtocol          BAD_MESSAGE from the service, or a malformed response; the
 //                      connection is closed afterwards
-//   kIo                INTERNAL from the service, a socket error or a timeout
+//   kIo                INTERNAL from the service, a socket error
+//   kTimedOut          no reply within Options::timeout (the message names the request);
+//                      the connection is closed afterwards
 //   kClosed            the service closed the connection (or it was closed before)
 #pragma once
 
@@ -30,7 +32,7 @@ namespace iceblk::driver {
 class SecureWorldClient {
  public:
   struct Options {
-    std::chrono::milliseconds timeout{5000};  // per send/receive
+    std::chrono::milliseconds timeout{5000};  // per send/receive; 0 = no limit
   };
 
   static Result<SecureWorldClient> connect(const std::string& socket_path, Options opts);
@@ -54,7 +56,8 @@ class SecureWorldClient {
   [[nodiscard]] bool connected() const { return fd_.valid(); }
 
  private:
-  explicit SecureWorldClient(UniqueFd fd) : fd_(std::move(fd)) {}
+  SecureWorldClient(UniqueFd fd, std::chrono::milliseconds timeout)
+      : fd_(std::move(fd)), timeout_(timeout) {}
   // Sends `msg` (header + payload), reads the response header and up to
   // `resp_payload.size()` bytes of payload; returns the payload length.
   Result<size_t> transact(secure_world::Op op, std::span<const uint8_t> msg,
@@ -63,6 +66,7 @@ class SecureWorldClient {
   Status recv_all(std::span<uint8_t> buf);
 
   UniqueFd fd_;
+  std::chrono::milliseconds timeout_;
 };
 
 }  // namespace iceblk::driver

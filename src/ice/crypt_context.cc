@@ -27,6 +27,7 @@
 #include <string_view>
 
 #include "base/checked.h"
+#include "base/secret_bytes.h"
 #include "ice/engine.h"
 
 namespace iceblk::ice {
@@ -176,6 +177,9 @@ class Keyed {
     if (key.size() != c.key_len) {
       return fail(Errc::kCrypto, "{} takes a {}-byte key, not {}", c.name, c.key_len, key.size());
     }
+    // The provider context holds the key schedule: allocate it in the key arena
+    // (locked, not in core dumps; base/secret_bytes.h), freed through the same hook.
+    SecretAllocScope in_key_arena;
     void* ctx = c.newctx(c.provctx);
     if (ctx == nullptr) return fail(openssl_error("cipher context allocation"));
     const int ok = enc ? c.einit(ctx, key.data(), key.size(), nullptr, 0, nullptr)

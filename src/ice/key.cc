@@ -5,6 +5,8 @@
 
 #include <array>
 
+#include "base/secret_bytes.h"
+
 namespace iceblk::ice {
 
 Result<Key> Key::create(const CryptoMode& mode, std::span<const uint8_t> material) {
@@ -29,6 +31,8 @@ Result<Key> Key::create(const CryptoMode& mode, std::span<const uint8_t> materia
     // ESSIV salt = SHA-256(key): the AES-256 key that encrypts each IV (spec §5.4).
     std::array<uint8_t, 32> digest{};
     unsigned int len = 0;
+    SecretAllocScope in_key_arena;  // the digest state holds the key
+
     const int ok = EVP_Digest(material.data(), material.size(), digest.data(), &len,
                               EVP_sha256(), nullptr);
     if (ok != 1 || len != digest.size()) {

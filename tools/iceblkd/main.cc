@@ -9,15 +9,18 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 
 #include "base/log.h"
 #include "base/parse_size.h"
+#include "base/secret_bytes.h"
 #include "base/version.h"
 #include "control/qmp_server.h"
 #include "daemon/daemon.h"
 #include "daemon/journal_sink.h"
+#include "daemon/sandbox.h"
 #include "daemon/systemd.h"
 
 using namespace iceblk;
@@ -45,6 +48,8 @@ int main(int argc, char** argv) {
                  "least 256K per queue)");
   app.add_option("--engine-buffer-memory", engine_buffer_memory,
                  "bounce-buffer memory of all exports together (default 64M)");
+  bool no_sandbox = false, allow_core_dumps = false;  // confinement (daemon/sandbox.h)
+  std::string run_user, run_group;
   app.add_option("--config", config_file, "JSON file declaring several exports sharing one engine");
   app.add_option("--socket", socket,
                  "vhost-user socket path to listen on, or fd:N to serve the listening socket inherited as "
@@ -82,6 +87,12 @@ int main(int argc, char** argv) {
   app.add_option("--log-target", log_target,
                  "auto (the journal when JOURNAL_STREAM names stderr, else stderr), stderr or journal")
       ->check(CLI::IsMember({"auto", "stderr", "journal"}));
+  app.add_flag("--no-sandbox", no_sandbox,
+               "debugging only: no seccomp allowlist and no no_new_privs after start-up (docs/iceblkd.md)");
+  app.add_flag("--allow-core-dumps", allow_core_dumps,
+               "stay dumpable (core dumps, ptrace by the same user); key memory is still left out of dumps");
+  app.add_option("--user", run_user, "drop to this user (name or uid) once sockets and images are open");
+  app.add_option("--group", run_group, "drop to this group (name or gid; default: the user's primary group)");
   app.set_version_flag("--version", [] { return version::banner("iceblkd"); },
                        "print the version, the git revision and the library versions, and exit");
   // Per-export options describe the single command-line export: refuse them next to
@@ -176,6 +187,24 @@ int main(int argc, char** argv) {
   if (!control.empty()) cfg.control_socket = control;
   if (auto st = daemon::assign_listen_fds(cfg, std::move(*passed)); !st) return die(st.error().message);
 
+  // Confinement, before any key can arrive (daemon/sandbox.h, docs/threat-model.md):
+  // not dumpable; key material and keyed OpenSSL contexts in the locked, non-dumpable
+  // key arena (set up before anything uses OpenSSL).
+  cfg.sandbox = cfg.sandbox && !no_sandbox;
+  cfg.allow_core_dumps = cfg.allow_core_dumps || allow_core_dumps;
+  if (!run_user.empty()) cfg.user = run_user;
+  if (!run_group.empty()) cfg.group = run_group;
+  if (auto st = daemon::set_dumpable(cfg.allow_core_dumps); !st) return die(st.error().message);
+  auto identity = daemon::resolve_identity(cfg.user, cfg.group);
+  if (!identity) return die(identity.error().message);
+  if (std::getenv("ICEBLK_TESTING_KEYS_IN_DUMPS") != nullptr) {  // the dump test's control run only
+    spdlog::warn("iceblkd: ICEBLK_TESTING_KEYS_IN_DUMPS is set: key memory is NOT protected (testing only)");
+  } else {
+    auto mem = init_secret_memory();
+    if (!mem) return die(mem.error().message);
+    if (!mem->warning.empty()) spdlog::warn("iceblkd: {}", mem->warning);
+  }
+
   // Block the signals before any thread starts, so only sigwait() below sees them;
   // a front-end closing its socket must not kill us with SIGPIPE.
   sigset_t set;
@@ -198,6 +227,13 @@ int main(int argc, char** argv) {
   if (qmp) {
     if (auto st = qmp->start(); !st) return die(st.error().message);
   }
+  // Sockets are bound and images open: drop the identity, then the allowlist on
+  // every thread. A failure here stops the daemon (it must not run unconfined).
+  if (auto st = daemon::confine(*identity, (*d)->config().sandbox, (*d)->config().allow_core_dumps); !st) {
+    (*d)->shutdown();
+    return die(st.error().message);
+  }
+  if (!(*d)->config().sandbox) spdlog::warn("iceblkd: sandbox off (--no-sandbox): for debugging only");
   spdlog::info("iceblkd: serving {} export(s); SIGINT/SIGTERM to stop", (*d)->num_exports());
   daemon::notify_ready(fmt::format("serving {} export(s)", (*d)->num_exports()));  // Type=notify
 
