@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -35,6 +36,9 @@ struct ExportConfig {
   std::string secure_world_socket;  // out-of-band mode: this VM's key channel (default <socket>.sw)
   backend::FileEngine io_engine = backend::FileEngine::kAuto;
   std::string serial;               // GET_ID (default: the export name, cut to 20 bytes)
+  // Queue workers spin on the ring this long before sleeping (JSON poll_us); unset:
+  // DaemonConfig::poll_us.
+  std::optional<uint32_t> poll_us;
 };
 
 struct DaemonConfig {
@@ -42,7 +46,11 @@ struct DaemonConfig {
   bool allow_ecb = false;   // AES-ECB leaks equal blocks: opt-in only
   std::vector<ExportConfig> exports;
   std::string control_socket;  // QMP control socket (--control, "control"); empty: none
+  uint32_t poll_us = 0;  // --poll-us, JSON top-level poll_us: default of every export; 0 = off
 };
+
+// Largest --poll-us / poll_us accepted (a spinning worker holds a core meanwhile).
+inline constexpr uint32_t kMaxPollUs = 1'000'000;
 
 // An image size: iceblk::parse_size (base/parse_size.h) that also refuses 0 and
 // values that are not a multiple of 512 bytes, with a message naming `what`.
