@@ -428,6 +428,9 @@ def main() -> int:
             daemons[n] = ScaleDaemon(iceblkd, work, n, max(queues), args.size, args.io_engine, logdir, prefix)
             daemons[n].start()
             log(f"started iceblkd with {n} export(s) (pid {daemons[n].pid})")
+            # Warm-up, not counted: first connections, page cache, the allocator's pools.
+            run_point(iceblk, daemons[n], max(queues), sizes[0], args.iodepth, min(args.runtime, 1.0), logdir,
+                      f"n{n}.warmup", {})
         total = args.rounds * len(queues) * len(sizes) * len(exports)
         k = 0
         for rnd in range(args.rounds):

@@ -170,21 +170,22 @@ void VringWorker::run() {
     if (ep && dev_fd >= 0) ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, dev_fd, nullptr);
     notifier_.signal_err();
   };
-  auto pass = [&] {
-    if (broken) return;
-    auto r = device_.process_queue(index_, queue_);
-    if (!r) {
-      park(r.error(), "process_queue");
-    } else if (*r) {
-      notifier_.signal_call();
-    }
-  };
-
   bool enabled;
   {
     std::lock_guard lk(mu_);
     enabled = enabled_;
   }
+  const uint32_t poll_us = device_.poll_us();
+  auto pass = [&] {
+    if (broken) return;
+    auto r = device_.process_queue(index_, queue_);
+    if (!r) return park(r.error(), "process_queue");
+    // Polling next: suppress kicks before the call fd wakes the driver. The woken
+    // driver often runs at once (preempting this thread) and submits its next request;
+    // process_queue ended with kicks on, so it would kick for every request.
+    if (poll_us > 0 && enabled) queue_.disable_notifications();
+    if (*r) notifier_.signal_call();
+  };
 
   auto wait_for_stop = [&] {
     for (;;) {
@@ -206,7 +207,6 @@ void VringWorker::run() {
     park(errno_error(Errc::kIo, "epoll setup", setup_errno), "start");
     wait_for_stop();
   } else {
-    const uint32_t poll_us = device_.poll_us();
     // Front-ends need not kick after SET_VRING_KICK (newest spec): look once now.
     if (enabled) pass();
     for (;;) {
