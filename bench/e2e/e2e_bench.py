@@ -538,6 +538,9 @@ def render_markdown(doc: dict, png_rel: str | None) -> str:
                f"Linux {m['kernel']}, {m['openssl'].split(' (')[0]}, {m['qemu'].split(' (')[0]}. "
                f"Load average {m['loadavg_start']:.1f} at start, {m.get('loadavg_end', 0):.1f} at end "
                f"(on a machine shared with other jobs wall-clock cells vary from run to run: see the spread below).")
+    if doc.get("note"):
+        out.append("")
+        out.append(f"**Note:** {doc['note']}")
     out.append("")
     out.append("Command:")
     out.append("")
@@ -740,6 +743,8 @@ def main() -> int:
                     help="comma-separated subset (" + ", ".join(w.key for w in WORKLOADS) + ")")
     ap.add_argument("--poll-us", type=int, default=DEFAULT_POLL_US,
                     help=f"iceblkd --poll-us of the QD1 polling comparison (default {DEFAULT_POLL_US}; 0 skips it)")
+    ap.add_argument("--note", default=os.environ.get("BENCH_NOTE", ""),
+                    help="a sentence printed next to the numbers in the docs (e.g. what else loaded the machine)")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     ap.add_argument("--render", metavar="RESULTS_JSON",
                     help="measure nothing: recompute ratios from a results.json and redo table, chart, docs")
@@ -875,6 +880,7 @@ def main() -> int:
             "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
             "command": " ".join([cmd] + extra),
             "machine": machine,
+            "note": args.note,
             "args": {"runtime": args.runtime, "rounds": args.rounds, "size": args.size, "workdir": args.workdir,
                      "io_engine": args.io_engine, "qsd_aio": args.qsd_aio, "nice": args.nice},
             "workloads": [w.__dict__ for w in workloads],

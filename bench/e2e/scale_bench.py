@@ -95,11 +95,11 @@ class ScaleDaemon:
 
 
 def bench_argv(iceblk: Path, sock: Path, bs: str, queues: int, iodepth: int, runtime: float,
-               churn: bool = False) -> list[str]:
+               churn: bool = False, churn_rate: float = 0) -> list[str]:
     argv = [str(iceblk), "bench", "--socket", str(sock), "--runtime", f"{runtime:g}", "--json", "--quiet",
             "--algorithm", eb.ALGORITHM, "--data-unit-size", str(eb.DATA_UNIT)]
     if churn:
-        return argv + ["--key-churn", "--queues", "1"]
+        return argv + ["--key-churn", "--key-churn-rate", f"{churn_rate:g}", "--queues", "1"]
     return argv + ["--rw", "randread", "--bs", bs, "--iodepth", str(iodepth), "--queues", str(queues),
                    "--encrypt", "on"]
 
@@ -154,17 +154,20 @@ def run_point(iceblk: Path, d: ScaleDaemon, queues: int, bs: str, iodepth: int, 
             "loadavg_1m": os.getloadavg()[0]}
 
 
-def run_churn(iceblk: Path, d: ScaleDaemon, churn: bool, iodepth: int, runtime: float, logdir: Path, tag: str,
-              peak: dict) -> dict:
-    """vm0 churns keys (or idles), every other export does 4K encrypted random reads."""
+def run_churn(iceblk: Path, d: ScaleDaemon, mode: str, rate: float, iodepth: int, runtime: float, logdir: Path,
+              tag: str, peak: dict) -> dict:
+    """vm0 churns keys (mode "loop": back to back; "rate": `rate` pairs/s; "off": idles), every
+    other export does 4K encrypted random reads."""
+    churn = mode != "off"
     argvs = [bench_argv(iceblk, s, "4K", 1, iodepth, runtime) for s in d.sockets[1:]]
     if churn:
-        argvs.insert(0, bench_argv(iceblk, d.sockets[0], "4K", 1, iodepth, runtime, churn=True))
+        argvs.insert(0, bench_argv(iceblk, d.sockets[0], "4K", 1, iodepth, runtime, churn=True,
+                                   churn_rate=rate if mode == "rate" else 0))
     results, cpu, wall = run_drivers(d, argvs, runtime, logdir, tag, peak)
     io = [r for r in results if r.get("mode") != "key-churn"]
     ch = [r for r in results if r.get("mode") == "key-churn"]
     ios = sum(r["ios"] for r in io)
-    return {"churn": churn, "io_exports": len(io), "iops": sum(r["iops"] for r in io), "ios": ios,
+    return {"churn": churn, "mode": mode, "io_exports": len(io), "iops": sum(r["iops"] for r in io), "ios": ios,
             "pairs_per_s": ch[0]["pairs_per_s"] if ch else 0.0, "device_cpu_s": cpu, "wall_s": wall,
             "cpu_us_per_io": cpu * 1e6 / max(1, ios)}
 
@@ -209,18 +212,21 @@ def summarize(runs: list[dict], churn_runs: list[dict], mem16: dict | None, expo
     spreads = [c["cpu_spread"] for p in points for c in p["by_exports"].values() if c["rounds"] > 1]
     if spreads:
         out["spread"] = {"median": statistics.median(spreads), "worst": max(spreads)}
-    if churn_runs:
-        base = [r for r in churn_runs if not r["churn"]]
-        ch = [r for r in churn_runs if r["churn"]]
+    base = [r for r in churn_runs if not r["churn"]]
+    for key, mode in (("churn", "loop"), ("churn_rate", "rate")):
+        # Runs of results.json files from before the rate-limited mode have no "mode".
+        ch = [r for r in churn_runs if r["churn"] and r.get("mode", "loop") == mode]
+        if not base or not ch:
+            continue
         b_iops, c_iops = statistics.median(r["iops"] for r in base), statistics.median(r["iops"] for r in ch)
         cost = 1 - c_iops / b_iops if b_iops > 0 else None
-        out["churn"] = {"io_exports": base[0]["io_exports"], "iops_base": b_iops, "iops_churn": c_iops,
-                        "cost": cost, "limit": CHURN_LIMIT, "pass": cost is not None and cost < CHURN_LIMIT,
-                        "pairs_per_s": statistics.median(r["pairs_per_s"] for r in ch),
-                        "cpu_us_per_io_base": statistics.median(r["cpu_us_per_io"] for r in base),
-                        "cpu_us_per_io_churn": statistics.median(r["cpu_us_per_io"] for r in ch),
-                        "rounds": len(ch), "spread_base": spread([r["iops"] for r in base]),
-                        "spread_churn": spread([r["iops"] for r in ch])}
+        out[key] = {"io_exports": base[0]["io_exports"], "iops_base": b_iops, "iops_churn": c_iops,
+                    "cost": cost, "limit": CHURN_LIMIT, "pass": cost is not None and cost < CHURN_LIMIT,
+                    "pairs_per_s": statistics.median(r["pairs_per_s"] for r in ch),
+                    "cpu_us_per_io_base": statistics.median(r["cpu_us_per_io"] for r in base),
+                    "cpu_us_per_io_churn": statistics.median(r["cpu_us_per_io"] for r in ch),
+                    "rounds": len(ch), "spread_base": spread([r["iops"] for r in base]),
+                    "spread_churn": spread([r["iops"] for r in ch])}
     if mem16:
         out["memory"] = {**mem16, "exports": max(exports), "limit_kib": VMHWM_LIMIT_MIB * 1024,
                          "pass": mem16.get("VmHWM", 0) < VMHWM_LIMIT_MIB * 1024,
@@ -231,6 +237,10 @@ def summarize(runs: list[dict], churn_runs: list[dict], mem16: dict | None, expo
 
 def verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("met" if ok else "MISSED")
+
+
+def md_verdict(ok: bool | None) -> str:
+    return "-" if ok is None else ("met" if ok else "**missed**")
 
 
 def render_table(doc: dict) -> str:
@@ -265,6 +275,11 @@ def render_table(doc: dict) -> str:
                      f"{c['iops_churn']:,.0f}, cost {c['cost'] * 100:.1f} % (< {c['limit'] * 100:.0f} %) -> "
                      f"{verdict(c['pass'])}; CPU/req {c['cpu_us_per_io_base']:.2f} -> {c['cpu_us_per_io_churn']:.2f} us "
                      f"(daemon, churn included); spread {c['spread_base']:.2f}x / {c['spread_churn']:.2f}x")
+    if "churn_rate" in s:
+        c = s["churn_rate"]
+        lines.append(f"  (not the target) the same churn limited to {c['pairs_per_s']:,.0f} pairs/s: IOPS "
+                     f"{c['iops_base']:,.0f} -> {c['iops_churn']:,.0f}, cost {c['cost'] * 100:.1f} %; spread "
+                     f"{c['spread_churn']:.2f}x")
     if "memory" in s:
         m = s["memory"]
         lines.append(f"VmHWM with {m['exports']} exports: {m['VmHWM'] / 1024:.1f} MiB (< {VMHWM_LIMIT_MIB} MiB) -> "
@@ -304,7 +319,7 @@ def render_markdown(doc: dict) -> str:
         for n in exports:
             c = p["by_exports"].get(str(n))
             row.append(f"{c['cpu_us_per_io']:.2f}, {c['cpu_ns_per_byte']:.3f}" if c else "-")
-        row.append(f"{p['flat_ratio']:.2f}x {verdict(p['flat_pass'])}" if p.get("flat_ratio") is not None else "-")
+        row.append(f"{p['flat_ratio']:.2f}x {md_verdict(p['flat_pass'])}" if p.get("flat_ratio") is not None else "-")
         out.append("| " + " | ".join(row) + " |")
     out.append("")
     out.append("| target | goal | measured | verdict |")
@@ -313,18 +328,22 @@ def render_markdown(doc: dict) -> str:
         f = s["flat"]
         out.append(f"| CPU per request flat from {f['from']} to {f['to']} exports | ≤ {f['limit']:.2f}x at every point "
                    f"| worst {f['worst']:.2f}x, median {f['median']:.2f}x ({f['met']}/{f['points']} points) | "
-                   f"{verdict(f['pass'])} |")
+                   f"{md_verdict(f['pass'])} |")
     if "churn" in s:
         c = s["churn"]
         out.append(f"| key churn: IOPS of {c['io_exports']} VMs while one more programs and evicts keys in a loop "
                    f"({c['pairs_per_s']:,.0f} pairs/s) | cost < {c['limit'] * 100:.0f} % | {c['iops_base']:,.0f} → "
-                   f"{c['iops_churn']:,.0f} IOPS, {c['cost'] * 100:.1f} % | {verdict(c['pass'])} |")
+                   f"{c['iops_churn']:,.0f} IOPS, {c['cost'] * 100:.1f} % | {md_verdict(c['pass'])} |")
+    if "churn_rate" in s:
+        c = s["churn_rate"]
+        out.append(f"| (not the target) the same churn limited to {c['pairs_per_s']:,.0f} pairs/s | - | "
+                   f"{c['iops_base']:,.0f} → {c['iops_churn']:,.0f} IOPS, {c['cost'] * 100:.1f} % | - |")
     if "memory" in s:
         mm = s["memory"]
         out.append(f"| VmHWM with {mm['exports']} exports | < {VMHWM_LIMIT_MIB} MiB | {mm['VmHWM'] / 1024:.1f} MiB "
                    f"(guest memory touched, RssShmem: {mm.get('RssShmem', 0) / 1024:.1f}; private, RssAnon + "
-                   f"RssFile: {mm['private_kib'] / 1024:.1f}) | {verdict(mm['pass'])} (private: "
-                   f"{verdict(mm['private_pass'])}) |")
+                   f"RssFile: {mm['private_kib'] / 1024:.1f}) | {md_verdict(mm['pass'])} (private: "
+                   f"{md_verdict(mm['private_pass'])}) |")
     notes = []
     if "spread" in s:
         notes.append(f"Run-to-run spread of CPU per request (max / min over the rounds): median "
@@ -372,6 +391,8 @@ def main() -> int:
     ap.add_argument("--iodepth", type=int, default=4, help="requests in flight per queue (default 4)")
     ap.add_argument("--churn-exports", type=int, default=4,
                     help="exports of the key-churn run: one churns, the others do I/O (0: no churn run)")
+    ap.add_argument("--churn-rate", type=float, default=100,
+                    help="also measure the churn limited to this many pairs/s (default 100; 0: skip)")
     ap.add_argument("--io-engine", default="auto", choices=["auto", "io_uring", "sync"])
     ap.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/dev/shm"))
     ap.add_argument("--out", default=str(eb.REPO / "out" / "scale-bench"))
@@ -448,13 +469,15 @@ def main() -> int:
                             f"{r['cpu_ns_per_byte']:6.3f} ns/B")
         if args.churn_exports:
             d = daemons[args.churn_exports]
+            modes = ["off", "loop"] + (["rate"] if args.churn_rate > 0 else [])
             for rnd in range(args.churn_rounds):
-                for churn in ((False, True) if rnd % 2 == 0 else (True, False)):
-                    r = run_churn(iceblk, d, churn, args.iodepth, args.runtime, logdir,
-                                  f"churn{int(churn)}.{rnd}", peaks[d.n])
+                rot = rnd % len(modes)
+                for mode in modes[rot:] + modes[:rot]:
+                    r = run_churn(iceblk, d, mode, args.churn_rate, args.iodepth, args.runtime, logdir,
+                                  f"churn-{mode}.{rnd}", peaks[d.n])
                     r["round"] = rnd
                     churn_runs.append(r)
-                    log(f"[churn {rnd}] {'with' if churn else 'without'} key churn: {r['iops']:>9,.0f} IOPS "
+                    log(f"[churn {rnd}] key churn {mode:<4}: {r['iops']:>9,.0f} IOPS of the others "
                         f"({r['pairs_per_s']:,.0f} pairs/s)")
         n_max = max(exports)
         for k2, v in eb.proc_status(daemons[n_max].pid).items():  # VmHWM: the high-water mark itself
@@ -476,6 +499,7 @@ def main() -> int:
         "note": args.note, "elapsed_s": time.monotonic() - t_start,
         "args": {"runtime": args.runtime, "rounds": args.rounds, "size": args.size, "exports": exports,
                  "queues": queues, "sizes": sizes, "iodepth": args.iodepth, "churn_exports": args.churn_exports,
+                 "churn_rate": args.churn_rate,
                  "io_engine": args.io_engine},
         "runs": runs, "churn_runs": churn_runs, "memory_peaks": {str(n): p for n, p in peaks.items()},
     }

@@ -209,6 +209,8 @@ class Rendering(unittest.TestCase):
         self.assertIn("`iceblkd --poll-us 50`", md)
         self.assertIn("| 4K randread QD1 | ICE | 20.0 / 14.0 | 0.70 |", md)
         self.assertEqual(eb.poll_rows(fake_doc()), [])  # a run without it renders as before
+        noted = dict(doc, note="Shared with five builds.")
+        self.assertIn("**Note:** Shared with five builds.", eb.render_markdown(noted, None))
         self.assertNotIn("poll", eb.render_markdown(fake_doc(), None).lower().replace("polled", ""))
 
     def test_docs_markers_replace_only_the_generated_section(self):

@@ -20,9 +20,10 @@ def run(n, q, bs, cpu_us, rnd=0, bs_bytes=4096):
             "cpu_ns_per_byte": cpu_us * 1e3 / bs_bytes, "round": rnd}
 
 
-def churn(c, iops, rnd=0):
-    return {"churn": c, "io_exports": 3, "iops": iops, "ios": int(iops * 2), "pairs_per_s": 5000.0 if c else 0.0,
-            "cpu_us_per_io": 10.0, "round": rnd}
+def churn(c, iops, rnd=0, mode=None):
+    mode = mode or ("loop" if c else "off")
+    return {"churn": c, "mode": mode, "io_exports": 3, "iops": iops, "ios": int(iops * 2),
+            "pairs_per_s": (100.0 if mode == "rate" else 5000.0) if c else 0.0, "cpu_us_per_io": 10.0, "round": rnd}
 
 
 MEM = {"VmRSS": 30000, "VmHWM": 40000, "RssAnon": 20000, "RssFile": 5000, "RssShmem": 15000}
@@ -34,7 +35,7 @@ def fake_doc(cpu16=10.5, churn_iops=98000.0, mem=MEM):
         for q in (1, 4):
             runs += [run(1, q, "4K", 10.0 + rnd * 0.2, rnd), run(4, q, "4K", 10.2, rnd), run(16, q, "4K", cpu16, rnd)]
     churn_runs = [churn(False, 100000.0), churn(True, churn_iops), churn(True, churn_iops, 1),
-                  churn(False, 100000.0, 1)]
+                  churn(False, 100000.0, 1), churn(True, 99000.0, 0, "rate"), churn(True, 99000.0, 1, "rate")]
     doc = {"date": "2026-01-01 00:00", "command": "bench/run_e2e_bench.sh --scale", "note": "Shared machine.",
            "machine": {"nproc": 2, "cpu": "Test CPU", "kernel": "6.1", "git": "abc1234", "loadavg_start": 1.0,
                        "loadavg_end": 2.0},
@@ -68,6 +69,9 @@ class Verdicts(unittest.TestCase):
         self.assertAlmostEqual(fake_doc(churn_iops=98000.0)["summary"]["churn"]["cost"], 0.02)
         self.assertTrue(fake_doc(churn_iops=98000.0)["summary"]["churn"]["pass"])
         self.assertFalse(fake_doc(churn_iops=90000.0)["summary"]["churn"]["pass"])
+        rate = fake_doc()["summary"]["churn_rate"]  # the rate-limited run, reported beside it
+        self.assertAlmostEqual(rate["cost"], 0.01)
+        self.assertEqual(rate["pairs_per_s"], 100.0)
 
     def test_memory(self):
         m = fake_doc()["summary"]["memory"]
@@ -86,6 +90,7 @@ class Rendering(unittest.TestCase):
         self.assertIn("key churn", t)
         self.assertIn("10.0 %", t)
         self.assertIn("VmHWM with 16 exports", t)
+        self.assertIn("limited to 100 pairs/s", t)
 
     def test_docs_section_has_its_own_markers(self):
         with tempfile.TemporaryDirectory() as d:
@@ -100,7 +105,8 @@ class Rendering(unittest.TestCase):
             self.assertEqual(t.count("## Scale: exports sharing one engine"), 1)
             self.assertEqual(t.count(sb.END_MARK), 1)
             self.assertIn("| q4/4K |", t)
-            self.assertIn("MISSED", t)
+            self.assertIn("**missed**", t)
+            self.assertIn("limited to 100 pairs/s", t)
             self.assertIn("Shared machine.", t)
 
 

@@ -30,6 +30,9 @@ void add_bench_options(CLI::App* sub, BenchOptions& b) {
   sub->add_flag("--key-churn", b.key_churn,
                 "no I/O: PROGRAM_KEY then EVICT_KEY of a random key on virtual slot 0 in a loop, "
                 "for --runtime seconds (the key-churn load of bench/run_e2e_bench.sh --scale)");
+  sub->add_option("--key-churn-rate", b.key_churn_rate,
+                  "--key-churn: PROGRAM_KEY + EVICT_KEY pairs per second (default 0: back to back)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_flag("--json", b.json, "print the result as JSON");
   sub->add_flag("--quiet", b.quiet, "no progress on stderr");
 }
@@ -71,7 +74,12 @@ int run_key_churn(driver::Device& dev, const CryptOptions& copt, const BenchOpti
   const auto deadline =
       t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(runtime));
   uint64_t pairs = 0;
-  while (Clock::now() < deadline) {
+  const auto period = b.key_churn_rate > 0
+                          ? std::chrono::duration_cast<Clock::duration>(
+                                std::chrono::duration<double>(1.0 / b.key_churn_rate))
+                          : Clock::duration::zero();
+  for (auto next = t0; Clock::now() < deadline; next += period) {
+    if (period > Clock::duration::zero()) std::this_thread::sleep_until(next);
     if (auto st = dev.program_key(0, *key); !st) return die("PROGRAM_KEY: " + st.error().message);
     if (auto st = dev.evict_key(0); !st) return die("EVICT_KEY: " + st.error().message);
     ++pairs;
@@ -79,6 +87,7 @@ int run_key_churn(driver::Device& dev, const CryptOptions& copt, const BenchOpti
   const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
   nlohmann::json j;
   j["mode"] = "key-churn";
+  j["rate_limit"] = b.key_churn_rate;
   j["algorithm"] = ice::algorithm_name(m->alg, m->key_size);
   j["runtime_s"] = elapsed;
   j["program_evict_pairs"] = pairs;

@@ -4,22 +4,22 @@
 // manager with more keys than slots, both key modes, reset/reconnect, typed errors,
 // and the conformance suite.
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
 
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <thread>
 
-#include <openssl/evp.h>
-
 #include "daemon/daemon.h"
 #include "iceblk/conformance.h"
-#include "iceblk/keyslot_manager.h"
 #include "iceblk/device.h"
+#include "iceblk/keyslot_manager.h"
 #include "support/pattern.h"
-#include "support/temp_dir.h"
 #include "support/reference_cipher.h"
+#include "support/temp_dir.h"
 
 namespace iceblk::driver {
 namespace {
@@ -421,6 +421,9 @@ TEST_F(DriverIntegration, PollingSuppressesKicksAtQueueDepthOne) {
       ASSERT_EQ(back, data);
     }
     const auto st = dev_->queue_stats(0);
+    std::printf("poll_us %u: %llu kicks for %llu requests\n", poll_us,
+                static_cast<unsigned long long>(st.kicks),
+                static_cast<unsigned long long>(st.submitted));
     EXPECT_GE(st.completed, uint64_t{2 * kRequests});
     if (poll_us == 0) {
       EXPECT_GE(st.kicks, st.submitted * 9 / 10)
