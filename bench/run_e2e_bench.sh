@@ -8,6 +8,13 @@
 #   bench/run_e2e_bench.sh                       # 5 s per run, 1 round, 1 GiB images
 #   bench/run_e2e_bench.sh --runtime 10 --rounds 3 --size 2G
 #   BENCH_RUNTIME=2 bench/run_e2e_bench.sh --no-docs
+#   bench/run_e2e_bench.sh --scale               # 1/4/16 exports, 1/2/4 queues, 4K..1M (~3 min)
+#   bench/run_e2e_bench.sh --scale --runtime 1 --rounds 1
+#
+# --scale runs bench/e2e/scale_bench.py instead (its --help lists its options): CPU
+# per request and per byte as exports, queues and request sizes grow, a key-churn
+# run and the 16-export daemon's VmHWM; it regenerates the scale section of
+# docs/benchmarks.md.
 #
 # Every option of bench/e2e/e2e_bench.py passes through (--help lists them). The build
 # goes to $ICEBLK_BUILD_DIR (default build/bench, RelWithDebInfo).
@@ -25,4 +32,9 @@ ninja -C "$build" iceblkd iceblk
 # Debian's interpreter (python3-matplotlib is a Debian package), not a pyenv/venv shim.
 py=/usr/bin/python3
 [[ -x $py ]] || py=python3
-exec "$py" bench/e2e/e2e_bench.py --build-dir "$build" "$@"
+script=bench/e2e/e2e_bench.py
+args=()
+for a in "$@"; do
+  if [[ $a == --scale ]]; then script=bench/e2e/scale_bench.py; else args+=("$a"); fi
+done
+exec "$py" "$script" --build-dir "$build" ${args[@]+"${args[@]}"}

@@ -63,6 +63,7 @@ class Config:
     label: str
     kind: str  # "iceblkd" | "qsd"
     encrypt: bool
+    poll: bool = False  # iceblkd --poll-us (the value is the run's --poll-us)
 
 
 CONFIGS = [
@@ -71,6 +72,20 @@ CONFIGS = [
     Config("qsd_raw", "qsd raw", "qsd", False),
     Config("qsd_luks", "qsd LUKS", "qsd", True),
 ]
+
+# QD1 latency with and without iceblkd's opt-in polling (--poll-us), side by side:
+# the four iceblkd configurations interleaved per workload, like the main table.
+POLL_WORKLOADS = [
+    Workload("poll_randread_4k_qd1", "4K randread QD1", "randread", "4K", 4096, 1),
+    Workload("poll_randwrite_4k_qd1", "4K randwrite QD1", "randwrite", "4K", 4096, 1),
+]
+POLL_CONFIGS = [
+    Config("iceblkd_plain", "iceblkd plain", "iceblkd", False),
+    Config("iceblkd_plain_poll", "iceblkd plain poll", "iceblkd", False, True),
+    Config("iceblkd_ice", "iceblkd ICE", "iceblkd", True),
+    Config("iceblkd_ice_poll", "iceblkd ICE poll", "iceblkd", True, True),
+]
+DEFAULT_POLL_US = 50
 
 ALGORITHM = "aes-256-xts"
 DATA_UNIT = 4096
@@ -263,11 +278,13 @@ def qsd_argv(img: Path, sock: Path, luks: bool, secret_file: Path, aio: str) -> 
     return argv
 
 
-def iceblkd_argv(iceblkd: Path, img: Path, sock: Path, ice: bool, io_engine: str) -> list[str]:
+def iceblkd_argv(iceblkd: Path, img: Path, sock: Path, ice: bool, io_engine: str, poll_us: int = 0) -> list[str]:
     argv = [str(iceblkd), "--socket", str(sock), "--image", str(img), "--num-queues", "1",
             "--io-engine", io_engine, "--log-level", "warn"]
     if not ice:
         argv.append("--no-ice")
+    if poll_us:
+        argv += ["--poll-us", str(poll_us)]
     return argv
 
 
@@ -435,6 +452,22 @@ def memory_summary(results: dict, runs: list[dict], queue_buffer_bytes: int) -> 
     return out
 
 
+def poll_rows(doc: dict) -> list[dict]:
+    """QD1 with and without --poll-us: per workload and device mode, the two cells and
+    the latency ratio (poll / no poll; below 1 = polling is faster)."""
+    poll = doc.get("poll")
+    if not poll:
+        return []
+    out = []
+    for w in poll["workloads"]:
+        for mode, off, on in (("plain", "iceblkd_plain", "iceblkd_plain_poll"), ("ICE", "iceblkd_ice", "iceblkd_ice_poll")):
+            a, b = poll["cells"][w["key"]][off], poll["cells"][w["key"]][on]
+            out.append({"workload": w["label"], "mode": mode, "off": a, "on": b,
+                        "p50_ratio": ratio(b["p50_us"], a["p50_us"]), "p99_ratio": ratio(b["p99_us"], a["p99_us"]),
+                        "iops_ratio": ratio(b["iops"], a["iops"])})
+    return out
+
+
 def fmt_num(v: float, digits: int = 0) -> str:
     return f"{v:,.{digits}f}" if v is not None else "-"
 
@@ -471,6 +504,17 @@ def render_table(doc: dict) -> str:
     for r in doc["ratios"]:
         lines.append(f"{r['name']:<58}{'>= ' + format(r['target'], '.2f'):>8}{v(r['value'], r['pass']):>18}"
                      f"{v(r.get('value_cpu'), r.get('pass_cpu')):>20}")
+    rows = poll_rows(doc)
+    if rows:
+        lines.append("")
+        lines.append(f"QD1 latency, iceblkd without / with --poll-us {doc['poll']['poll_us']} "
+                     "(p50 and p99 us, IOPS, device CPU us per request; ratio = with / without)")
+        for r in rows:
+            a, b = r["off"], r["on"]
+            lines.append(f"  {r['workload']:<18} {r['mode']:<6} p50 {a['p50_us']:6.1f} / {b['p50_us']:6.1f} "
+                         f"({r['p50_ratio'] or 0:.2f}x)  p99 {a['p99_us']:6.1f} / {b['p99_us']:6.1f}  "
+                         f"IOPS {a['iops']:>8,.0f} / {b['iops']:>8,.0f} ({r['iops_ratio'] or 0:.2f}x)  "
+                         f"CPU {a['device_cpu_us_per_io']:5.1f} / {b['device_cpu_us_per_io']:5.1f}")
     lines.append("")
     lines.append("peak daemon memory under load (MiB; RssShmem = the driver's shared memory the daemon touched)")
     for k, m in doc["memory"].items():
@@ -494,6 +538,9 @@ def render_markdown(doc: dict, png_rel: str | None) -> str:
                f"Linux {m['kernel']}, {m['openssl'].split(' (')[0]}, {m['qemu'].split(' (')[0]}. "
                f"Load average {m['loadavg_start']:.1f} at start, {m.get('loadavg_end', 0):.1f} at end "
                f"(on a machine shared with other jobs wall-clock cells vary from run to run: see the spread below).")
+    if doc.get("note"):
+        out.append("")
+        out.append(f"**Note:** {doc['note']}")
     out.append("")
     out.append("Command:")
     out.append("")
@@ -559,10 +606,38 @@ def render_markdown(doc: dict, png_rel: str | None) -> str:
             f"VmHWM < {mm['limit_kib'] / 1024:.0f} MiB: {'ok' if mm['pass'] else '**missed**'}"
         out.append(f"| {lbl} | {mm['VmRSS'] / 1024:.1f} | {mm['VmHWM'] / 1024:.1f} | {mm['RssAnon'] / 1024:.1f} | "
                    f"{mm['RssFile'] / 1024:.1f} | {mm['RssShmem'] / 1024:.1f} | {tgt} |")
+    rows = poll_rows(doc)
+    if rows:
+        us = doc["poll"]["poll_us"]
+        out.append("")
+        out.append(f"QD1 latency without and with polling (`iceblkd --poll-us {us}`: after each pass the queue worker "
+                   f"spins on the ring for up to {us} µs, with the driver's kicks suppressed, before it sleeps). The four "
+                   "iceblkd configurations ran interleaved per workload, in their own rounds; *ratio* is with / without "
+                   "polling (below 1: polling is faster). Device CPU per request includes the time spent spinning.")
+        out.append("")
+        out.append("| workload | device | p50 µs without / with | ratio | p99 µs without / with | "
+                   "IOPS without / with | device CPU µs/request without / with |")
+        out.append("|---|---|---:|---:|---:|---:|---:|")
+        for r in rows:
+            a, b = r["off"], r["on"]
+            pr = "-" if r["p50_ratio"] is None else f"{r['p50_ratio']:.2f}"
+            out.append(f"| {r['workload']} | {r['mode']} | {a['p50_us']:.1f} / {b['p50_us']:.1f} | {pr} | "
+                       f"{a['p99_us']:.1f} / {b['p99_us']:.1f} | {a['iops']:,.0f} / {b['iops']:,.0f} | "
+                       f"{a['device_cpu_us_per_io']:.1f} / {b['device_cpu_us_per_io']:.1f} |")
+        spreads = [x["iops_max"] / x["iops_min"] for wl in doc["poll"]["cells"].values() for x in wl.values()
+                   if x["iops_min"] > 0]
+        if a_rounds(doc) > 1 and spreads:
+            out.append("")
+            out.append(f"Run-to-run spread of these cells (max / min IOPS over the rounds): median "
+                       f"{statistics.median(spreads):.2f}x, worst {max(spreads):.2f}x.")
     if png_rel:
         out.append("")
         out.append(f"![iceblkd vs qemu-storage-daemon]({png_rel})")
     return "\n".join(out)
+
+
+def a_rounds(doc: dict) -> int:
+    return int(doc.get("args", {}).get("rounds", 1))
 
 
 def write_png(doc: dict, path: Path) -> bool:
@@ -576,9 +651,25 @@ def write_png(doc: dict, path: Path) -> bool:
     cells = doc["cells"]
     small = [w for w in WORKLOADS if w.bs_bytes == 4096]
     big = [w for w in WORKLOADS if w.bs_bytes != 4096]
-    fig = plt.figure(figsize=(12, 8.4))
-    grid = fig.add_gridspec(2, len(small) + len(big))
+    poll = doc.get("poll")
+    fig = plt.figure(figsize=(12, 11.6 if poll else 8.4))
+    grid = fig.add_gridspec(3 if poll else 2, len(small) + len(big))
     axes = [fig.add_subplot(grid[0, :len(small)]), fig.add_subplot(grid[0, len(small):]), fig.add_subplot(grid[1, :])]
+    if poll:
+        # QD1 p50 latency without / with --poll-us, the four iceblkd configurations.
+        ax = fig.add_subplot(grid[2, :])
+        pcfgs, pwls = poll["configs"], poll["workloads"]
+        pw = 0.8 / len(pcfgs)
+        pcolors = ["#4c72b0", "#a1c9f4", "#dd8452", "#ffb482"]
+        for i, c in enumerate(pcfgs):
+            vals = [poll["cells"][w["key"]][c["key"]]["p50_us"] for w in pwls]
+            xs = [j + (i - (len(pcfgs) - 1) / 2) * pw for j in range(len(pwls))]
+            bars = ax.bar(xs, vals, pw, label=c["label"], color=pcolors[i % len(pcolors)])
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+        ax.set_xticks(range(len(pwls)), [w["label"] for w in pwls], fontsize=9)
+        ax.set_ylabel(f"p50 µs, without / with --poll-us {poll['poll_us']}", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
     width = 0.8 / len(CONFIGS)
     colors = ["#4c72b0", "#dd8452", "#8c8c8c", "#c44e52"]
     panels = ((axes[0], small, "iops", "kIOPS (wall clock)", 1000.0, "%.1f"),
@@ -650,6 +741,10 @@ def main() -> int:
                          "shared with builds; negative needs root; env BENCH_NICE)")
     ap.add_argument("--workloads", default=",".join(w.key for w in WORKLOADS),
                     help="comma-separated subset (" + ", ".join(w.key for w in WORKLOADS) + ")")
+    ap.add_argument("--poll-us", type=int, default=DEFAULT_POLL_US,
+                    help=f"iceblkd --poll-us of the QD1 polling comparison (default {DEFAULT_POLL_US}; 0 skips it)")
+    ap.add_argument("--note", default=os.environ.get("BENCH_NOTE", ""),
+                    help="a sentence printed next to the numbers in the docs (e.g. what else loaded the machine)")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     ap.add_argument("--render", metavar="RESULTS_JSON",
                     help="measure nothing: recompute ratios from a results.json and redo table, chart, docs")
@@ -689,7 +784,8 @@ def main() -> int:
     if not is_tmpfs(workdir_parent):
         log(f"{workdir_parent} is not on tmpfs; pass --workdir on a tmpfs mount (e.g. /dev/shm)")
         return 2
-    need = args.size * len(CONFIGS) + 64 * MIB
+    poll_extra = [c for c in POLL_CONFIGS if c.poll] if args.poll_us > 0 else []
+    need = args.size * (len(CONFIGS) + len(poll_extra)) + 64 * MIB
     free = shutil.disk_usage(workdir_parent).free
     if free < need:
         log(f"{workdir_parent} has {free // MIB} MiB free; {need // MIB} MiB needed (lower --size)")
@@ -707,19 +803,20 @@ def main() -> int:
         secret = work / "luks.pass"  # throwaway passphrase, tmpfs only, removed at the end
         secret.write_text(secrets.token_hex(16))
         os.chmod(secret, 0o600)
-        log(f"creating 4 images of {args.size // MIB} MiB in {work}")
+        log(f"creating {len(CONFIGS) + len(poll_extra)} images of {args.size // MIB} MiB in {work}")
         imgs = {}
-        for c in CONFIGS:
+        for c in CONFIGS + poll_extra:
             if c.key == "qsd_luks":
                 imgs[c.key] = work / f"{c.key}.luks"
                 make_luks_image(imgs[c.key], args.size, secret)
             else:
                 imgs[c.key] = work / f"{c.key}.img"
                 make_raw_image(imgs[c.key], args.size)
-        for c in CONFIGS:
+        for c in CONFIGS + poll_extra:
             sock = work / f"{c.key}.sock"
             if c.kind == "iceblkd":
-                argv = prefix + iceblkd_argv(iceblkd, imgs[c.key], sock, c.encrypt, args.io_engine)
+                argv = prefix + iceblkd_argv(iceblkd, imgs[c.key], sock, c.encrypt, args.io_engine,
+                                             args.poll_us if c.poll else 0)
             else:
                 argv = prefix + qsd_argv(imgs[c.key], sock, c.key == "qsd_luks", secret, args.qsd_aio)
             devices[c.key] = Device(c, argv, sock, logdir / f"{c.key}.log")
@@ -741,6 +838,24 @@ def main() -> int:
                     log(f"[{n}/{total}] {w.label:<18} {c.label:<14} {r['iops']:>10,.0f} IOPS "
                         f"{r['mb_per_s']:>8,.1f} MB/s  p99 {r['p99_us']:>7,.0f} us")
 
+        # QD1 with and without polling: its own interleaved rounds over the four iceblkd
+        # configurations (not mixed into the main table's cells).
+        poll_runs: list[dict] = []
+        if poll_extra:
+            total = len(POLL_WORKLOADS) * args.rounds * len(POLL_CONFIGS)
+            n = 0
+            for w in POLL_WORKLOADS:
+                for rnd in range(args.rounds):
+                    order = POLL_CONFIGS[rnd % len(POLL_CONFIGS):] + POLL_CONFIGS[:rnd % len(POLL_CONFIGS)]
+                    for c in order:
+                        n += 1
+                        r = bench_once(iceblk, devices[c.key], w, args.runtime, logdir, f"{w.key}.{c.key}.{rnd}",
+                                       prefix)
+                        r.update(workload=w.key, config=c.key, round=rnd)
+                        poll_runs.append(r)
+                        log(f"[poll {n}/{total}] {w.label:<18} {c.label:<19} {r['iops']:>9,.0f} IOPS "
+                            f"p50 {r['p50_us']:>6,.1f} us  p99 {r['p99_us']:>7,.1f} us")
+
         log(f"crypto ceiling: openssl speed -evp {ALGORITHM} -seconds {args.openssl_seconds} -bytes {DATA_UNIT}")
         ceiling = openssl_ceiling(args.openssl_seconds, prefix)
         machine["loadavg_end"] = os.getloadavg()[0]
@@ -759,10 +874,13 @@ def main() -> int:
             extra.append(f"--size {args.size // MIB}M")
         if args.nice:
             extra.append(f"--nice {args.nice}")
+        if args.poll_us != DEFAULT_POLL_US:
+            extra.append(f"--poll-us {args.poll_us}")
         doc = {
             "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
             "command": " ".join([cmd] + extra),
             "machine": machine,
+            "note": args.note,
             "args": {"runtime": args.runtime, "rounds": args.rounds, "size": args.size, "workdir": args.workdir,
                      "io_engine": args.io_engine, "qsd_aio": args.qsd_aio, "nice": args.nice},
             "workloads": [w.__dict__ for w in workloads],
@@ -772,6 +890,16 @@ def main() -> int:
             "ceiling": ceiling,
             "runs": runs,
         }
+        if poll_runs:
+            doc["poll"] = {
+                "poll_us": args.poll_us,
+                "workloads": [w.__dict__ for w in POLL_WORKLOADS],
+                "configs": [c.__dict__ for c in POLL_CONFIGS],
+                "cells": {w.key: {c.key: median_cell([r for r in poll_runs
+                                                      if r["workload"] == w.key and r["config"] == c.key])
+                                  for c in POLL_CONFIGS} for w in POLL_WORKLOADS},
+                "runs": poll_runs,
+            }
         if len(workloads) == len(WORKLOADS):
             doc["ratios"] = compute_ratios(cells, ceiling)
         else:

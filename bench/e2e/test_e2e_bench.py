@@ -60,6 +60,20 @@ def fake_doc(ice_factor=0.95, plain_vs_qsd=1.3, ice_vs_luks=2.0, seq_mb=2000.0, 
     return doc
 
 
+def with_poll(doc, p50_off=20.0, p50_on=14.0, us=50):
+    """Add the QD1 polling comparison: ICE and plain, without and with --poll-us."""
+    pc = {}
+    for w in eb.POLL_WORKLOADS:
+        pc[w.key] = {}
+        for c in eb.POLL_CONFIGS:
+            x = cell(1e6 / (p50_on if c.poll else p50_off), 4096, p99=(p50_on if c.poll else p50_off) * 2)
+            x["p50_us"] = p50_on if c.poll else p50_off
+            pc[w.key][c.key] = x
+    doc["poll"] = {"poll_us": us, "workloads": [w.__dict__ for w in eb.POLL_WORKLOADS],
+                   "configs": [c.__dict__ for c in eb.POLL_CONFIGS], "cells": pc, "runs": []}
+    return doc
+
+
 class OpensslParsing(unittest.TestCase):
     def test_single_size(self):
         self.assertEqual(eb.parse_openssl_mr(OPENSSL_MR_ONE), {4096: 2854871040.0})
@@ -182,6 +196,23 @@ class Rendering(unittest.TestCase):
         self.assertIn("MISSED", t)
         self.assertIn("2,800 MB/s", t)
 
+    def test_polling_comparison_side_by_side(self):
+        doc = with_poll(fake_doc())
+        rows = eb.poll_rows(doc)
+        self.assertEqual(len(rows), 2 * len(eb.POLL_WORKLOADS))
+        self.assertEqual({r["mode"] for r in rows}, {"plain", "ICE"})
+        self.assertAlmostEqual(rows[0]["p50_ratio"], 14.0 / 20.0)
+        t = eb.render_table(doc)
+        self.assertIn("--poll-us 50", t)
+        self.assertIn("0.70x", t)
+        md = eb.render_markdown(doc, None)
+        self.assertIn("`iceblkd --poll-us 50`", md)
+        self.assertIn("| 4K randread QD1 | ICE | 20.0 / 14.0 | 0.70 |", md)
+        self.assertEqual(eb.poll_rows(fake_doc()), [])  # a run without it renders as before
+        noted = dict(doc, note="Shared with five builds.")
+        self.assertIn("**Note:** Shared with five builds.", eb.render_markdown(noted, None))
+        self.assertNotIn("poll", eb.render_markdown(fake_doc(), None).lower().replace("polled", ""))
+
     def test_docs_markers_replace_only_the_generated_section(self):
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / "benchmarks.md"
@@ -210,6 +241,8 @@ class Rendering(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / "c.png"
             self.assertTrue(eb.write_png(fake_doc(), p))
+            self.assertEqual(p.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+            self.assertTrue(eb.write_png(with_poll(fake_doc()), p))  # with the QD1 polling panel
             self.assertEqual(p.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
 
 

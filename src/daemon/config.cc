@@ -104,7 +104,8 @@ Result<ExportConfig> parse_export(const json& j, const std::string& where) {
   if (!j.is_object()) return fail(Errc::kInvalidArgument, "{}: must be an object", where);
   ICEBLK_TRY(check_keys(j, {"name", "socket", "image", "size", "readonly", "num_queues", "queue_size", "ice",
                             "keys", "slot_offset", "max_slots", "algorithms", "secure_world_socket",
-                            "io_engine", "serial", "allow_unsealed_memory", "max_buffer_memory", "test_hold"},
+                            "io_engine", "serial", "allow_unsealed_memory", "max_buffer_memory", "test_hold",
+                            "poll_us"},
                         where));
   ExportConfig e;
   ICEBLK_TRY(get_string(j, "name", e.name, where));
@@ -172,6 +173,11 @@ Result<ExportConfig> parse_export(const json& j, const std::string& where) {
                            return make_error(err.code, "{}: test_hold: {}", where, err.message);
                          }));
   }
+  if (j.contains("poll_us")) {
+    uint32_t us = 0;
+    ICEBLK_TRY(get_uint(j, "poll_us", us, where));
+    e.poll_us = us;
+  }
   return e;
 }
 
@@ -189,13 +195,15 @@ Result<DaemonConfig> parse_config_text(std::string_view text, const std::string&
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
   if (j.is_discarded()) return fail(Errc::kInvalidArgument, "config file {}: not valid JSON", path);
   if (!j.is_object()) return fail(Errc::kInvalidArgument, "config file {}: top level must be an object", path);
-  ICEBLK_TRY(check_keys(j, {"engine", "exports", "control", "sandbox", "allow_core_dumps", "user", "group"}, path));
+  ICEBLK_TRY(check_keys(j, {"engine", "exports", "control", "sandbox", "allow_core_dumps", "user", "group", "poll_us"},
+                        path));
   DaemonConfig cfg;
   ICEBLK_TRY(get_string(j, "control", cfg.control_socket, path));
   ICEBLK_TRY(get_bool(j, "sandbox", cfg.sandbox, path));
   ICEBLK_TRY(get_bool(j, "allow_core_dumps", cfg.allow_core_dumps, path));
   ICEBLK_TRY(get_string(j, "user", cfg.user, path));
   ICEBLK_TRY(get_string(j, "group", cfg.group, path));
+  ICEBLK_TRY(get_uint(j, "poll_us", cfg.poll_us, path));
   if (j.contains("engine")) {
     const json& e = j["engine"];
     const std::string where = path + ": engine";
@@ -234,6 +242,10 @@ Status validate(DaemonConfig& cfg) {
   if (cfg.exports.empty() && cfg.control_socket.empty()) {
     return fail(Errc::kInvalidArgument, "no exports configured");
   }
+  if (cfg.poll_us > kMaxPollUs) {
+    return fail(Errc::kInvalidArgument, "poll_us (--poll-us) must be 0..{}, not {}", kMaxPollUs,
+                cfg.poll_us);
+  }
   std::set<std::string> names, sockets;
   for (size_t i = 0; i < cfg.exports.size(); ++i) {
     ExportConfig& e = cfg.exports[i];
@@ -262,6 +274,10 @@ Status validate(DaemonConfig& cfg) {
                   "export '{}': queue_size (--queue-size) must be a power of two in 4..1024, not {}", n, e.queue_size);
     }
     if (e.serial.empty()) e.serial = e.name.substr(0, 20);
+    if (e.poll_us && *e.poll_us > kMaxPollUs) {
+      return fail(Errc::kInvalidArgument, "export '{}': poll_us must be 0..{}, not {}", n,
+                  kMaxPollUs, *e.poll_us);
+    }
     if (!e.ice) continue;
     if (e.max_slots == 0 || e.max_slots > 255) {
       return fail(Errc::kInvalidArgument, "export '{}': max_slots (--max-slots) must be 1..255, not {}", n,

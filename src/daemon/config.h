@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,6 +42,9 @@ struct ExportConfig {
   // TESTING ONLY: completions held back so that requests complete out of order
   // (--test-reorder-completions, "test_hold"; blk/completion_hold.h).
   blk::CompletionHoldConfig test_hold;
+  // Queue workers spin on the ring this long before sleeping (JSON poll_us); unset:
+  // DaemonConfig::poll_us.
+  std::optional<uint32_t> poll_us;
 };
 
 struct DaemonConfig {
@@ -56,7 +60,11 @@ struct DaemonConfig {
   bool allow_core_dumps = false;  // stay dumpable (--allow-core-dumps, "allow_core_dumps")
   std::string user;               // drop to this user once started (--user, "user"); empty: stay
   std::string group;              // ... and group (--group, "group"); default: the user's group
+  uint32_t poll_us = 0;  // --poll-us, JSON top-level poll_us: default of every export; 0 = off
 };
+
+// Largest --poll-us / poll_us accepted (a spinning worker holds a core meanwhile).
+inline constexpr uint32_t kMaxPollUs = 1'000'000;
 
 // An image size: iceblk::parse_size (base/parse_size.h) that also refuses 0 and
 // values that are not a multiple of 512 bytes, with a message naming `what`.

@@ -140,6 +140,7 @@ Result<std::unique_ptr<Daemon::Export>> Daemon::make_export(const ExportConfig& 
   }
   ex->blk = std::shared_ptr<blk::BlkDevice>(std::move(*dev));
   ex->device = std::make_unique<VhostBlkDevice>(ex->blk, ec.allow_unsealed_memory);
+  ex->device->set_poll_us(ec.poll_us.value_or(cfg_.poll_us));
   // A socket handed in (systemd socket activation, or --socket fd:N) is served
   // as it is; otherwise bind ec.socket.
   auto server = ec.listen_fd >= 0 ? vhost_user::Server::adopt(UniqueFd(ec.listen_fd), ec.socket, *ex->device)

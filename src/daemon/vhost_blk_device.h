@@ -32,12 +32,16 @@ class VhostBlkDevice final : public vhost_user::Backend {
   int queue_event_fd(uint16_t q) override;
   Result<bool> process_queue(uint16_t q, virtio::SplitQueue& vq) override;
   bool drain_queue(uint16_t q, virtio::SplitQueue& vq) override;
+  // --poll-us: set before the export serves (read when each queue starts).
+  [[nodiscard]] uint32_t poll_us() const override { return poll_us_; }
+  void set_poll_us(uint32_t us) { poll_us_ = us; }
 
   [[nodiscard]] blk::BlkDevice& blk() { return *dev_; }
 
  private:
   std::shared_ptr<blk::BlkDevice> dev_;
   bool allow_unsealed_memory_ = false;
+  uint32_t poll_us_ = 0;
   // Slot q is touched only by queue q's worker thread (the vector never resizes).
   std::vector<std::unique_ptr<blk::QueueProcessor>> processors_;
 };

@@ -81,6 +81,12 @@ class Backend {
   // start, after queue_started(q); the fd must stay open until queue_stopped(q).
   virtual int queue_event_fd(uint16_t /*q*/) { return -1; }
 
+  // Opt-in polling (iceblkd --poll-us): after a pass, q's worker spins on the ring
+  // (avail idx) and on the kick, queue event and control fds for up to this many
+  // microseconds, with the driver's kicks suppressed, before it sleeps. 0 = never
+  // spin. Read once per queue start.
+  [[nodiscard]] virtual uint32_t poll_us() const { return 0; }
+
   // Process available chains (and completions of earlier asynchronous work).
   // Returns true if the driver should be notified (SplitQueue::should_notify()).
   // An error means the queue is broken (e.g. avail index corrupt): the worker stops

@@ -4,7 +4,9 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 
 #include "base/log.h"
 #include "base/log_context.h"
@@ -22,7 +24,50 @@ void write_eventfd(int fd) {
 
 enum Tag : uint64_t { kTagKick = 0, kTagCtl = 1, kTagDevice = 2 };
 
+std::atomic<VringWorker::PollTimeoutHook> g_poll_timeout_hook{nullptr};
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 }  // namespace
+
+void VringWorker::set_poll_timeout_hook_for_testing(PollTimeoutHook hook) {
+  g_poll_timeout_hook.store(hook);
+}
+
+int VringWorker::wait_polling(int ep, epoll_event* evs, int max_events, uint32_t poll_us,
+                              bool& ring_work) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::microseconds(poll_us);
+  // The driver need not kick while we look at its ring ourselves.
+  queue_.disable_notifications();
+  for (;;) {
+    if (queue_.has_available()) {
+      ring_work = true;  // process_queue re-enables kicks before it returns
+      return 0;
+    }
+    // Kick, control (stop, enable, memory) and device completion fds, not waiting.
+    if (const int n = ::epoll_wait(ep, evs, max_events, 0); n != 0) return n;
+    if (Clock::now() >= deadline) break;
+    cpu_relax();
+  }
+  if (auto hook = g_poll_timeout_hook.load()) hook(index_);
+  // ORDER: enable_notifications() ends with a full fence before this re-check; the
+  // driver fences between storing avail->idx and reading the suppression. A chain
+  // published after the last look above is seen here, or the driver saw kicks on
+  // and kicked (the kick fd wakes the epoll_wait below).
+  queue_.enable_notifications();
+  if (queue_.has_available()) {
+    ring_work = true;
+    return 0;
+  }
+  return ::epoll_wait(ep, evs, max_events, -1);
+}
 
 void VringNotifier::set_call(UniqueFd fd) {
   std::lock_guard lk(mu_);
@@ -125,21 +170,22 @@ void VringWorker::run() {
     if (ep && dev_fd >= 0) ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, dev_fd, nullptr);
     notifier_.signal_err();
   };
-  auto pass = [&] {
-    if (broken) return;
-    auto r = device_.process_queue(index_, queue_);
-    if (!r) {
-      park(r.error(), "process_queue");
-    } else if (*r) {
-      notifier_.signal_call();
-    }
-  };
-
   bool enabled;
   {
     std::lock_guard lk(mu_);
     enabled = enabled_;
   }
+  const uint32_t poll_us = device_.poll_us();
+  auto pass = [&] {
+    if (broken) return;
+    auto r = device_.process_queue(index_, queue_);
+    if (!r) return park(r.error(), "process_queue");
+    // Polling next: suppress kicks before the call fd wakes the driver. The woken
+    // driver often runs at once (preempting this thread) and submits its next request;
+    // process_queue ended with kicks on, so it would kick for every request.
+    if (poll_us > 0 && enabled) queue_.disable_notifications();
+    if (*r) notifier_.signal_call();
+  };
 
   auto wait_for_stop = [&] {
     for (;;) {
@@ -165,13 +211,16 @@ void VringWorker::run() {
     if (enabled) pass();
     for (;;) {
       epoll_event evs[3];
-      const int n = ::epoll_wait(ep.get(), evs, 3, -1);
+      bool ring_work = false;  // polling found chains in the avail ring
+      const int n = poll_us > 0 && enabled && !broken
+                        ? wait_polling(ep.get(), evs, 3, poll_us, ring_work)
+                        : ::epoll_wait(ep.get(), evs, 3, -1);
       if (n < 0 && errno != EINTR) {
         park(errno_error(Errc::kIo, "epoll_wait", errno), "wait");
         wait_for_stop();
         break;
       }
-      bool kicked = false;
+      bool kicked = ring_work;
       bool device_event = false;
       for (int i = 0; i < n; ++i) {
         uint64_t v = 0;

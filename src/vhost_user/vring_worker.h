@@ -1,7 +1,14 @@
 // One thread per started vring: waits (epoll) on the kick eventfd, the device's
 // queue event fd and an internal control eventfd, runs Backend::process_queue and
-// signals the call eventfd when the device asks for it.
+// signals the call eventfd when the device asks for it (once per pass).
+//
+// Polling (Backend::poll_us() > 0, iceblkd --poll-us): after a pass the worker
+// suppresses the driver's kicks and spins on the ring and the fds for up to that
+// long; then it re-enables kicks, re-checks the ring (so a chain published in
+// between is not left waiting for a kick that the driver did not send) and sleeps.
 #pragma once
+
+#include <sys/epoll.h>
 
 #include <cstdint>
 #include <memory>
@@ -55,6 +62,12 @@ class VringWorker {
   // True once process_queue (or a memory update) failed and the queue was parked.
   [[nodiscard]] bool broken() const;
 
+  // Test seam: called on the worker thread when a poll window ended with nothing
+  // found, before kicks are re-enabled (the window the lost-kick test aims at).
+  // Process-wide; nullptr (the default) = none.
+  using PollTimeoutHook = void (*)(uint16_t queue_index);
+  static void set_poll_timeout_hook_for_testing(PollTimeoutHook hook);
+
  private:
   VringWorker(uint16_t index, Backend& device, virtio::SplitQueue queue, UniqueFd kick, VringNotifier& notifier,
               bool enabled, UniqueFd ctl)
@@ -62,6 +75,9 @@ class VringWorker {
         notifier_(notifier), ctl_(std::move(ctl)), enabled_(enabled) {}
   void run();
   void wake();
+  // Polling: spin for work for up to poll_us, then sleep; returns epoll_wait's
+  // result (events in evs) and sets ring_work when the avail ring has chains.
+  int wait_polling(int ep, epoll_event* evs, int max_events, uint32_t poll_us, bool& ring_work);
 
   const uint16_t index_;
   Backend& device_;

@@ -265,8 +265,19 @@ void SplitQueue::enable_notifications() {
 }
 
 void SplitQueue::disable_notifications() {
-  // With EVENT_IDX a stale avail_event already suppresses kicks (§2.7.10).
-  if (!cfg_.event_idx) store16(used_ + kRingFlagsOff, kUsedFNoNotify, __ATOMIC_RELAXED);
+  if (cfg_.event_idx) {
+    // §2.7.10: the driver kicks when its new avail idx passes avail_event; entry
+    // next_avail_ - 1 was consumed already, so no entry it adds from now on does.
+    store16(used_ + used_avail_event_off(cfg_.size), static_cast<uint16_t>(next_avail_ - 1),
+            __ATOMIC_RELAXED);
+  } else {
+    store16(used_ + kRingFlagsOff, kUsedFNoNotify, __ATOMIC_RELAXED);
+  }
+}
+
+bool SplitQueue::has_available() const {
+  // ORDER: acquire, like pop(): pairs with the driver's release store of avail->idx.
+  return load16(avail_ + kRingIdxOff, __ATOMIC_ACQUIRE) != next_avail_;
 }
 
 }  // namespace iceblk::virtio

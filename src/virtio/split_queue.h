@@ -100,9 +100,15 @@ class SplitQueue {
   // when there is new work. Call before re-checking the ring and sleeping.
   // Without EVENT_IDX: clears VIRTQ_USED_F_NO_NOTIFY. Ends with a full fence.
   void enable_notifications();
-  // Without EVENT_IDX: sets VIRTQ_USED_F_NO_NOTIFY (while polling). With EVENT_IDX
-  // nothing is needed: a stale avail_event already suppresses kicks.
+  // While polling: ask the driver not to kick. Without EVENT_IDX sets
+  // VIRTQ_USED_F_NO_NOTIFY; with EVENT_IDX publishes avail_event = next avail - 1, an
+  // entry already consumed, so no new entry crosses it (§2.7.10). Undo with
+  // enable_notifications() and re-check the ring before sleeping.
   void disable_notifications();
+
+  // Whether the driver has published a chain not yet popped (acquire load of
+  // avail->idx; a corrupt index also counts: pop() then reports it).
+  [[nodiscard]] bool has_available() const;
 
   [[nodiscard]] uint16_t next_avail() const { return next_avail_; }
   [[nodiscard]] uint16_t size() const { return cfg_.size; }

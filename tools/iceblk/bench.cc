@@ -27,6 +27,12 @@ void add_bench_options(CLI::App* sub, BenchOptions& b) {
       ->check(CLI::IsMember({"on", "off"}));
   sub->add_option("--rwmixread", b.rwmixread, "randrw: percentage of reads")->check(CLI::Range(0, 100));
   sub->add_option("--seed", b.seed, "random offset seed");
+  sub->add_flag("--key-churn", b.key_churn,
+                "no I/O: PROGRAM_KEY then EVICT_KEY of a random key on virtual slot 0 in a loop, "
+                "for --runtime seconds (the key-churn load of bench/run_e2e_bench.sh --scale)");
+  sub->add_option("--key-churn-rate", b.key_churn_rate,
+                  "--key-churn: PROGRAM_KEY + EVICT_KEY pairs per second (default 0: back to back)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_flag("--json", b.json, "print the result as JSON");
   sub->add_flag("--quiet", b.quiet, "no progress on stderr");
 }
@@ -47,6 +53,53 @@ double percentile(std::vector<uint32_t>& v, double p) {
   const size_t idx = std::min(v.size() - 1, static_cast<size_t>(p / 100.0 * static_cast<double>(v.size())));
   std::nth_element(v.begin(), v.begin() + static_cast<long>(idx), v.end());
   return v[idx] / 10.0;
+}
+
+// --key-churn: what one VM that keeps changing keys costs the others sharing the engine.
+int run_key_churn(driver::Device& dev, const CryptOptions& copt, const BenchOptions& b,
+                  double runtime) {
+  auto die = [](const std::string& m) {
+    std::fprintf(stderr, "iceblk bench: %s\n", m.c_str());
+    return 1;
+  };
+  if (!dev.ice())
+    return die("--key-churn: the device does not offer inline encryption (VIRTIO_BLK_F_ICE)");
+  auto m = crypto_mode(copt);
+  if (!m) return die(m.error().message);
+  auto material = random_key(*m);
+  if (!material) return die(material.error().message);
+  auto key = ice::Key::create(*m, material->view());
+  if (!key) return die(key.error().message);
+  const auto t0 = Clock::now();
+  const auto deadline =
+      t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(runtime));
+  uint64_t pairs = 0;
+  const auto period = b.key_churn_rate > 0
+                          ? std::chrono::duration_cast<Clock::duration>(
+                                std::chrono::duration<double>(1.0 / b.key_churn_rate))
+                          : Clock::duration::zero();
+  for (auto next = t0; Clock::now() < deadline; next += period) {
+    if (period > Clock::duration::zero()) std::this_thread::sleep_until(next);
+    if (auto st = dev.program_key(0, *key); !st) return die("PROGRAM_KEY: " + st.error().message);
+    if (auto st = dev.evict_key(0); !st) return die("EVICT_KEY: " + st.error().message);
+    ++pairs;
+  }
+  const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+  nlohmann::json j;
+  j["mode"] = "key-churn";
+  j["rate_limit"] = b.key_churn_rate;
+  j["algorithm"] = ice::algorithm_name(m->alg, m->key_size);
+  j["runtime_s"] = elapsed;
+  j["program_evict_pairs"] = pairs;
+  j["pairs_per_s"] = static_cast<double>(pairs) / elapsed;
+  if (b.json) {
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("key churn: %llu PROGRAM_KEY + EVICT_KEY pairs in %.2f s (%.0f pairs/s)\n",
+                static_cast<unsigned long long>(pairs), elapsed,
+                static_cast<double>(pairs) / elapsed);
+  }
+  return 0;
 }
 
 }  // namespace
@@ -76,6 +129,7 @@ int run_bench(const DeviceOptions& dopt, const CryptOptions& copt, const BenchOp
   auto dev_r = open_device(d);
   if (!dev_r) return die(dev_r.error().message);
   driver::Device& dev = **dev_r;
+  if (b.key_churn) return run_key_churn(dev, copt, b, runtime);
   const bool encrypt = b.encrypt == "on";
   std::optional<ice::CryptoMode> mode;
   if (encrypt) {

@@ -18,6 +18,8 @@ struct BenchOptions {
   std::string encrypt = "off";  // on | off
   unsigned rwmixread = 50;      // randrw: percentage of reads
   uint64_t seed = 1;
+  bool key_churn = false;  // program and evict a key in a loop instead of I/O
+  double key_churn_rate = 0;  // --key-churn pairs per second (0: as fast as the device answers)
   bool json = false;
   bool quiet = false;
 };

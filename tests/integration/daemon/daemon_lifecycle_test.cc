@@ -566,5 +566,28 @@ TEST_F(DaemonLifecycle, CreateFailureLeavesNothingBound) {
   start(std::move(cfg));
 }
 
+// --poll-us in the JSON config: a daemon-wide default (top-level poll_us) that an
+// export's own poll_us overrides, 0 included; validate() bounds both.
+TEST(DaemonConfigPolling, DaemonWideDefaultAndPerExportOverride) {
+  auto c = daemon::parse_config_text(R"({"poll_us": 30, "exports": [
+      {"name": "a", "socket": "/tmp/a.sock", "image": "a.img", "poll_us": 0},
+      {"name": "b", "socket": "/tmp/b.sock", "image": "b.img", "slot_offset": 32},
+      {"name": "c", "socket": "/tmp/c.sock", "image": "c.img", "ice": false, "poll_us": 500}]})",
+                                     "t.json");
+  ASSERT_TRUE(c) << c.error().to_string();
+  ASSERT_TRUE(daemon::validate(*c));
+  EXPECT_EQ(c->poll_us, 30u);
+  EXPECT_EQ(c->exports[0].poll_us, std::optional<uint32_t>(0));
+  EXPECT_EQ(c->exports[1].poll_us, std::nullopt);  // the daemon's 30
+  EXPECT_EQ(c->exports[2].poll_us, std::optional<uint32_t>(500));
+  c->poll_us = daemon::kMaxPollUs + 1;
+  EXPECT_FALSE(daemon::validate(*c));
+  c->poll_us = 0;
+  c->exports[2].poll_us = daemon::kMaxPollUs + 1;
+  auto st = daemon::validate(*c);
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().message.find("'c'"), std::string::npos) << st.error().message;
+}
+
 }  // namespace
 }  // namespace iceblk

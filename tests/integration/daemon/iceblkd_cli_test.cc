@@ -145,6 +145,8 @@ TEST_F(IceblkdCli, BadOptions) {
   expect_one_line_error(base({"--algorithms", "aes-999-xts"}), {"--algorithms", "aes-999-xts"});
   expect_one_line_error(base({"--algorithms", "aes-256-ecb"}), {"ECB", "--allow-ecb"});
   expect_one_line_error(base({"--bogus"}), {"--bogus"});
+  expect_one_line_error(base({"--poll-us", "1000001"}), {"--poll-us"});
+  expect_one_line_error(base({"--poll-us", "-1"}), {"--poll-us"});
   expect_one_line_error(base({"--config", dir_ + "/c.json"}), {"--config"});
   expect_one_line_error(argv({"--config", dir_ + "/nope.json"}), {"nope.json"});
 }
@@ -176,6 +178,11 @@ TEST_F(IceblkdCli, ConfigFileErrors) {
   testing::write_file(cfg, "{\"exports\": [{\"name\": \"a\", \"socket\": \"" + dir_ +
                                "/a.sock\", \"image\": \"x.img\", \"num_queues\": -3}]}");
   expect_one_line_error(argv({"--config", cfg}), {"num_queues"});
+  testing::write_file(cfg, "{\"poll_us\": \"fast\", \"exports\": [" + exp("a", 0, 8) + "]}");
+  expect_one_line_error(argv({"--config", cfg}), {"c.json", "poll_us", "unsigned"});
+  testing::write_file(cfg, "{\"exports\": [{\"name\": \"a\", \"socket\": \"" + dir_ +
+                               "/a.sock\", \"image\": \"x.img\", \"poll_us\": 5000000}]}");
+  expect_one_line_error(argv({"--config", cfg}), {"'a'", "poll_us", "1000000"});
 }
 
 TEST_F(IceblkdCli, SocketInUse) {
