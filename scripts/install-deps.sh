@@ -36,7 +36,7 @@ for group in "$@"; do
     --package) pkgs+=(lintian dpkg-dev debootstrap debian-archive-keyring) ;;
     --qmp) pkgs+=(python3 python3-venv); want_qmp=1 ;;
     --remote) pkgs+=(librbd-dev librados-dev libnbd-dev ceph-mon ceph-osd ceph-common nbdkit
-                     qemu-utils qemu-block-extra) ;;
+                     qemu-utils qemu-block-extra python3 python3-cryptography) ;;
     *) echo "install-deps: unknown group '$group' (use --e2e, --guest-ice, --bench, --package, --qmp, --remote)" >&2; exit 2 ;;
   esac
 done
