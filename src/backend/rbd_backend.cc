@@ -140,8 +140,8 @@ class RbdQueue final : public IoQueue {
     for (RbdOp* op : batch) {
       live_.erase(op);
       --in_flight_;
+      Result<uint64_t> result = finish(*op);  // (copies a read into req.iov)
       IoRequest req = std::move(op->req);
-      Result<uint64_t> result = finish(*op);
       free_op(op);
       req.done(std::move(result));
     }
@@ -269,8 +269,9 @@ class RbdBackend final : public BlockBackend {
   std::shared_ptr<RbdImage> img_;
 };
 
+// Ceph's "secs" options take whole seconds (rounded up, at least 1).
 std::string seconds(std::chrono::milliseconds ms) {
-  return fmt::format("{:.3f}", static_cast<double>(ms.count()) / 1000.0);
+  return std::to_string(std::max<long long>(1, (ms.count() + 999) / 1000));
 }
 
 }  // namespace
