@@ -8,7 +8,9 @@
 #   scripts/ceph-dev-cluster.sh status [DIR]   what runs, and the cluster's health
 #   scripts/ceph-dev-cluster.sh stop-osd|start-osd [DIR]  (outage tests)
 # DIR defaults to $CEPH_DEV_DIR, else /tmp/iceblk-ceph. CEPH_DEV_PORT picks the
-# monitor's port (default 6789 + a hash of DIR, so several clusters can coexist).
+# monitor's port (default 13300 + a hash of DIR, so several clusters can coexist;
+# outside the OSDs' 6800-7300).
+# CEPH_DEV_KEEP=1: stop leaves DIR (logs) in place.
 # Clients: ceph -c DIR/ceph.conf ..., rbd -c DIR/ceph.conf ..., or the image
 # rbd:rbd/NAME:conf=DIR/ceph.conf
 set -euo pipefail
@@ -18,7 +20,7 @@ dir=${2:-${CEPH_DEV_DIR:-/tmp/iceblk-ceph}}
 conf=$dir/ceph.conf
 osd_bytes=${CEPH_DEV_OSD_BYTES:-$((1 << 30))}
 if [[ -z ${CEPH_DEV_PORT:-} ]]; then
-  port=$((6789 + $(printf '%s' "$dir" | cksum | cut -d' ' -f1) % 500))
+  port=$((13300 + $(printf '%s' "$dir" | cksum | cut -d' ' -f1) % 1000))
 else
   port=$CEPH_DEV_PORT
 fi
@@ -44,7 +46,6 @@ auth_cluster_required = none
 auth_service_required = none
 auth_client_required = none
 run_dir = $dir/run
-admin_socket = $dir/run/\$name.asok
 pid_file = $dir/run/\$name.pid
 log_file = $dir/log/\$name.log
 mon_cluster_log_file = $dir/log/cluster.log
@@ -56,20 +57,28 @@ mon_allow_pool_delete = true
 mon_warn_on_pool_no_redundancy = false
 osd_crush_chooseleaf_type = 0
 [mon]
+admin_socket = $dir/run/\$name.asok
 mon_data = $dir/mon.\$id
 mon_data_avail_crit = 1
 mon_data_avail_warn = 1
 [client]
+admin_socket =
 # Writes reach the OSD before they complete, so tests can read the raw objects
 # (rados get) while the image is open.
 rbd_cache = false
 [osd]
+admin_socket = $dir/run/\$name.asok
 osd_data = $dir/osd.\$id
 osd_objectstore = memstore
+# memstore writes its data to osd_data only on a full shutdown: keep it across
+# stop-osd / start-osd.
+osd_fast_shutdown = false
 memstore_device_bytes = $osd_bytes
 osd_max_object_name_len = 256
 osd_max_object_namespace_len = 64
 osd_memory_target = 536870912
+osd_class_update_on_start = false
+osd_crush_update_on_start = false
 EOF
 }
 
@@ -104,12 +113,15 @@ case $cmd in
       die "ceph-mon --mkfs failed: $(tail -3 "$dir/log/mkfs.log")"
     ceph-mon -c "$conf" -i a 2>>"$dir/log/mon-start.log" || die "ceph-mon failed to start (see $dir/log/mon.a.log)"
     mkdir -p "$dir/osd.0"
-    ceph-osd -c "$conf" -i 0 --mkfs --osd-uuid "$(uuidgen)" >"$dir/log/osd-mkfs.log" 2>&1 ||
+    uuid=$(uuidgen)
+    ceph-osd -c "$conf" -i 0 --mkfs --osd-uuid "$uuid" >"$dir/log/osd-mkfs.log" 2>&1 ||
       die "ceph-osd --mkfs failed: $(tail -3 "$dir/log/osd-mkfs.log")"
-    # Register the OSD under the uuid its store recorded.
-    id=$(ceph_ osd new "$(cat "$dir/osd.0/fsid")" 0) ||
-      die "ceph osd new failed (monitor not answering on 127.0.0.1:$port?)"
+    # Registered and placed in CRUSH from here, not by the OSD at boot: its own
+    # mon commands at init race its first monmap and fail now and then ("wrong
+    # fsid").
+    id=$(ceph_ osd new "$uuid" 0) || die "ceph osd new failed (monitor not answering on 127.0.0.1:$port?)"
     [[ $id == 0 ]] || die "unexpected OSD id $id"
+    ceph_ osd crush add osd.0 1.0 root=default >/dev/null 2>&1 || die "ceph osd crush add failed"
     start_osd
     ceph_ osd pool create rbd 8 8 >/dev/null 2>&1
     ceph_ osd pool set rbd size 1 --yes-i-really-mean-it >/dev/null 2>&1 || true
@@ -127,17 +139,19 @@ case $cmd in
         kill -0 "$p" 2>/dev/null && kill -9 "$p" 2>/dev/null || true
       fi
     done
-    [[ -f $conf ]] && rm -rf "$dir"
+    [[ -n ${CEPH_DEV_KEEP:-} ]] || { [[ -f $conf ]] && rm -rf "$dir"; }
     echo "ceph-dev-cluster: stopped"
     ;;
   stop-osd)
+    # Waits for the process itself (its pid file goes before it has exited).
     p=$(pid_of osd.0)
-    [[ -n $p ]] && kill "$p" 2>/dev/null || true
-    for _ in $(seq 100); do running osd.0 || break; sleep 0.1; done
+    if [[ -n $p ]]; then
+      kill "$p" 2>/dev/null || true
+      for _ in $(seq 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+      kill -0 "$p" 2>/dev/null && die "osd.0 (pid $p) did not stop within 30 s"
+    fi
     ;;
   start-osd)
-    # memstore keeps its data in RAM only while the OSD runs unless it persists on
-    # a clean stop (it does: memstore writes its state to osd_data on umount).
     start_osd
     ;;
   status)
