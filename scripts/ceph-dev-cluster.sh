@@ -148,7 +148,7 @@ case $cmd in
     if [[ -n $p ]]; then
       kill "$p" 2>/dev/null || true
       for _ in $(seq 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-      kill -0 "$p" 2>/dev/null && die "osd.0 (pid $p) did not stop within 30 s"
+      if kill -0 "$p" 2>/dev/null; then die "osd.0 (pid $p) did not stop within 30 s"; fi
     fi
     ;;
   start-osd)
