@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "daemon/config.h"
+
 namespace iceblk::backend {
 namespace {
 
@@ -85,6 +87,47 @@ TEST(ImageSpec, RbdRefusals) {
 
 TEST(ImageSpec, Empty) {
   EXPECT_FALSE(parse_image_spec(""));
+}
+
+// The config file takes the same image syntax and the storage-error options.
+TEST(RemoteConfig, JsonFields) {
+  auto c = daemon::parse_config_text(R"({"exports": [
+      {"socket": "/tmp/a.sock", "image": "rbd:vms/a:conf=/etc/ceph/ceph.conf", "on_storage_error": "fail",
+       "io_timeout": 5},
+      {"socket": "/tmp/b.sock", "image": "nbd+unix:///b?socket=/run/b.sock", "slot_offset": 32}]})",
+                                     "t.json");
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->exports[0].on_storage_error, StorageErrorPolicy::kFail);
+  EXPECT_EQ(c->exports[0].io_timeout_s, 5u);
+  EXPECT_EQ(c->exports[1].on_storage_error, StorageErrorPolicy::kRetry);  // the defaults
+  EXPECT_EQ(c->exports[1].io_timeout_s, 30u);
+  EXPECT_TRUE(daemon::validate(*c));
+}
+
+TEST(RemoteConfig, Refusals) {
+  const std::pair<const char*, const char*> bad[] = {
+      {R"({"socket": "/s", "image": "iscsi://h/1"})", "unknown scheme 'iscsi'"},
+      {R"({"socket": "/s", "image": "rbd:noslash"})", "missing pool"},
+      {R"({"socket": "/s", "image": "nbd://h:99999/x"})", "bad port"},
+      {R"({"socket": "/s", "image": "/i", "on_storage_error": "ignore"})", "must be retry or fail"},
+      {R"({"socket": "/s", "image": "/i", "io_timeout": "5"})",
+       "'io_timeout' must be an unsigned integer"},
+  };
+  for (const auto& [json, why] : bad) {
+    auto e = daemon::parse_export_json(json, "add-export");
+    ASSERT_FALSE(e) << json;
+    EXPECT_NE(e.error().message.find(why), std::string::npos) << e.error().message;
+    EXPECT_EQ(e.error().message.rfind("add-export", 0), 0u) << "names where: " << e.error().message;
+  }
+  daemon::DaemonConfig cfg;
+  daemon::ExportConfig ex;
+  ex.socket = "/s";
+  ex.image = "nbd://h/x";
+  ex.io_timeout_s = 0;
+  cfg.exports.push_back(ex);
+  auto v = daemon::validate(cfg);
+  ASSERT_FALSE(v);
+  EXPECT_NE(v.error().message.find("io_timeout (--io-timeout) must be 1..3600"), std::string::npos);
 }
 
 }  // namespace
