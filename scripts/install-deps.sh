@@ -14,6 +14,9 @@
 #   scripts/install-deps.sh --qmp    also the qemu.qmp library (PyPI) in build/qmp-venv, for the
 #                                    control-socket test with a real QMP client (no Debian package
 #                                    exists; without PyPI access that test is skipped)
+#   scripts/install-deps.sh --remote  also the RBD and NBD client libraries and what their tests
+#                                    need (a one-node Ceph cluster: scripts/ceph-dev-cluster.sh;
+#                                    qemu-nbd and nbdkit for NBD servers; qemu-block-extra)
 # Groups combine: scripts/install-deps.sh --e2e --bench
 set -euo pipefail
 
@@ -32,7 +35,9 @@ for group in "$@"; do
     --bench) pkgs+=(qemu-system-common qemu-utils python3 python3-matplotlib valgrind) ;;
     --package) pkgs+=(lintian dpkg-dev debootstrap debian-archive-keyring) ;;
     --qmp) pkgs+=(python3 python3-venv); want_qmp=1 ;;
-    *) echo "install-deps: unknown group '$group' (use --e2e, --guest-ice, --bench, --package, --qmp)" >&2; exit 2 ;;
+    --remote) pkgs+=(librbd-dev librados-dev libnbd-dev ceph-mon ceph-osd ceph-common nbdkit
+                     qemu-utils qemu-block-extra python3 python3-cryptography) ;;
+    *) echo "install-deps: unknown group '$group' (use --e2e, --guest-ice, --bench, --package, --qmp, --remote)" >&2; exit 2 ;;
   esac
 done
 

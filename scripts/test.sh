@@ -54,7 +54,7 @@ if [[ -n $sanitize ]]; then
   exit 0
 fi
 
-scripts/install-deps.sh --e2e --guest-ice --package --qmp
+scripts/install-deps.sh --e2e --guest-ice --package --qmp --remote
 # The patched QEMU and guest kernel for the inline-encryption tests (docs/guest.md):
 # about 3 minutes each on a fresh machine, then cached by the hash of their inputs.
 scripts/build-qemu.sh

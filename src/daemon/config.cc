@@ -33,6 +33,12 @@ Result<int> parse_fd_socket(std::string_view text) {
   return fd;
 }
 
+Result<backend::StorageErrorPolicy> parse_storage_error_policy(std::string_view text) {
+  if (text == "retry") return backend::StorageErrorPolicy::kRetry;
+  if (text == "fail") return backend::StorageErrorPolicy::kFail;
+  return fail(Errc::kInvalidArgument, "on_storage_error (--on-storage-error) must be retry or fail, not '{}'", text);
+}
+
 Result<std::vector<std::pair<ice::Algorithm, ice::KeySize>>> parse_algorithm_list(std::string_view text) {
   std::vector<std::pair<ice::Algorithm, ice::KeySize>> out;
   size_t pos = 0;
@@ -105,7 +111,7 @@ Result<ExportConfig> parse_export(const json& j, const std::string& where) {
   ICEBLK_TRY(check_keys(j, {"name", "socket", "image", "size", "readonly", "num_queues", "queue_size", "ice",
                             "keys", "slot_offset", "max_slots", "algorithms", "secure_world_socket",
                             "io_engine", "serial", "allow_unsealed_memory", "max_buffer_memory", "test_hold",
-                            "poll_us"},
+                            "poll_us", "on_storage_error", "io_timeout"},
                         where));
   ExportConfig e;
   ICEBLK_TRY(get_string(j, "name", e.name, where));
@@ -178,6 +184,16 @@ Result<ExportConfig> parse_export(const json& j, const std::string& where) {
     ICEBLK_TRY(get_uint(j, "poll_us", us, where));
     e.poll_us = us;
   }
+  if (!e.image.empty()) {
+    auto spec = backend::parse_image_spec(e.image);
+    if (!spec) return fail(spec.error().code, "{}: {}", where, spec.error().message);
+  }
+  std::string policy = "retry";
+  ICEBLK_TRY(get_string(j, "on_storage_error", policy, where));
+  auto p = parse_storage_error_policy(policy);
+  if (!p) return fail(p.error().code, "{}: {}", where, p.error().message);
+  e.on_storage_error = *p;
+  ICEBLK_TRY(get_uint(j, "io_timeout", e.io_timeout_s, where));
   return e;
 }
 
@@ -254,6 +270,13 @@ Status validate(DaemonConfig& cfg) {
     if (!names.insert(n).second) return fail(Errc::kInvalidArgument, "export name '{}' used twice", n);
     if (e.socket.empty()) return fail(Errc::kInvalidArgument, "export '{}': no socket path", n);
     if (e.image.empty()) return fail(Errc::kInvalidArgument, "export '{}': no image", n);
+    if (auto spec = backend::parse_image_spec(e.image); !spec) {
+      return fail(spec.error().code, "export '{}': {}", n, spec.error().message);
+    }
+    if (e.io_timeout_s == 0 || e.io_timeout_s > 3600) {
+      return fail(Errc::kInvalidArgument, "export '{}': io_timeout (--io-timeout) must be 1..3600 seconds, not {}", n,
+                  e.io_timeout_s);
+    }
     if (!sockets.insert(e.socket).second) {
       return fail(Errc::kInvalidArgument, "socket path {} used by two exports", e.socket);
     }

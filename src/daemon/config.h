@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backend/block_backend.h"
+#include "backend/image_spec.h"
 #include "base/result.h"
 #include "blk/device.h"
 #include "ice/crypto_mode.h"
@@ -45,6 +46,10 @@ struct ExportConfig {
   // Queue workers spin on the ring this long before sleeping (JSON poll_us); unset:
   // DaemonConfig::poll_us.
   std::optional<uint32_t> poll_us;
+  // Remote images (nbd://, nbd+unix://, rbd:; docs/iceblkd.md "Remote images"):
+  // what happens when the storage stops answering, and after how long.
+  backend::StorageErrorPolicy on_storage_error = backend::StorageErrorPolicy::kRetry;
+  uint32_t io_timeout_s = 30;       // --io-timeout / "io_timeout", seconds (1..3600)
 };
 
 struct DaemonConfig {
@@ -72,6 +77,9 @@ Result<uint64_t> parse_image_size(std::string_view text, std::string_view what);
 
 // "fd:N" (a listening socket inherited as file descriptor N, QEMU's addr.type=fd) -> N.
 Result<int> parse_fd_socket(std::string_view text);
+
+// "retry" or "fail" (--on-storage-error, "on_storage_error").
+Result<backend::StorageErrorPolicy> parse_storage_error_policy(std::string_view text);
 
 // Comma-separated algorithm names ("aes-256-xts,aes-128-cbc-essiv").
 Result<std::vector<std::pair<ice::Algorithm, ice::KeySize>>> parse_algorithm_list(std::string_view text);

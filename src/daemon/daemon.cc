@@ -54,36 +54,52 @@ Result<std::unique_ptr<Daemon::Export>> Daemon::make_export(const ExportConfig& 
                                                              std::vector<ice::Capability>* sw_caps) {
   auto ex = std::make_unique<Export>();
   ex->cfg = ec;
-  // `size` creates a missing image; an existing one is used as it is (it must be
-  // at least `size` bytes, and only the first `size` bytes are exported).
-  struct stat st {};
-  const bool exists = ::stat(ec.image.c_str(), &st) == 0;
-  if (!exists && errno == ENOENT) {
-    if (ec.size == 0) {
-      return fail(Errc::kNotFound, "export '{}': image {} does not exist (give a size, --size or \"size\", to "
-                  "create it)", ec.name, ec.image);
+  ICEBLK_ASSIGN_OR_RETURN(const backend::ImageSpec spec,
+                          backend::parse_image_spec(ec.image).map_error([&](const Error& e) {
+                            return make_error(e.code, "export '{}': {}", ec.name, e.message);
+                          }));
+  if (spec.kind != backend::ImageKind::kFile) {
+    // NBD / RBD: unreachable storage fails here, in one line naming the image.
+    backend::RemoteOptions ro;
+    ro.read_only = ec.read_only;
+    ro.size = ec.size;
+    ro.on_error = ec.on_storage_error;
+    ro.io_timeout = std::chrono::seconds(ec.io_timeout_s);
+    auto be = backend::open_remote_backend(spec, ro);
+    if (!be) return fail(be.error().code, "export '{}': {}", ec.name, be.error().message);
+    ex->backend = std::move(*be);
+  } else {
+    // `size` creates a missing image; an existing one is used as it is (it must be
+    // at least `size` bytes, and only the first `size` bytes are exported).
+    struct stat st {};
+    const bool exists = ::stat(ec.image.c_str(), &st) == 0;
+    if (!exists && errno == ENOENT) {
+      if (ec.size == 0) {
+        return fail(Errc::kNotFound, "export '{}': image {} does not exist (give a size, --size or \"size\", to "
+                    "create it)", ec.name, ec.image);
+      }
+      const std::filesystem::path parent = std::filesystem::path(ec.image).parent_path();
+      std::error_code fs_err;
+      if (!parent.empty() && !std::filesystem::is_directory(parent, fs_err)) {
+        return fail(Errc::kNotFound, "export '{}': cannot create image {}: directory {} does not exist", ec.name,
+                    ec.image, parent.string());
+      }
+      if (ec.read_only) {
+        return fail(Errc::kNotFound, "export '{}': image {} does not exist (a read-only export does not create it)",
+                    ec.name, ec.image);
+      }
     }
-    const std::filesystem::path parent = std::filesystem::path(ec.image).parent_path();
-    std::error_code fs_err;
-    if (!parent.empty() && !std::filesystem::is_directory(parent, fs_err)) {
-      return fail(Errc::kNotFound, "export '{}': cannot create image {}: directory {} does not exist", ec.name,
-                  ec.image, parent.string());
-    }
-    if (ec.read_only) {
-      return fail(Errc::kNotFound, "export '{}': image {} does not exist (a read-only export does not create it)",
-                  ec.name, ec.image);
-    }
+    backend::FileOptions fo;
+    fo.path = ec.image;
+    fo.read_only = ec.read_only;
+    fo.create = !exists && ec.size != 0;
+    fo.size = ec.size;
+    fo.engine = ec.io_engine;
+    auto be = backend::open_file_backend(fo);
+    if (!be) return fail(be.error().code, "export '{}': {}", ec.name, be.error().message);
+    if (fo.create) created.push_back(ec.image);
+    ex->backend = std::move(*be);
   }
-  backend::FileOptions fo;
-  fo.path = ec.image;
-  fo.read_only = ec.read_only;
-  fo.create = !exists && ec.size != 0;
-  fo.size = ec.size;
-  fo.engine = ec.io_engine;
-  auto be = backend::open_file_backend(fo);
-  if (!be) return fail(be.error().code, "export '{}': {}", ec.name, be.error().message);
-  if (fo.create) created.push_back(ec.image);
-  ex->backend = std::move(*be);
 
   blk::BlkDeviceConfig bc;
   bc.num_queues = ec.num_queues;

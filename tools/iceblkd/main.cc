@@ -56,7 +56,9 @@ int main(int argc, char** argv) {
                  "vhost-user socket path to listen on, or fd:N to serve the listening socket inherited as "
                  "file descriptor N");
   app.add_option("--name", name, "export name, for logs and for FileDescriptorName= matching (default vm0)");
-  app.add_option("--image", image, "disk image (file or block device)");
+  app.add_option("--image", image,
+                 "disk image: a file or block device, nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, "
+                 "or rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER]");
   app.add_option("--size", size, "create the image with this size if missing (e.g. 64M, 1G)");
   app.add_flag("--readonly", readonly, "serve the image read-only (VIRTIO_BLK_F_RO)");
   app.add_flag("--allow-unsealed-memory", allow_unsealed_memory,
@@ -86,6 +88,16 @@ int main(int argc, char** argv) {
                  "queue workers spin on the ring for up to N microseconds before sleeping on the kick (lower "
                  "latency for a core's time; default 0 = off; with --config: the default of every export)")
       ->check(CLI::Range(0u, daemon::kMaxPollUs));
+  // Remote images (NBD, RBD): behaviour when the storage stops answering.
+  std::string on_storage_error = "retry";
+  uint32_t io_timeout = 30;
+  app.add_option("--on-storage-error", on_storage_error,
+                 "remote images: retry (block until the storage is back) or fail (IOERR after --io-timeout)")
+      ->check(CLI::IsMember({"retry", "fail"}));
+  app.add_option("--io-timeout", io_timeout,
+                 "remote images: seconds before a request fails (fail), or before stopping a queue gives up on "
+                 "requests in flight (retry)")
+      ->check(CLI::Range(1, 3600));
   app.add_option("--control", control, "QMP control socket (docs/control.md): add/remove exports at runtime");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
   app.add_option("--log-target", log_target,
@@ -105,7 +117,8 @@ int main(int argc, char** argv) {
   for (const char* opt : {"--socket", "--name", "--image", "--size", "--readonly", "--num-queues", "--queue-size",
                           "--no-ice", "--max-slots", "--slot-offset", "--num-slots", "--keys", "--secure-world-socket",
                           "--algorithms", "--io-engine", "--serial", "--allow-unsealed-memory",
-                          "--max-buffer-memory", "--test-reorder-completions"}) {
+                          "--max-buffer-memory", "--test-reorder-completions", "--on-storage-error",
+                          "--io-timeout"}) {
     config_opt->excludes(app.get_option(opt));
   }
   app.get_option("--log-level")->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
@@ -169,6 +182,9 @@ int main(int argc, char** argv) {
     e.io_engine = io_engine == "sync"       ? backend::FileEngine::kSync
                   : io_engine == "io_uring" ? backend::FileEngine::kIoUring
                                             : backend::FileEngine::kAuto;
+    e.on_storage_error = on_storage_error == "fail" ? backend::StorageErrorPolicy::kFail
+                                                    : backend::StorageErrorPolicy::kRetry;
+    e.io_timeout_s = io_timeout;
     if (!algorithms.empty()) {
       auto a = daemon::parse_algorithm_list(algorithms);
       if (!a) return die(a.error().message);
