@@ -24,7 +24,7 @@ struct QueueProcessor::InFlight {
   uint64_t start_ns = 0;  // when the chain was popped (latency statistics)
 
   void clear() {
-    req = Request{};
+    req.reset();
     mem.reset();
     bounce = nullptr;
     small_bounce = false;
@@ -36,7 +36,8 @@ struct QueueProcessor::InFlight {
 };
 
 QueueProcessor::QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<backend::IoQueue> io,
-                               BouncePool pool, std::shared_ptr<BufferBudget> budget, uint64_t reserved)
+                               BouncePool pool, std::shared_ptr<BufferBudget> budget,
+                               uint64_t reserved)
     : dev_(dev),
       env_(dev.parse_env()),
       engine_(dev.config().engine.get()),
@@ -296,17 +297,17 @@ void QueueProcessor::handle_chain(const virtio::DescriptorChain& chain, virtio::
     stats_->record(kStatInvalid, 0, 0xff, 0, false, false);
     return complete(q, chain.head, 0);
   }
-  auto req = parse_request(chain, mem, env_, *status);
-  if (!req) {
-    const uint8_t st = status_for(req.error());
-    ICEBLK_GUEST_ERROR("queue {}: request {}: {}", index_, chain.head, req.error().to_string());
-    std::memcpy(*status, &st, 1);
-    stats_->record(kStatInvalid, 0, st, 0, false, false);
-    return complete(q, chain.head, 1);
-  }
   InFlight* f = acquire();  // process() pops only while a state is free
   f->start_ns = stats_now_ns();
-  f->req = std::move(*req);
+  // Parsed into the state's own Request: its iovec vector keeps its capacity.
+  if (auto st = parse_request_into(f->req, chain, mem, env_, *status); !st) {
+    const uint8_t code = status_for(st.error());
+    ICEBLK_GUEST_ERROR("queue {}: request {}: {}", index_, chain.head, st.error().to_string());
+    std::memcpy(*status, &code, 1);
+    stats_->record(kStatInvalid, 0, code, 0, false, false);
+    release(f);
+    return complete(q, chain.head, 1);
+  }
   f->mem = q.memory_ptr();
   start(f, q);
 }

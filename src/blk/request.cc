@@ -170,6 +170,13 @@ Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory
 Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory::GuestMemory& mem,
                               const ParseEnv& env, uint8_t* status) {
   Request r;
+  ICEBLK_TRY(parse_request_into(r, chain, mem, env, status));
+  return r;
+}
+
+Status parse_request_into(Request& r, const virtio::DescriptorChain& chain, const memory::GuestMemory& mem,
+                          const ParseEnv& env, uint8_t* status) {
+  r.reset();
   r.head = chain.head;
   r.status = status;
 
@@ -190,15 +197,15 @@ Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory
     case kTypeOut:
       r.kind = type == kTypeIn ? RequestKind::kIn : RequestKind::kOut;
       ICEBLK_TRY(parse_io(r, hdr.out, ice, chain, hdr_size, mem, env));
-      return r;
+      return {};
     case kTypeFlush:
       r.kind = RequestKind::kFlush;
-      return r;
+      return {};
     case kTypeGetId:
       r.kind = RequestKind::kGetId;
       r.length = std::min<uint64_t>(chain.writable_len - 1, kIdBytes);
       ICEBLK_TRY(slice(virtio::writable(chain), 0, r.length, mem, r.data));
-      return r;
+      return {};
     case kTypeDiscard:
     case kTypeWriteZeroes: {
       const bool wz = type == kTypeWriteZeroes;
@@ -207,7 +214,7 @@ Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory
       }
       r.kind = wz ? RequestKind::kWriteZeroes : RequestKind::kDiscard;
       ICEBLK_TRY(parse_discard(r, chain, hdr_size, mem, env));
-      return r;
+      return {};
     }
     case kTypeGetCryptoCaps: {
       if (!ice_on) return fail(Errc::kUnsupported, "GET_CRYPTO_CAPABILITIES without VIRTIO_BLK_F_ICE");
@@ -219,7 +226,7 @@ Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory
       }
       r.length = need;
       ICEBLK_TRY(slice(virtio::writable(chain), 0, need, mem, r.data));
-      return r;
+      return {};
     }
     case kTypeIceProgramKey:
     case kTypeIceEvictKey:
@@ -230,11 +237,11 @@ Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory
       if (type == kTypeIceEvictKey) {
         r.kind = RequestKind::kEvictKey;
         ICEBLK_ASSIGN_OR_RETURN(r.slot, virtual_slot(hdr.ice.slot, env));
-        return r;
+        return {};
       }
       r.kind = RequestKind::kProgramKey;
       ICEBLK_TRY(parse_program_key(r, hdr.ice, chain, hdr_size, mem, env));
-      return r;
+      return {};
     default:
       return fail(Errc::kUnsupported, "unknown request type {}", type);
   }

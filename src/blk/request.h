@@ -66,6 +66,21 @@ struct Request {
   PhysSlot slot{0};
   std::optional<ice::Key> new_key;
 
+  // Back to a default Request, keeping the vectors' capacity (a reused request
+  // state allocates nothing for its iovecs once warmed up).
+  void reset() {
+    kind = RequestKind::kFlush;
+    head = 0;
+    status = nullptr;
+    offset = length = 0;
+    data.clear();
+    key.reset();
+    first_dun = Dun(0);
+    ranges.clear();
+    slot = PhysSlot(0);
+    new_key.reset();
+  }
+
   [[nodiscard]] bool encrypted() const { return key != nullptr; }
   // DUN of the data unit at byte `off` of the request (encrypted only). No overflow:
   // the parser checked that first_dun + units - 1 fits 64 bits.
@@ -132,6 +147,11 @@ Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory
 // (the queue processor locates it once, and answers refused requests through it).
 Result<Request> parse_request(const virtio::DescriptorChain& chain, const memory::GuestMemory& mem,
                               const ParseEnv& env, uint8_t* status);
+
+// The same into `r` (reset first; its vectors' capacity is reused). On an error `r`
+// holds a partial request: discard it.
+Status parse_request_into(Request& r, const virtio::DescriptorChain& chain, const memory::GuestMemory& mem,
+                          const ParseEnv& env, uint8_t* status);
 
 // The one mapping from errors to VIRTIO_BLK_S_*: kUnsupported -> UNSUPP, every
 // other error -> IOERR.
