@@ -35,7 +35,7 @@ interrupt_run() {
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
-  work=$(sed -nE 's/.*creating 4 images of [0-9]+ MiB in (.*)$/\1/p' "$log")
+  work=$(sed -nE 's/.*creating [0-9]+ images of [0-9]+ MiB in (.*)$/\1/p' "$log")
   if ! grep -q 'started qsd LUKS' "$log" || [[ -z $work ]]; then
     bad "$name: the benchmark did not start its four devices; its log:"
     sed 's/^/    | /' "$log"
