@@ -31,10 +31,12 @@ Result<Key> Key::create(const CryptoMode& mode, std::span<const uint8_t> materia
     // ESSIV salt = SHA-256(key): the AES-256 key that encrypts each IV (spec §5.4).
     std::array<uint8_t, 32> digest{};
     unsigned int len = 0;
-    SecretAllocScope in_key_arena;  // the digest state holds the key
-
-    const int ok = EVP_Digest(material.data(), material.size(), digest.data(), &len,
-                              EVP_sha256(), nullptr);
+    // Fetched once, outside the scope below: OpenSSL's one-time set-up stays out of
+    // the key arena; only the digest state (which holds the key) goes there.
+    static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    if (sha256 == nullptr) return fail(Errc::kCrypto, "OpenSSL does not provide SHA-256");
+    SecretAllocScope in_key_arena;
+    const int ok = EVP_Digest(material.data(), material.size(), digest.data(), &len, sha256, nullptr);
     if (ok != 1 || len != digest.size()) {
       OPENSSL_cleanse(digest.data(), digest.size());
       return fail(Errc::kCrypto, "SHA-256 of the ESSIV key failed");
