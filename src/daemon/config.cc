@@ -36,7 +36,8 @@ Result<int> parse_fd_socket(std::string_view text) {
 Result<backend::StorageErrorPolicy> parse_storage_error_policy(std::string_view text) {
   if (text == "retry") return backend::StorageErrorPolicy::kRetry;
   if (text == "fail") return backend::StorageErrorPolicy::kFail;
-  return fail(Errc::kInvalidArgument, "on_storage_error (--on-storage-error) must be retry or fail, not '{}'", text);
+  return fail(Errc::kInvalidArgument,
+              "on_storage_error (--on-storage-error) must be retry or fail, not '{}'", text);
 }
 
 Result<std::vector<std::pair<ice::Algorithm, ice::KeySize>>> parse_algorithm_list(std::string_view text) {
@@ -98,10 +99,12 @@ Status check_keys(const json& j, std::initializer_list<const char*> known, const
 
 Result<ExportConfig> parse_export(const json& j, const std::string& where) {
   if (!j.is_object()) return fail(Errc::kInvalidArgument, "{}: must be an object", where);
-  ICEBLK_TRY(check_keys(j, {"name", "socket", "image", "size", "readonly", "num_queues", "queue_size", "ice",
-                            "keys", "slot_offset", "max_slots", "algorithms", "secure_world_socket",
-                            "io_engine", "serial", "allow_unsealed_memory", "on_storage_error", "io_timeout"},
-                        where));
+  ICEBLK_TRY(
+      check_keys(j,
+                 {"name", "socket", "image", "size", "readonly", "num_queues", "queue_size", "ice",
+                  "keys", "slot_offset", "max_slots", "algorithms", "secure_world_socket",
+                  "io_engine", "serial", "allow_unsealed_memory", "on_storage_error", "io_timeout"},
+                 where));
   ExportConfig e;
   ICEBLK_TRY(get_string(j, "name", e.name, where));
   ICEBLK_TRY(get_string(j, "socket", e.socket, where));
@@ -234,7 +237,8 @@ Status validate(DaemonConfig& cfg) {
       return fail(spec.error().code, "export '{}': {}", n, spec.error().message);
     }
     if (e.io_timeout_s == 0 || e.io_timeout_s > 3600) {
-      return fail(Errc::kInvalidArgument, "export '{}': io_timeout (--io-timeout) must be 1..3600 seconds, not {}", n,
+      return fail(Errc::kInvalidArgument,
+                  "export '{}': io_timeout (--io-timeout) must be 1..3600 seconds, not {}", n,
                   e.io_timeout_s);
     }
     if (!sockets.insert(e.socket).second) {
