@@ -363,7 +363,8 @@ class NbdQueue final : public IoQueue {
         // The handle refused the command: a dead connection (resend later) or a
         // request libnbd cannot express (fail it).
         const int e = nbd_get_errno();
-        if (nbd_aio_is_ready(h_.get()) != 1) {
+        // (Not !is_ready: a handle with commands in flight is "processing".)
+        if (nbd_aio_is_dead(h_.get()) == 1 || nbd_aio_is_closed(h_.get()) == 1) {
           note_down(nbd_error_text());
           settle(true);
           close_handle();

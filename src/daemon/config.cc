@@ -36,7 +36,8 @@ Result<int> parse_fd_socket(std::string_view text) {
 Result<backend::StorageErrorPolicy> parse_storage_error_policy(std::string_view text) {
   if (text == "retry") return backend::StorageErrorPolicy::kRetry;
   if (text == "fail") return backend::StorageErrorPolicy::kFail;
-  return fail(Errc::kInvalidArgument, "on_storage_error (--on-storage-error) must be retry or fail, not '{}'", text);
+  return fail(Errc::kInvalidArgument,
+              "on_storage_error (--on-storage-error) must be retry or fail, not '{}'", text);
 }
 
 Result<std::vector<std::pair<ice::Algorithm, ice::KeySize>>> parse_algorithm_list(std::string_view text) {
@@ -274,7 +275,8 @@ Status validate(DaemonConfig& cfg) {
       return fail(spec.error().code, "export '{}': {}", n, spec.error().message);
     }
     if (e.io_timeout_s == 0 || e.io_timeout_s > 3600) {
-      return fail(Errc::kInvalidArgument, "export '{}': io_timeout (--io-timeout) must be 1..3600 seconds, not {}", n,
+      return fail(Errc::kInvalidArgument,
+                  "export '{}': io_timeout (--io-timeout) must be 1..3600 seconds, not {}", n,
                   e.io_timeout_s);
     }
     if (!sockets.insert(e.socket).second) {

@@ -49,7 +49,7 @@ struct ExportConfig {
   // Remote images (nbd://, nbd+unix://, rbd:; docs/iceblkd.md "Remote images"):
   // what happens when the storage stops answering, and after how long.
   backend::StorageErrorPolicy on_storage_error = backend::StorageErrorPolicy::kRetry;
-  uint32_t io_timeout_s = 30;       // --io-timeout / "io_timeout", seconds (1..3600)
+  uint32_t io_timeout_s = 30;  // --io-timeout / "io_timeout", seconds (1..3600)
 };
 
 struct DaemonConfig {

@@ -75,17 +75,21 @@ Result<std::unique_ptr<Daemon::Export>> Daemon::make_export(const ExportConfig& 
     const bool exists = ::stat(ec.image.c_str(), &st) == 0;
     if (!exists && errno == ENOENT) {
       if (ec.size == 0) {
-        return fail(Errc::kNotFound, "export '{}': image {} does not exist (give a size, --size or \"size\", to "
-                    "create it)", ec.name, ec.image);
+        return fail(Errc::kNotFound,
+                    "export '{}': image {} does not exist (give a size, --size or \"size\", to "
+                    "create it)",
+                    ec.name, ec.image);
       }
       const std::filesystem::path parent = std::filesystem::path(ec.image).parent_path();
       std::error_code fs_err;
       if (!parent.empty() && !std::filesystem::is_directory(parent, fs_err)) {
-        return fail(Errc::kNotFound, "export '{}': cannot create image {}: directory {} does not exist", ec.name,
+        return fail(Errc::kNotFound,
+                    "export '{}': cannot create image {}: directory {} does not exist", ec.name,
                     ec.image, parent.string());
       }
       if (ec.read_only) {
-        return fail(Errc::kNotFound, "export '{}': image {} does not exist (a read-only export does not create it)",
+        return fail(Errc::kNotFound,
+                    "export '{}': image {} does not exist (a read-only export does not create it)",
                     ec.name, ec.image);
       }
     }

@@ -57,7 +57,8 @@ int main(int argc, char** argv) {
                  "file descriptor N");
   app.add_option("--name", name, "export name, for logs and for FileDescriptorName= matching (default vm0)");
   app.add_option("--image", image,
-                 "disk image: a file or block device, nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, "
+                 "disk image: a file or block device, nbd://HOST[:PORT]/EXPORT, "
+                 "nbd+unix:///EXPORT?socket=PATH, "
                  "or rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER]");
   app.add_option("--size", size, "create the image with this size if missing (e.g. 64M, 1G)");
   app.add_flag("--readonly", readonly, "serve the image read-only (VIRTIO_BLK_F_RO)");
@@ -92,10 +93,12 @@ int main(int argc, char** argv) {
   std::string on_storage_error = "retry";
   uint32_t io_timeout = 30;
   app.add_option("--on-storage-error", on_storage_error,
-                 "remote images: retry (block until the storage is back) or fail (IOERR after --io-timeout)")
+                 "remote images: retry (block until the storage is back) or fail (IOERR after "
+                 "--io-timeout)")
       ->check(CLI::IsMember({"retry", "fail"}));
   app.add_option("--io-timeout", io_timeout,
-                 "remote images: seconds before a request fails (fail), or before stopping a queue gives up on "
+                 "remote images: seconds before a request fails (fail), or before stopping a queue "
+                 "gives up on "
                  "requests in flight (retry)")
       ->check(CLI::Range(1, 3600));
   app.add_option("--control", control, "QMP control socket (docs/control.md): add/remove exports at runtime");
