@@ -119,10 +119,14 @@ Status load_filter() {
       add("clone", seccomp_rule_add(c, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
                                     SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD))));
   ICEBLK_TRY(add("clone3", seccomp_rule_add(c, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0)));
-  // Sockets: unix domain only (vhost-user, secure world, QMP, journald). Network
-  // back-ends add their address families here.
-  ICEBLK_TRY(add("socket", seccomp_rule_add(c, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
-                                            SCMP_A0(SCMP_CMP_EQ, AF_UNIX))));
+  // Sockets: unix domain (vhost-user, secure world, QMP, journald), and the network
+  // families of remote images (nbd://, rbd: through librados' messenger threads,
+  // which open OSD connections at any time; getaddrinfo's netlink query for
+  // nbd://HOST). An export can be added at runtime (QMP), so they are always allowed.
+  for (int family : {AF_UNIX, AF_INET, AF_INET6, AF_NETLINK}) {
+    ICEBLK_TRY(add("socket", seccomp_rule_add(c, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
+                                              SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(family)))));
+  }
   ICEBLK_TRY(add("socketpair", seccomp_rule_add(c, SCMP_ACT_ALLOW, SCMP_SYS(socketpair), 1,
                                                 SCMP_A0(SCMP_CMP_EQ, AF_UNIX))));
   // Signals to ourselves only: QMP "quit" sends SIGTERM to the daemon, abort() raises.
