@@ -165,11 +165,14 @@ int main(int argc, char** argv) {
     qmp = std::move(*q);
   }
   if (auto st = (*d)->start(); !st) return die(st.error().message);
+  // Counted before the control socket starts: its add-export/remove-export change the
+  // export list on the QMP thread (TSan: num_exports() raced with add_export).
+  const size_t serving = (*d)->num_exports();
   if (qmp) {
     if (auto st = qmp->start(); !st) return die(st.error().message);
   }
-  spdlog::info("iceblkd: serving {} export(s); SIGINT/SIGTERM to stop", (*d)->num_exports());
-  daemon::notify_ready(fmt::format("serving {} export(s)", (*d)->num_exports()));  // Type=notify
+  spdlog::info("iceblkd: serving {} export(s); SIGINT/SIGTERM to stop", serving);
+  daemon::notify_ready(fmt::format("serving {} export(s)", serving));  // Type=notify
 
   int sig = 0;
   sigwait(&set, &sig);
