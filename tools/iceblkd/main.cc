@@ -95,8 +95,9 @@ int main(int argc, char** argv) {
   // Log lines go to stderr (stdout stays free): "[time] [iceblkd] [level] message";
   // under systemd, to the journal with priorities and structured fields.
   const bool journal = log_target == "journal" || (log_target == "auto" && daemon::stderr_is_journal());
-  log::set_default_logger(journal ? std::make_shared<spdlog::logger>("iceblkd", daemon::make_journal_sink("iceblkd"))
-                                     : spdlog::stderr_color_mt("iceblkd"));
+  log::set_default_logger(
+      journal ? std::make_shared<spdlog::logger>("iceblkd", daemon::make_journal_sink("iceblkd"))
+              : spdlog::stderr_color_mt("iceblkd"));
   log::set_level(log_level);
   // Sockets handed in by systemd socket activation (LISTEN_FDS).
   auto passed = daemon::take_listen_fds();

@@ -136,7 +136,8 @@ TEST_F(IceblkdSystemd, Version) {
 #if defined(__SANITIZE_THREAD__)
       // A ThreadSanitizer link keeps liburing in the CLI too (scripts/test.sh
       // --sanitize thread); the line then names the loaded library, truthfully.
-      EXPECT_TRUE(lines[2] == "liburing: not used" || lines[2].rfind("liburing 2.", 0) == 0) << lines[2];
+      EXPECT_TRUE(lines[2] == "liburing: not used" || lines[2].rfind("liburing 2.", 0) == 0)
+          << lines[2];
 #else
       EXPECT_EQ(lines[2], "liburing: not used");
 #endif
