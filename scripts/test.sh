@@ -7,12 +7,15 @@
 #   scripts/test.sh --sanitize thread    the whole project built with ThreadSanitizer in
 #                                        build/tsan, and the suite run on it
 #   scripts/test.sh --sanitize address   the same with AddressSanitizer + UBSan, build/asan
-# Under --sanitize the ctest run is `-LE 'e2e|fuzz'` (ICEBLK_TEST_EXCLUDE overrides it):
+# Under --sanitize the ctest run is `-LE 'e2e|fuzz|install|package'` (ICEBLK_TEST_EXCLUDE
+# overrides it):
 #   e2e   the QEMU guests: under TCG they spend their minutes in QEMU and the guest
 #         kernel, neither of which is instrumented; the daemon code they reach (session,
 #         rings, queue processor, engine) is what the integration tests drive with the
 #         in-process driver, which is instrumented on both sides.
 #   fuzz  fuzz_smoke builds its own ASan+UBSan libFuzzer tree (build/fuzz) already.
+#   install, package  install the sanitized libraries and link a consumer (or a .deb)
+#         built without the sanitizer, which cannot link them (undefined __tsan_*).
 # Sanitizer reports fail the test that printed them (halt_on_error / exitcode below);
 # suppressions for third-party code only: tests/sanitizers/*.supp.
 set -euo pipefail
@@ -48,7 +51,7 @@ if [[ -n $sanitize ]]; then
   cmake -S . -B "$build" -G Ninja -DICEBLK_SANITIZE="$sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DICEBLK_BUILD_BENCH=OFF >/dev/null
   ninja -C "$build"
-  label_args=(-LE "${ICEBLK_TEST_EXCLUDE:-e2e|fuzz}")
+  label_args=(-LE "${ICEBLK_TEST_EXCLUDE:-e2e|fuzz|install|package}")
   if [[ -n "${ICEBLK_TEST_FILTER:-}" ]]; then label_args+=(-L "$ICEBLK_TEST_FILTER"); fi
   ctest --test-dir "$build" --output-on-failure --timeout 1800 -j2 "${label_args[@]}"
   exit 0

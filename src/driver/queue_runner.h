@@ -122,7 +122,9 @@ class QueueRunner {
   void run();
   void reap();
   void finish(InFlight* c, Result<RawResult> r);
-  void give_back(InFlight* c);
+  // Returns c's slot; settled = false leaves it counted in flight (finish() settles
+  // it after the callback).
+  void give_back(InFlight* c, bool settled = true);
 
   BufferPool& pool_;
   const Options o_;

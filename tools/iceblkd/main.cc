@@ -141,8 +141,9 @@ int main(int argc, char** argv) {
   // Log lines go to stderr (stdout stays free): "[time] [iceblkd] [level] message";
   // under systemd, to the journal with priorities and structured fields.
   const bool journal = log_target == "journal" || (log_target == "auto" && daemon::stderr_is_journal());
-  log::set_default_logger(journal ? std::make_shared<spdlog::logger>("iceblkd", daemon::make_journal_sink("iceblkd"))
-                                     : spdlog::stderr_color_mt("iceblkd"));
+  log::set_default_logger(
+      journal ? std::make_shared<spdlog::logger>("iceblkd", daemon::make_journal_sink("iceblkd"))
+              : spdlog::stderr_color_mt("iceblkd"));
   log::set_level(log_level);
   // Sockets handed in by systemd socket activation (LISTEN_FDS).
   auto passed = daemon::take_listen_fds();
@@ -248,6 +249,9 @@ int main(int argc, char** argv) {
     qmp = std::move(*q);
   }
   if (auto st = (*d)->start(); !st) return die(st.error().message);
+  // Counted before the control socket starts: its add-export/remove-export change the
+  // export list on the QMP thread (TSan: num_exports() raced with add_export).
+  const size_t serving = (*d)->num_exports();
   if (qmp) {
     if (auto st = qmp->start(); !st) return die(st.error().message);
   }
@@ -258,8 +262,8 @@ int main(int argc, char** argv) {
     return die(st.error().message);
   }
   if (!(*d)->config().sandbox) spdlog::warn("iceblkd: sandbox off (--no-sandbox): for debugging only");
-  spdlog::info("iceblkd: serving {} export(s); SIGINT/SIGTERM to stop", (*d)->num_exports());
-  daemon::notify_ready(fmt::format("serving {} export(s)", (*d)->num_exports()));  // Type=notify
+  spdlog::info("iceblkd: serving {} export(s); SIGINT/SIGTERM to stop", serving);
+  daemon::notify_ready(fmt::format("serving {} export(s)", serving));  // Type=notify
 
   int sig = 0;
   sigwait(&set, &sig);
