@@ -94,6 +94,7 @@ class ZeroAlloc : public ::testing::TestWithParam<BackendKind> {};
 struct Kind {
   const char* name;
   std::vector<virtio::Buffer> bufs;
+  bool indirect = false;  // posted as an indirect table (VIRTIO_F_INDIRECT_DESC)
   GuestAddr status{0};
 };
 
@@ -124,13 +125,14 @@ TEST_P(ZeroAlloc, SteadyStateRequestsAllocateNothing) {
   std::vector<Kind> kinds;
   auto add_kind = [&](const char* name, uint32_t type, uint64_t sector, uint32_t len, bool encrypted,
                       bool split) {
-    Kind k{name, {}, {}};
+    Kind k{name, {}, split, {}};
     auto hdr = encrypted ? h.header(type, sector, 0, 1, sector / 8) : h.header(type, sector);
     auto ha = h.ring_->alloc_bytes(hdr, 8);
     ASSERT_TRUE(ha);
     k.bufs.push_back({*ha, static_cast<uint32_t>(hdr.size()), false});
     const bool in = type == kTypeIn;
-    // Data in one descriptor, or in two uneven ones (a data unit split across iovecs).
+    // Data in one descriptor, or in two uneven ones (a data unit split across iovecs)
+    // behind an indirect table.
     const uint32_t first = split ? len / 2 + 512 : len;
     for (uint32_t part : {first, len - first}) {
       if (part == 0) continue;
@@ -160,7 +162,7 @@ TEST_P(ZeroAlloc, SteadyStateRequestsAllocateNothing) {
     std::vector<uint16_t> heads;
     for (auto& k : kinds) {
       h.ring_->bytes(k.status, 1)[0] = 0xA5;
-      auto hd = driver.add(k.bufs);
+      auto hd = driver.add(k.bufs, k.indirect);
       if (!hd) return ::testing::AssertionFailure() << "add: " << hd.error().to_string();
       heads.push_back(*hd);
     }
