@@ -88,6 +88,14 @@ class SplitQueue {
   // broken (avail idx more than `size` ahead, or an avail entry >= size): stop the queue.
   Result<std::optional<std::variant<DescriptorChain, BadChain>>> pop();
 
+  // pop() into caller-owned storage: `chain` is cleared and refilled, so nothing is
+  // allocated once its vectors have the capacity (the caller reserves queue size
+  // entries per direction; a longer indirect table grows them once). kBad: `bad`
+  // holds the reason and chain.head the head to complete with push_used(head, 0),
+  // like a BadChain. The same Error (kProtocol) as pop() for a broken ring.
+  enum class Popped { kEmpty, kChain, kBad };
+  Result<Popped> pop_into(DescriptorChain& chain, std::optional<Error>& bad);
+
   // Publish one completion (ORDER: entry written before used->idx release).
   // kInvalidArgument if head >= size.
   Status push_used(uint16_t head, uint32_t written_len);
@@ -121,7 +129,8 @@ class SplitQueue {
  private:
   SplitQueue() = default;
   Status resolve();
-  Result<DescriptorChain> walk(uint16_t head) const;
+  Status walk(uint16_t head, DescriptorChain& chain);
+  Popped walk_or_bad(uint16_t head, DescriptorChain& chain, std::optional<Error>& bad);
 
   QueueConfig cfg_;
   std::shared_ptr<const memory::GuestMemory> mem_;
@@ -135,6 +144,7 @@ class SplitQueue {
   std::optional<InflightQueue> inflight_;
   std::vector<uint16_t> resubmit_;  // recovered heads, popped before the avail ring
   size_t resubmit_pos_ = 0;
+  std::vector<uint8_t> indirect_;  // copy of the indirect table being walked (capacity kept)
 };
 
 }  // namespace iceblk::virtio

@@ -213,7 +213,7 @@ TEST_P(ZeroAlloc, SteadyStateRequestsAllocateNothing) {
 
 INSTANTIATE_TEST_SUITE_P(Backends, ZeroAlloc,
                          ::testing::Values(BackendKind::kMemory, BackendKind::kFileSync, BackendKind::kFileUring),
-                         [](const auto& info) { return backend_name(info.param); });
+                         [](const ::testing::TestParamInfo<BackendKind>& p) { return backend_name(p.param); });
 
 }  // namespace
 }  // namespace iceblk::blk::testing
