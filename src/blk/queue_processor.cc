@@ -53,6 +53,8 @@ QueueProcessor::QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<b
   for (size_t i = n; i-- > 0;) free_.push_back(&states_[i]);
   ready_.reserve(n);
   batch_.reserve(n);
+  chain_.readable.reserve(n);
+  chain_.writable.reserve(n);
   small_waiters_.slots.resize(n);
   large_waiters_.slots.resize(n);
 }
@@ -312,6 +314,22 @@ void QueueProcessor::handle_chain(const virtio::DescriptorChain& chain, virtio::
   start(f, q);
 }
 
+Result<bool> QueueProcessor::take_chain(virtio::SplitQueue& q) {
+  // Walked into our own chain_ (its capacity is kept): no allocation per request.
+  ICEBLK_ASSIGN_OR_RETURN(const auto popped, q.pop_into(chain_, bad_chain_));
+  switch (popped) {
+    case virtio::SplitQueue::Popped::kEmpty: return false;
+    case virtio::SplitQueue::Popped::kBad:
+      ICEBLK_GUEST_ERROR("queue {}: bad chain {}: {}", index_, chain_.head, bad_chain_->to_string());
+      stats_->record(kStatInvalid, 0, 0xff, 0, false, false);
+      complete(q, chain_.head, 0);
+      return true;
+    case virtio::SplitQueue::Popped::kChain: break;
+  }
+  handle_chain(chain_, q);
+  return true;
+}
+
 Result<bool> QueueProcessor::process(virtio::SplitQueue& q) {
   if (const int fd = io_->completion_fd(); fd >= 0) {
     uint64_t v;
@@ -324,16 +342,8 @@ Result<bool> QueueProcessor::process(virtio::SplitQueue& q) {
     // completion (completion_fd) brings us back.
     for (;;) {
       if (free_.empty()) break;
-      auto c = q.pop();
-      if (!c) return tl::unexpected(std::move(c).error());
-      if (!*c) break;
-      if (auto* bad = std::get_if<virtio::BadChain>(&**c)) {
-        ICEBLK_GUEST_ERROR("queue {}: bad chain {}: {}", index_, bad->head, bad->error.to_string());
-        stats_->record(kStatInvalid, 0, 0xff, 0, false, false);
-        complete(q, bad->head, 0);
-      } else {
-        handle_chain(std::get<virtio::DescriptorChain>(**c), q);
-      }
+      ICEBLK_ASSIGN_OR_RETURN(const bool took, take_chain(q));
+      if (!took) break;
       if (ring_error_) break;
     }
     io_->flush_submissions();
@@ -344,15 +354,8 @@ Result<bool> QueueProcessor::process(virtio::SplitQueue& q) {
     // EVENT_IDX: publish avail_event, then re-check so a chain added meanwhile is
     // not left waiting for a kick that will not come.
     q.enable_notifications();
-    auto c = q.pop();
-    if (!c) return tl::unexpected(std::move(c).error());
-    if (!*c) break;
-    if (auto* bad = std::get_if<virtio::BadChain>(&**c)) {
-      stats_->record(kStatInvalid, 0, 0xff, 0, false, false);
-      complete(q, bad->head, 0);
-    } else {
-      handle_chain(std::get<virtio::DescriptorChain>(**c), q);
-    }
+    ICEBLK_ASSIGN_OR_RETURN(const bool took, take_chain(q));
+    if (!took) break;
   }
   release_held(q, false);
   if (ring_error_) {

@@ -82,6 +82,7 @@ class QueueProcessor {
                  std::shared_ptr<BufferBudget> budget, uint64_t reserved);
 
   void handle_chain(const virtio::DescriptorChain& chain, virtio::SplitQueue& q);
+  Result<bool> take_chain(virtio::SplitQueue& q);  // false: the ring is empty
   void start(InFlight* f, virtio::SplitQueue& q);
   void advance(InFlight* f, virtio::SplitQueue& q);
   void handle_ready(virtio::SplitQueue& q);
@@ -106,6 +107,9 @@ class QueueProcessor {
   std::vector<InFlight*> free_;   // states not in use
   std::vector<InFlight*> ready_;  // sub-operations all finished
   std::vector<InFlight*> batch_;
+  // The chain being popped (SplitQueue::pop_into): queue_size segments per direction.
+  virtio::DescriptorChain chain_;
+  std::optional<Error> bad_chain_;
   BouncePool pool_;
   std::shared_ptr<BufferBudget> budget_;  // the engine's (null: no engine-wide cap)
   uint64_t reserved_ = 0;                 // bytes of budget_ behind pool_

@@ -48,7 +48,7 @@ Status add_segment(const memory::GuestMemory& mem, const VirtqDesc& d, bool& see
 
 // §2.7.5.3: an indirect descriptor table. Walked inside its own bounds.
 Status walk_indirect(const memory::GuestMemory& mem, const VirtqDesc& ind, bool& seen_writable,
-                     DescriptorChain& chain) {
+                     DescriptorChain& chain, std::vector<uint8_t>& scratch) {
   const uint32_t len = ind.len.get();
   if (len == 0) return fail(Errc::kInvalidArgument, "indirect descriptor table of length 0");
   if (len % sizeof(VirtqDesc) != 0) {
@@ -59,17 +59,17 @@ Status walk_indirect(const memory::GuestMemory& mem, const VirtqDesc& ind, bool&
     return fail(Errc::kOutOfRange, "indirect table of {} descriptors exceeds {}", n, kMaxQueueSize);
   }
   // TRUST: copy the whole table once (no double fetch); read() checks the range.
-  std::vector<VirtqDesc> table(n);
-  if (auto st = mem.read(GuestAddr{ind.addr.get()},
-                         {reinterpret_cast<uint8_t*>(table.data()), size_t{len}});
-      !st) {
+  // The queue's scratch buffer keeps its capacity: no allocation per request.
+  scratch.resize(len);
+  if (auto st = mem.read(GuestAddr{ind.addr.get()}, {scratch.data(), size_t{len}}); !st) {
     return fail(st.error().code, "indirect table: {}", st.error().message);
   }
   uint32_t i = 0;
   for (uint32_t count = 1;; ++count) {
     // Bounded: a table of n entries yields at most n descriptors; more is a loop.
     if (count > n) return fail(Errc::kProtocol, "indirect chain longer than its table ({}): loop", n);
-    const VirtqDesc& d = table[i];
+    VirtqDesc d;
+    std::memcpy(&d, scratch.data() + size_t{i} * sizeof(VirtqDesc), sizeof d);
     const uint16_t flags = d.flags.get();
     // §2.7.5.3.1: the device MUST NOT accept an INDIRECT descriptor inside a table.
     if (flags & kDescFIndirect) return fail(Errc::kProtocol, "nested indirect descriptor table");
@@ -144,9 +144,11 @@ Status SplitQueue::set_memory(std::shared_ptr<const memory::GuestMemory> mem) {
   return {};
 }
 
-Result<DescriptorChain> SplitQueue::walk(uint16_t head) const {
-  DescriptorChain chain;
+Status SplitQueue::walk(uint16_t head, DescriptorChain& chain) {
   chain.head = head;
+  chain.readable.clear();
+  chain.writable.clear();
+  chain.readable_len = chain.writable_len = 0;
   bool seen_writable = false;
   uint16_t idx = head;
   for (uint32_t count = 1;; ++count) {
@@ -165,18 +167,31 @@ Result<DescriptorChain> SplitQueue::walk(uint16_t head) const {
       // §2.7.5.3.1: INDIRECT and NEXT together are not allowed.
       if (flags & kDescFNext) return fail(Errc::kProtocol, "descriptor has both INDIRECT and NEXT");
       // The WRITE flag of the indirect descriptor itself is ignored (§2.7.5.3.2).
-      ICEBLK_TRY(walk_indirect(*mem_, d, seen_writable, chain));
+      ICEBLK_TRY(walk_indirect(*mem_, d, seen_writable, chain, indirect_));
       break;
     }
     ICEBLK_TRY(add_segment(*mem_, d, seen_writable, chain));
     if (!(flags & kDescFNext)) break;
     idx = d.next.get();
   }
-  return chain;
+  return {};
 }
 
 Result<std::optional<std::variant<DescriptorChain, BadChain>>> SplitQueue::pop() {
   using Out = std::optional<std::variant<DescriptorChain, BadChain>>;
+  DescriptorChain chain;
+  std::optional<Error> bad;
+  ICEBLK_ASSIGN_OR_RETURN(const Popped p, pop_into(chain, bad));
+  switch (p) {
+    case Popped::kEmpty: return Out{};
+    case Popped::kBad: return Out{BadChain{chain.head, std::move(*bad)}};
+    case Popped::kChain: break;
+  }
+  return Out{std::move(chain)};
+}
+
+Result<SplitQueue::Popped> SplitQueue::pop_into(DescriptorChain& chain, std::optional<Error>& bad) {
+  bad.reset();
   if (resubmit_pos_ < resubmit_.size()) {
     // Recovered after a restart: already marked inflight (keeps its counter).
     const uint16_t head = resubmit_[resubmit_pos_++];
@@ -184,15 +199,13 @@ Result<std::optional<std::variant<DescriptorChain, BadChain>>> SplitQueue::pop()
       resubmit_.clear();
       resubmit_pos_ = 0;
     }
-    auto chain = walk(head);
-    if (!chain) return Out{BadChain{head, std::move(chain).error()}};
-    return Out{std::move(*chain)};
+    return walk_or_bad(head, chain, bad);
   }
   // ORDER: acquire pairs with the driver's release store of avail->idx: the ring
   // entries and descriptors read below are at least as new as this index.
   const uint16_t avail_idx = load16(avail_ + kRingIdxOff, __ATOMIC_ACQUIRE);
   const auto pending = static_cast<uint16_t>(avail_idx - next_avail_);
-  if (pending == 0) return Out{};
+  if (pending == 0) return Popped::kEmpty;
   // TRUST: §2.7.13.3: the driver can have at most `size` chains outstanding.
   if (pending > cfg_.size) {
     return fail(Errc::kProtocol, "avail idx {} is {} ahead of next {} (queue size {})", avail_idx,
@@ -207,9 +220,16 @@ Result<std::optional<std::variant<DescriptorChain, BadChain>>> SplitQueue::pop()
   ++next_avail_;
   // ORDER: marked before the request runs, so a crash from here on resubmits it.
   if (inflight_) inflight_->mark(head);
-  auto chain = walk(head);
-  if (!chain) return Out{BadChain{head, std::move(chain).error()}};
-  return Out{std::move(*chain)};
+  return walk_or_bad(head, chain, bad);
+}
+
+SplitQueue::Popped SplitQueue::walk_or_bad(uint16_t head, DescriptorChain& chain, std::optional<Error>& bad) {
+  if (auto st = walk(head, chain); !st) {
+    chain.head = head;
+    bad = std::move(st).error();
+    return Popped::kBad;
+  }
+  return Popped::kChain;
 }
 
 Status SplitQueue::push_used(uint16_t head, uint32_t written_len) {
