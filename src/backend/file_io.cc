@@ -45,10 +45,24 @@ Status fallocate_range(const FileShared& f, int mode, uint64_t offset, uint64_t 
 }  // namespace
 
 Result<uint64_t> rw_full(const FileShared& f, bool write, std::span<const iovec> iov, uint64_t offset) {
+  uint64_t want = 0;
+  for (const iovec& v : iov) want += v.iov_len;
+  uint64_t total = 0;
+  // The common case without a copy (nothing allocated per request): everything in
+  // one call on the caller's iovecs. The private copy below only serves the rest of
+  // a short transfer, an EINTR, or more than IOV_MAX iovecs.
+  if (iov.size() <= IOV_MAX && want > 0) {
+    const auto cnt = static_cast<int>(iov.size());
+    const auto off = static_cast<off_t>(offset);
+    const ssize_t n = write ? ::pwritev(f.fd.get(), iov.data(), cnt, off) : ::preadv(f.fd.get(), iov.data(), cnt, off);
+    if (n >= 0 && static_cast<uint64_t>(n) == want) return want;
+    if (n > 0) total = static_cast<uint64_t>(n);
+    // An error is retried (EINTR/EAGAIN) or reported by the loop below.
+  }
   std::vector<iovec> rest(iov.begin(), iov.end());
   size_t first = 0;
-  uint64_t total = 0;
   while (first < rest.size() && rest[first].iov_len == 0) ++first;
+  advance(rest, first, total);
   while (first < rest.size()) {
     const int cnt = static_cast<int>(std::min<size_t>(rest.size() - first, IOV_MAX));
     const auto off = static_cast<off_t>(offset + total);
