@@ -7,6 +7,7 @@
 #include <execinfo.h>
 #include <poll.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -28,21 +29,33 @@ namespace {
 
 std::atomic<bool> g_counting{false};
 std::atomic<uint64_t> g_allocs{0};
-// Call stacks of the first few counted allocations (printed on failure; resolve
-// with addr2line -e zero_alloc_test -f -C ADDR...).
-constexpr int kStacks = 8, kDepth = 24;
+// Distinct call stacks of the counted allocations (printed on failure; resolve the
+// +0x offsets with addr2line -f -C -i -e blk_zero_alloc_test).
+constexpr int kStacks = 12, kDepth = 24;
 void* g_stack[kStacks][kDepth];
 int g_stack_len[kStacks];
+uint64_t g_stack_hits[kStacks];
+int g_stacks = 0;
 thread_local bool t_in_hook = false;
 
 void note_alloc() {
   if (!g_counting.load(std::memory_order_relaxed) || t_in_hook) return;
-  const uint64_t n = g_allocs.fetch_add(1, std::memory_order_relaxed);
-  if (n < kStacks) {
-    t_in_hook = true;
-    g_stack_len[n] = ::backtrace(g_stack[n], kDepth);
-    t_in_hook = false;
+  g_allocs.fetch_add(1, std::memory_order_relaxed);
+  t_in_hook = true;
+  void* st[kDepth];
+  const int len = ::backtrace(st, kDepth);
+  int i = 0;
+  for (; i < g_stacks; ++i) {
+    if (g_stack_len[i] == len && std::equal(st, st + len, g_stack[i])) break;
   }
+  if (i < g_stacks) {
+    ++g_stack_hits[i];
+  } else if (g_stacks < kStacks) {
+    std::copy(st, st + len, g_stack[g_stacks]);
+    g_stack_len[g_stacks] = len;
+    g_stack_hits[g_stacks++] = 1;
+  }
+  t_in_hook = false;
 }
 
 }  // namespace
@@ -192,6 +205,7 @@ TEST_P(ZeroAlloc, SteadyStateRequestsAllocateNothing) {
 
   for (int i = 0; i < 20; ++i) ASSERT_TRUE(round()) << "warm-up round " << i;
   g_allocs.store(0);
+  g_stacks = 0;
   constexpr unsigned kRequests = 10000;
   unsigned done = 0;
   while (done < kRequests) {
@@ -200,10 +214,8 @@ TEST_P(ZeroAlloc, SteadyStateRequestsAllocateNothing) {
   }
   const uint64_t n = g_allocs.load();
   if (n > 0) {
-    for (uint64_t i = 0; i < std::min<uint64_t>(n, kStacks); ++i) {
-      std::fprintf(stderr, "allocation %llu:", static_cast<unsigned long long>(i));
-      for (int j = 0; j < g_stack_len[i]; ++j) std::fprintf(stderr, " %p", g_stack[i][j]);
-      std::fprintf(stderr, "\n");
+    for (int i = 0; i < g_stacks; ++i) {
+      std::fprintf(stderr, "allocation site %d (%llu times):\n", i, static_cast<unsigned long long>(g_stack_hits[i]));
       ::backtrace_symbols_fd(g_stack[i], g_stack_len[i], 2);
     }
   }
