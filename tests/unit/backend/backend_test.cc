@@ -225,9 +225,7 @@ TEST_P(BackendTest, ReadOnlyRejectsWrites) {
   auto before = read(**q, 0, 512);
   std::vector<uint8_t> data(512, 0xAB);
   for (auto op : {IoOp::kWrite, IoOp::kDiscard, IoOp::kWriteZeroes}) {
-    auto r = run(**q, IoRequest{op, 0, 512, op == IoOp::kWrite ? std::vector<iovec>{{data.data(), 512}}
-                                                               : std::vector<iovec>{},
-                                false, {}});
+    auto r = run(**q, IoRequest{op, 0, 512, op == IoOp::kWrite ? IoVecs{{data.data(), 512}} : IoVecs{}, false, {}});
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, Errc::kPermissionDenied);
   }
