@@ -114,6 +114,13 @@ rc=0
 e2e_boot_guest "$sock" "$queues" "iceblk.test=disk iceblk.seed=$seed iceblk.size=$size iceblk.queues=$queues iceblk.md5=$pattern_md5" \
   "$serial" "$timeout_s" "$verbose" || rc=$?
 boot_s=$((SECONDS - start))
+# The guest's I/O ran under iceblkd's seccomp filter (mode 2), which is still alive.
+if [[ -n $E2E_DEVICE_PID ]] && kill -0 "$E2E_DEVICE_PID" 2>/dev/null; then
+  got=$(awk '$1 == "Seccomp:" { print $2 }' "/proc/$E2E_DEVICE_PID/status")
+  [[ $got == 2 ]] || fail "iceblkd does not run under its seccomp filter (Seccomp: '$got')"
+else
+  fail "iceblkd is gone after the guest run (a seccomp kill is SIGSYS, status 159)"
+fi
 # --- the guest's verdict (stops iceblkd: it must exit 0 on SIGTERM) -------------
 e2e_guest_verdict "$rc" "$timeout_s" "$serial"
 if grep -qi "seccomp\|SIGSYS" "$devlog"; then
