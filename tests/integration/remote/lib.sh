@@ -7,6 +7,17 @@ here_remote=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 fail() { echo "FAIL: $*" >&2; exit 1; }
 wait_sock() { for _ in $(seq 400); do [[ -S $1 ]] && return 0; sleep 0.05; done; return 1; }
 
+# write_recovers SOCK TRIES: retry a 64K seeded write every 0.5 s until the export
+# accepts it again (the storage came back); fails after TRIES attempts.
+write_recovers() {
+  local _
+  for _ in $(seq "$2"); do
+    "$ICEBLK" write -s "$1" --offset 0 --length 64K --pattern seed:6 >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  return 1
+}
+
 # start_daemon NAME ARGS...: iceblkd in the background, log in $T/NAME.log, pid in
 # $daemon_pid; waits for its vhost-user socket (--socket must be among ARGS or in
 # the config).

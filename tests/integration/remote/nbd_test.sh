@@ -125,12 +125,7 @@ elapsed=$(($(date +%s) - start))
 grep -qi "ioerr\|i/o error\|status 1" "$T/w2.log" || { cat "$T/w2.log"; fail "fail mode: no IOERR reported"; }
 ((elapsed >= 2 && elapsed <= 10)) || fail "fail mode: failed after ${elapsed}s, expected about 2"
 start_nbd
-ok=0
-for _ in $(seq 20); do
-  if "$ICEBLK" write -s "$T/f.sock" --offset 0 --length 64K --pattern seed:6 >/dev/null 2>&1; then ok=1; break; fi
-  sleep 0.5
-done
-[[ $ok -eq 1 ]] || fail "fail mode: the export did not recover when the server came back"
+write_recovers "$T/f.sock" 20 || fail "fail mode: the export did not recover when the server came back"
 "$ICEBLK" read -s "$T/f.sock" --offset 0 --length 64K --pattern seed:6 >/dev/null || fail "fail mode: read back"
 echo "ok: fail: IOERR after ${elapsed}s with qemu-nbd down; recovered when it came back"
 stop_daemon failmode

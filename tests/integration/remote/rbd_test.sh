@@ -128,12 +128,7 @@ elapsed=$(($(date +%s) - start))
 grep -q "IOERR" "$T/w2.log" || { cat "$T/w2.log"; fail "fail mode: no IOERR reported"; }
 ((elapsed >= 3 && elapsed <= 20)) || fail "fail mode: failed after ${elapsed}s, expected about 3"
 "$cluster" start-osd
-ok=0
-for _ in $(seq 60); do
-  if "$ICEBLK" write -s "$T/f.sock" --offset 0 --length 64K --pattern seed:6 >/dev/null 2>&1; then ok=1; break; fi
-  sleep 0.5
-done
-[[ $ok -eq 1 ]] || fail "fail mode: the export did not recover when the OSD came back"
+write_recovers "$T/f.sock" 60 || fail "fail mode: the export did not recover when the OSD came back"
 "$ICEBLK" read -s "$T/f.sock" --offset 0 --length 64K --pattern seed:6 >/dev/null || fail "fail mode: read back"
 echo "ok: fail: IOERR after ${elapsed}s with the OSD down; recovered when it came back"
 stop_daemon failmode
