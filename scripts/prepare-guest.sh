@@ -158,7 +158,7 @@ prepare_ice() {
   initrd_base "$s"
   cp "$ice_out/fscrypt-tool" "$s/bin/fscrypt-tool"
   : >"$s/lib/modules/load-order"  # everything is built into this kernel
-  cp "$guest_src/fscrypt-test.sh" "$s/iceblk/"
+  cp "$guest_src/lib.sh" "$guest_src/fscrypt-test.sh" "$s/iceblk/"
   chmod 755 "$s"/iceblk/*.sh
   pack "$s" "$ice_out/initrd.gz"
   echo "$st" >"$ice_out/initrd.stamp"
@@ -181,7 +181,7 @@ cp "$out/iceblk-pattern" "$s/bin/iceblk-pattern"
 # the inline-encryption guest wrote.
 cc -std=gnu11 -O2 -static -s -Wall -Wextra -Werror -o "$s/bin/fscrypt-tool" "$guest_src/fscrypt-tool.c"
 cp "$kdir"/modules/* "$s/lib/modules/"
-cp "$guest_src/disk-test.sh" "$guest_src/demo.sh" "$guest_src/fscrypt-check.sh" "$guest_src/restart-test.sh" \
+cp "$guest_src/lib.sh" "$guest_src/disk-test.sh" "$guest_src/demo.sh" "$guest_src/fscrypt-check.sh" "$guest_src/restart-test.sh" \
   "$s/iceblk/"
 chmod 755 "$s"/iceblk/*.sh
 pack "$s" "$out/initrd.gz"

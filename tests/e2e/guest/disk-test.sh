@@ -11,12 +11,10 @@
 # iceblk.queues (expected number of hardware queues of /dev/vda), iceblk.md5
 # (md5 of the whole pattern, computed by the host with the same tool).
 # Prints "ICEBLK-E2E: PASS" or "ICEBLK-E2E: FAIL <reason>".
-M=ICEBLK-E2E
+. /iceblk/lib.sh
 dev=/dev/vda
 mnt=/mnt
 
-fail() { echo "$M: FAIL $*"; : >/run/marker; exit 1; }
-step() { echo "$M: step $*"; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 seed=${ICEBLK_seed:?iceblk.seed missing}
@@ -26,15 +24,7 @@ want_md5=${ICEBLK_md5:?iceblk.md5 missing}
 data_seed=$((seed + 1))
 hello="hello from the iceblk e2e guest, seed $seed"
 
-i=0
-while [ ! -b "$dev" ]; do
-  i=$((i + 1))
-  [ "$i" -gt 100 ] && fail "no $dev after 10 s (virtio-blk did not probe)"
-  sleep 0.1
-done
-
-got=$(blockdev --getsize64 "$dev") || fail "blockdev --getsize64 $dev"
-[ "$got" = "$size" ] || fail "disk size $got, expected $size"
+wait_for_disk "$dev" "$size"
 got=$(ls /sys/block/vda/mq | wc -l)
 [ "$got" = "$queues" ] || fail "$got hardware queues, expected $queues"
 step "found $dev: $size bytes, $queues queue(s), features $(cat /sys/block/vda/device/features)"
@@ -45,16 +35,7 @@ ncpu=$(nproc)
 slice=$((size / ncpu))
 [ $((slice % 4096)) -eq 0 ] || fail "size $size does not split into 4 KiB slices for $ncpu CPUs"
 parallel() {  # parallel write|verify: the pattern over [0, size), slice per CPU
-  pids=""
-  c=0
-  while [ "$c" -lt "$ncpu" ]; do
-    taskset -c "$c" iceblk-pattern "$1" "$seed" $((c * slice)) "$slice" "$dev" direct &
-    pids="$pids $!"
-    c=$((c + 1))
-  done
-  ok=0
-  for p in $pids; do wait "$p" || ok=1; done
-  return $ok
+  pattern_slices "$1" "$seed" "$ncpu" "$slice" "$dev" pin
 }
 
 step "write pattern: $ncpu direct writer(s)"

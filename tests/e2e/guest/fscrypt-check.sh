@@ -8,7 +8,7 @@
 set -u
 export PATH=/sbin:/bin
 mnt=/mnt
-fail() { echo "ICEBLK-E2E: FAIL $*"; : >/run/marker; exit 1; }
+. /iceblk/lib.sh
 mount -t ext4 -o ro /dev/vda "$mnt" || fail "mount"
 id=$(fscrypt-tool add-key "$mnt" /iceblk/run/master-key.hex) || fail "add-key"
 n=$(wc -l </iceblk/run/manifest.sha256)

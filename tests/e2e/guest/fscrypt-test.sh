@@ -31,13 +31,8 @@ nsmall=${ICEBLK_small:-120}
 manifest=/run/manifest
 trees="xts lblk64 essiv"
 
-fail() {
-  echo "ICEBLK-E2E: FAIL $*"
-  : >/run/marker
-  dmesg | tail -n 30 | sed 's/^/ICEBLK-INFO: dmesg: /'
-  exit 1
-}
-step() { echo "ICEBLK-E2E: step $*"; }
+. /iceblk/lib.sh
+on_fail() { dmesg | tail -n 30 | sed 's/^/ICEBLK-INFO: dmesg: /'; }
 info() { echo "ICEBLK-INFO: $*"; }
 
 policy_of() {

@@ -14,40 +14,20 @@
 # Parameters: iceblk.seed, iceblk.size (disk bytes), iceblk.rounds, iceblk.writers.
 # Prints "ICEBLK-E2E: round N start" / "... round N ok" for the host to pace its
 # kills, and finally "ICEBLK-E2E: PASS" or "ICEBLK-E2E: FAIL <reason>".
-M=ICEBLK-E2E
+. /iceblk/lib.sh
 dev=/dev/vda
-
-fail() { echo "$M: FAIL $*"; : >/run/marker; exit 1; }
 
 seed=${ICEBLK_seed:?iceblk.seed missing}
 size=${ICEBLK_size:?iceblk.size missing}
 rounds=${ICEBLK_rounds:-6}
 writers=${ICEBLK_writers:-4}
 
-i=0
-while [ ! -b "$dev" ]; do
-  i=$((i + 1))
-  [ "$i" -gt 100 ] && fail "no $dev after 10 s (virtio-blk did not probe)"
-  sleep 0.1
-done
-got=$(blockdev --getsize64 "$dev") || fail "blockdev --getsize64 $dev"
-[ "$got" = "$size" ] || fail "disk size $got, expected $size"
+wait_for_disk "$dev" "$size"
 slice=$((size / writers))
 [ $((slice % 4096)) -eq 0 ] || fail "size $size does not split into 4 KiB slices for $writers writers"
 
 # all MODE SEED: one iceblk-pattern per slice, all at once; fails if any fails.
-all() {
-  pids=""
-  w=0
-  while [ "$w" -lt "$writers" ]; do
-    iceblk-pattern "$1" "$2" $((w * slice)) "$slice" "$dev" direct &
-    pids="$pids $!"
-    w=$((w + 1))
-  done
-  ok=0
-  for p in $pids; do wait "$p" || ok=1; done
-  return $ok
-}
+all() { pattern_slices "$1" "$2" "$writers" "$slice" "$dev"; }
 
 r=1
 while [ "$r" -le "$rounds" ]; do
