@@ -28,6 +28,12 @@ struct SecretMemoryStatus {
   std::string warning;            // non-empty: one line saying what is not covered, and why
 };
 
+// Zeroes this thread's SIMD registers (x86-64: ZMM/YMM/XMM 0-31 as far as the CPU has
+// them). memcpy and SHA-256 move key bytes through them and leave them there, and a
+// core dump records every thread's registers: call it on the thread that handled key
+// material, once the key is where it belongs (Engine::program does). No-op elsewhere.
+void clear_vector_registers();
+
 // Once, at start-up, before anything else uses OpenSSL (OpenSSL allows its allocator
 // to be replaced only before its first allocation). Errors only when the arena
 // cannot be created at all; a missing mlock (RLIMIT_MEMLOCK) is a warning.

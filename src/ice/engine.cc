@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <atomic>
 
+#include "base/secret_bytes.h"
+
 namespace iceblk::ice {
 namespace {
 
@@ -150,12 +152,16 @@ Result<SlotRange> Engine::vm_range(VmId vm) const {
 Status Engine::program(PhysSlot slot, Key key) {
   ICEBLK_ASSIGN_OR_RETURN(Slot* s, impl_->slot(slot));
   if (key.mode().alg == Algorithm::kAesEcb && !impl_->cfg.allow_ecb) {
+    clear_vector_registers();  // refused, but the key bytes came through them all the same
     return fail(Errc::kUnsupported, "keyslot {}: AES-ECB is not enabled on this engine",
                 slot.value);
   }
   const uint64_t gen = impl_->next_generation.fetch_add(1, std::memory_order_relaxed);
   impl_->replace(*s, std::make_shared<const ProgrammedKey>(std::move(key), gen));
   impl_->notify(slot, true);
+  // The key passed through this thread's vector registers (the copy out of the guest
+  // or the secure-world frame, the ESSIV salt's SHA-256): a dump must not find it there.
+  clear_vector_registers();
   return {};
 }
 
