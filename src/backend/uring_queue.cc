@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <climits>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -63,6 +64,7 @@ class UringQueue final : public IoQueue {
     if (!q->efd_) return fail(errno_error(Errc::kIo, "eventfd", errno));
     const int e = io_uring_register_eventfd(&q->ring_, q->efd_.get());
     if (e < 0) return fail(errno_error(Errc::kUnsupported, "io_uring_register_eventfd", -e));
+    q->preallocate(entries);
     return std::unique_ptr<IoQueue>(std::move(q));
   }
 
@@ -152,6 +154,20 @@ class UringQueue final : public IoQueue {
 
  private:
   explicit UringQueue(std::shared_ptr<FileShared> f) : f_(std::move(f)) {}
+
+  // Ops for `n` requests in flight (the queue's depth), made at set-up: a request
+  // allocates no Op and, up to kPreallocIovecs segments, no iovec copy, even the first
+  // time so many are in flight at once (under load that can come after any warm-up).
+  static constexpr size_t kPreallocIovecs = 8;
+  void preallocate(unsigned n) {
+    free_ops_.reserve(n);
+    finished_buf_.reserve(n);
+    for (unsigned i = 0; i < n; ++i) {
+      auto op = std::make_unique<Op>();
+      op->rest.reserve(kPreallocIovecs);
+      free_ops_.push_back(op.release());
+    }
+  }
 
   // Ops are reused: after warm-up a request allocates no Op and no iovec copy.
   Op* take_op() {
