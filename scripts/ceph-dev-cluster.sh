@@ -74,6 +74,7 @@ osd_objectstore = memstore
 # stop-osd / start-osd.
 osd_fast_shutdown = false
 memstore_device_bytes = $osd_bytes
+memstore_page_set = true
 osd_max_object_name_len = 256
 osd_max_object_namespace_len = 64
 osd_memory_target = 536870912
