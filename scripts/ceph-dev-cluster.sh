@@ -25,6 +25,11 @@ else
   port=$CEPH_DEV_PORT
 fi
 
+# Memory (the target is <= 2 GiB for the whole cluster): glibc's arenas and its
+# dynamic mmap threshold keep freed message buffers resident; a fixed threshold
+# hands large buffers back to the kernel when they are freed.
+export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2} MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-131072}
+
 die() { echo "ceph-dev-cluster: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null || die "$1 not found (scripts/install-deps.sh --remote)"; }
 pid_of() { [[ -f $dir/run/$1.pid ]] && cat "$dir/run/$1.pid" 2>/dev/null || true; }
@@ -74,6 +79,8 @@ osd_objectstore = memstore
 # stop-osd / start-osd.
 osd_fast_shutdown = false
 memstore_device_bytes = $osd_bytes
+# Pages of the memstore device, not the received message buffers, hold the data
+# (without it a 4 MiB write pins its whole message, twice the data's size).
 memstore_page_set = true
 osd_max_object_name_len = 256
 osd_max_object_namespace_len = 64
