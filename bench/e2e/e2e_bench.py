@@ -502,18 +502,21 @@ def render_markdown(doc: dict, png_rel: str | None) -> str:
     nice = f" under `nice -n {a['nice']}`" if a.get("nice") else ""
     if doc.get("backend") == "rbd":
         cl = doc["cluster"]
-        where = (f"RBD images in pool `rbd` of a one-node dev cluster on this machine (`scripts/ceph-dev-cluster.sh`: "
+        where = (f"in pool `rbd` of a one-node Ceph dev cluster on this machine (`scripts/ceph-dev-cluster.sh`: "
                  f"one monitor, one memstore OSD, size 1, 127.0.0.1; `rbd_cache=false` for both daemons), each written "
                  f"in full before the runs; the cluster's daemons peaked at {cl['peak_rss_sum_kib'] / 1024:.0f} MiB "
                  f"resident together ("
                  + ", ".join(f"{d} {v / 1024:.0f}" for d, v in cl["peak_rss_kib"].items()) + "). "
-                 "qemu-storage-daemon uses QEMU's `driver=rbd` (`qemu-block-extra`), LUKS as `driver=luks` over it")
+                 "qemu-storage-daemon uses QEMU's `driver=rbd` (`qemu-block-extra`), LUKS as `driver=luks` over it. "
+                 "Both daemons' CPU includes librbd's own threads (messenger, callbacks)")
+        engines = ""
     else:
         where = f"on tmpfs (`{a['workdir']}`)"
-    out.append(f"Images: {a['size'] // MIB} MiB each {where}; 1 queue; "
+        engines = f" iceblkd `--io-engine {a['io_engine']}`; qemu-storage-daemon `aio={a['qsd_aio']}`."
+    out.append(f"Images: {a['size'] // MIB} MiB each, {where}; 1 queue; "
                f"{a['runtime']:g} s per run, {a['rounds']} round(s), configurations interleaved per workload; "
-               f"cells are medians; everything ran{nice} with interrupt (not polled) completions. iceblkd `--io-engine {a['io_engine']}`; qemu-storage-daemon "
-               f"`aio={a['qsd_aio']}`. ICE: {ALGORITHM}, {DATA_UNIT}-byte data units; LUKS: aes-256 xts plain64.")
+               f"cells are medians; everything ran{nice} with interrupt (not polled) completions.{engines} "
+               f"ICE: {ALGORITHM}, {DATA_UNIT}-byte data units; LUKS: aes-256 xts plain64.")
     out.append("")
     out.append("| workload | " + " | ".join(f"{c.label} IOPS / MB/s / p99 µs" for c in CONFIGS) + " |")
     out.append("|---|" + "---|" * len(CONFIGS))

@@ -260,7 +260,7 @@ class Rendering(unittest.TestCase):
             self.assertEqual(t2.count(eb.END_MARK), 1)
             self.assertEqual(t2.count(eb.RBD_END_MARK), 1)
             self.assertEqual(t2.count("## End to end on Ceph RBD"), 1)
-            self.assertIn("one-node dev cluster", t2)
+            self.assertIn("one-node Ceph dev cluster", t2)
             self.assertIn("930 MiB", t2)
             self.assertIn("![iceblkd vs qemu-storage-daemon on RBD](img/e2e_bench_rbd.png)", t2)
 
