@@ -14,9 +14,11 @@
 #   6. the whole cluster killed (mon and OSD) under a live export: remove-export
 #      (QMP) and SIGTERM each finish within a bounded time, and a file export of
 #      the same daemon keeps serving.
-#   tests/integration/remote/rbd_test.sh ICEBLKD ICEBLK   (ctest: remote_rbd)
+#   7. (with RBD_ZERO_ALLOC) the RBD data path allocates nothing of iceblk's own
+#      in steady state (rbd_zero_alloc.cc).
+#   tests/integration/remote/rbd_test.sh ICEBLKD ICEBLK [RBD_ZERO_ALLOC]   (ctest: remote_rbd)
 set -euo pipefail
-ICEBLKD=$1 ICEBLK=$2
+ICEBLKD=$1 ICEBLK=$2 ZERO_ALLOC=${3:-}
 source "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 cluster=$(cd "$here_remote/../../.." && pwd)/scripts/ceph-dev-cluster.sh
 
@@ -57,6 +59,13 @@ grep -qF "$img" "$T/unreach.err" || fail "unreachable cluster: the line does not
 echo "ok: unreachable at start-up: $(cat "$T/unreach.err")"
 
 "$cluster" start || fail "ceph-dev-cluster.sh start"
+
+if [[ -n $ZERO_ALLOC ]]; then
+  rc=0
+  "$ZERO_ALLOC" "$conf" >"$T/zero-alloc.log" 2>&1 || rc=$?
+  [[ $rc -eq 0 || $rc -eq 77 ]] || { cat "$T/zero-alloc.log"; fail "rbd_zero_alloc (rc $rc)"; }
+  echo "ok: $(grep rbd_zero_alloc: "$T/zero-alloc.log")"
+fi
 
 # 2. --size creates; conformance plain and ICE.
 start_daemon plain "$T/plain.sock" --socket "$T/plain.sock" --image "rbd:rbd/plain:conf=$conf" --size 64M --no-ice
