@@ -47,7 +47,8 @@ using Clock = std::chrono::steady_clock;
 constexpr uint64_t kStageChunk = 32 * 1024;        // bytes per staging piece
 constexpr uint64_t kStageBytes = uint64_t{8} << 20;  // staging memory per queue
 constexpr size_t kStageChunks = kStageBytes / kStageChunk;
-constexpr int kOsdTimeoutFactor = 4;  // kFail: librbd gives up on an operation after this * io_timeout
+// kFail: librbd gives up on an operation after this * io_timeout.
+constexpr int kOsdTimeoutFactor = 4;
 
 std::string rados_err(int r) {
   return std::strerror(r < 0 ? -r : r);
