@@ -14,8 +14,10 @@ Result<CompletionFd> CompletionFd::create(std::string_view what) {
   c.ep_.reset(::epoll_create1(EPOLL_CLOEXEC));
   c.efd_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   c.tfd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-  if (!c.ep_ || !c.efd_ || !c.tfd_) return fail(errno_error(Errc::kIo, fmt::format("{}: fds", what), errno));
-  if (!c.watch(c.efd_.get(), EPOLLIN, EPOLL_CTL_ADD) || !c.watch(c.tfd_.get(), EPOLLIN, EPOLL_CTL_ADD)) {
+  if (!c.ep_ || !c.efd_ || !c.tfd_)
+    return fail(errno_error(Errc::kIo, fmt::format("{}: fds", what), errno));
+  if (!c.watch(c.efd_.get(), EPOLLIN, EPOLL_CTL_ADD) ||
+      !c.watch(c.tfd_.get(), EPOLLIN, EPOLL_CTL_ADD)) {
     return fail(errno_error(Errc::kIo, fmt::format("{}: epoll_ctl", what), errno));
   }
   return c;

@@ -2,8 +2,8 @@
 // (per queue worker), driven from the worker's event loop: completion_fd() is an
 // epoll fd (CompletionFd) holding the handle's socket (interest following
 // nbd_aio_get_direction), its eventfd (completions recorded outside reap()) and
-// its timerfd (reconnects, deadlines). libnbd's completion callbacks only record results; IoRequest::done
-// runs from reap() (or drain()) on the queue's thread.
+// its timerfd (reconnects, deadlines). libnbd's completion callbacks only record results;
+// IoRequest::done runs from reap() (or drain()) on the queue's thread.
 //
 // Storage going away: a dead connection is closed and reopened (nbd_aio_connect_uri)
 // every kReconnectInterval; requests it had in flight are sent again on the new

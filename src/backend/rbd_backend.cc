@@ -44,7 +44,7 @@ namespace iceblk::backend {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr uint64_t kStageChunk = 32 * 1024;        // bytes per staging piece
+constexpr uint64_t kStageChunk = 32 * 1024;          // bytes per staging piece
 constexpr uint64_t kStageBytes = uint64_t{8} << 20;  // staging memory per queue
 constexpr size_t kStageChunks = kStageBytes / kStageChunk;
 // kFail: librbd gives up on an operation after this * io_timeout.
@@ -75,9 +75,10 @@ void close_bounded(rados_t cluster, rados_ioctx_t io, rbd_image_t image, const s
   }).detach();
   std::unique_lock lk(st->mu);
   if (!st->cv.wait_for(lk, limit, [&] { return st->done; })) {
-    spdlog::warn("{}: the cluster did not answer within {} ms while closing; the image and "
-                 "cluster connection are abandoned (rbd_close/rados_shutdown left running)",
-                 name, limit.count());
+    spdlog::warn(
+        "{}: the cluster did not answer within {} ms while closing; the image and "
+        "cluster connection are abandoned (rbd_close/rados_shutdown left running)",
+        name, limit.count());
   }
 }
 
@@ -106,11 +107,11 @@ struct RbdOp {
   uint64_t len = 0;
   Clock::time_point deadline;
   State state = State::kFree;
-  bool abandoned = false;           // failed already; recycled once librbd is done with it
-  std::vector<iovec> stage;         // its staging pieces (or its own buffer)
-  std::unique_ptr<uint8_t[]> own;   // a request larger than all of the staging memory
+  bool abandoned = false;          // failed already; recycled once librbd is done with it
+  std::vector<iovec> stage;        // its staging pieces (or its own buffer)
+  std::unique_ptr<uint8_t[]> own;  // a request larger than all of the staging memory
   rbd_completion_t comp = nullptr;
-  std::shared_ptr<Mailbox> box;     // set while librbd holds it
+  std::shared_ptr<Mailbox> box;  // set while librbd holds it
   ssize_t ret = 0;
 };
 
@@ -121,7 +122,7 @@ struct Mailbox {
   std::vector<RbdOp*> done;  // finished, for reap(); capacity: every op
   bool orphaned = false;     // the queue is gone: callbacks release their ops
   CompletionFd cfd;
-  uint8_t* stage = nullptr;  // kStageBytes, mmap (pages touched on use)
+  uint8_t* stage = nullptr;                 // kStageBytes, mmap (pages touched on use)
   std::vector<std::unique_ptr<RbdOp>> ops;  // every slot
 
   explicit Mailbox(CompletionFd c) : cfd(std::move(c)) {}
@@ -171,13 +172,15 @@ class RbdQueue final : public IoQueue {
   static Result<std::unique_ptr<IoQueue>> create(std::shared_ptr<RbdImage> img, unsigned depth) {
     ICEBLK_ASSIGN_OR_RETURN(auto cfd, CompletionFd::create("rbd queue"));
     auto box = std::make_shared<Mailbox>(std::move(cfd));
-    void* m = ::mmap(nullptr, kStageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* m =
+        ::mmap(nullptr, kStageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) {
-      return fail(errno_error(Errc::kBusy, fmt::format("rbd queue: mmap of {} bytes", kStageBytes),
-                              errno));
+      return fail(
+          errno_error(Errc::kBusy, fmt::format("rbd queue: mmap of {} bytes", kStageBytes), errno));
     }
     box->stage = static_cast<uint8_t*>(m);
-    return std::unique_ptr<IoQueue>(new RbdQueue(std::move(img), std::move(box), std::max(depth, 1u)));
+    return std::unique_ptr<IoQueue>(
+        new RbdQueue(std::move(img), std::move(box), std::max(depth, 1u)));
   }
 
   ~RbdQueue() override {
@@ -452,8 +455,8 @@ class RbdQueue final : public IoQueue {
   }
 
   size_t expire(Clock::time_point now) {
-    const size_t n = fail_all(now, fmt::format("storage did not answer within {} ms",
-                                                img_->opts.io_timeout.count()));
+    const size_t n = fail_all(
+        now, fmt::format("storage did not answer within {} ms", img_->opts.io_timeout.count()));
     if (n > 0) {
       spdlog::warn("{}: {} request(s) failed after --io-timeout {} ms", img_->spec.text, n,
                    img_->opts.io_timeout.count());
@@ -468,13 +471,13 @@ class RbdQueue final : public IoQueue {
 
   std::shared_ptr<RbdImage> img_;
   std::shared_ptr<Mailbox> box_;
-  size_t in_flight_ = 0;                // requests submitted and not yet completed
-  std::vector<RbdOp*> free_;            // free slots
-  std::vector<RbdOp*> waiting_;         // for staging, oldest first
-  std::vector<RbdOp*> batch_;           // reap()'s share of box_->done
-  std::vector<RbdOp*> expired_;         // fail_all()'s scratch
-  std::vector<RbdOp*> starting_;        // start_waiting()'s scratch
-  std::vector<uint8_t*> free_chunks_;   // free staging pieces
+  size_t in_flight_ = 0;               // requests submitted and not yet completed
+  std::vector<RbdOp*> free_;           // free slots
+  std::vector<RbdOp*> waiting_;        // for staging, oldest first
+  std::vector<RbdOp*> batch_;          // reap()'s share of box_->done
+  std::vector<RbdOp*> expired_;        // fail_all()'s scratch
+  std::vector<RbdOp*> starting_;       // start_waiting()'s scratch
+  std::vector<uint8_t*> free_chunks_;  // free staging pieces
 };
 
 class RbdBackend final : public BlockBackend {

@@ -58,9 +58,9 @@ struct Kind {
   IoOp op;
   uint64_t len;
 };
-constexpr Kind kMix[] = {{IoOp::kWrite, 4096},  {IoOp::kRead, 4096},   {IoOp::kWrite, 65536},
-                         {IoOp::kRead, 65536},  {IoOp::kWrite, 1 << 20}, {IoOp::kRead, 1 << 20},
-                         {IoOp::kFlush, 0},     {IoOp::kWriteZeroes, 8192}};
+constexpr Kind kMix[] = {{IoOp::kWrite, 4096}, {IoOp::kRead, 4096},       {IoOp::kWrite, 65536},
+                         {IoOp::kRead, 65536}, {IoOp::kWrite, 1 << 20},   {IoOp::kRead, 1 << 20},
+                         {IoOp::kFlush, 0},    {IoOp::kWriteZeroes, 8192}};
 constexpr unsigned kQueueDepth = 16;
 
 }  // namespace
@@ -141,11 +141,12 @@ int main(int argc, char** argv) {
   run(4000);
   g_counting = false;
   q.drain();
-  std::printf("rbd_zero_alloc: %llu requests (%llu errors): %llu allocation(s) of iceblk's own, %llu "
-              "in librbd/librados\n",
-              static_cast<unsigned long long>(done - 400), static_cast<unsigned long long>(errors),
-              static_cast<unsigned long long>(g_ours.load()),
-              static_cast<unsigned long long>(g_theirs.load()));
+  std::printf(
+      "rbd_zero_alloc: %llu requests (%llu errors): %llu allocation(s) of iceblk's own, %llu "
+      "in librbd/librados\n",
+      static_cast<unsigned long long>(done - 400), static_cast<unsigned long long>(errors),
+      static_cast<unsigned long long>(g_ours.load()),
+      static_cast<unsigned long long>(g_theirs.load()));
   if (g_ours.load() != 0) {
     std::printf("first stack of ours (resolve with addr2line -f -C -i -e rbd_zero_alloc):\n");
     backtrace_symbols_fd(g_our_stack, g_our_stack_len, 1);
