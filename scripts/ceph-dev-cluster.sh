@@ -12,10 +12,10 @@
 # outside the OSDs' 6800-7300).
 # CEPH_DEV_KEEP=1: stop leaves DIR (logs) in place.
 # Memory: the OSD keeps the data in RAM. Measured (ps -o rss, mon + osd, 2026-12-02):
-# 61 MiB idle; 1.6 GiB with 900 MiB written into the default 1 GiB device (rbd
+# 61 MiB idle; 1.53 GiB with 900 MiB written into the default 1 GiB device (rbd
 # bench: 4 MiB sequential writes, then 200 MiB of 4 KiB random writes), where the
-# 4 MiB writes alone had taken it to 1.9 GiB without the malloc settings below;
-# 1.4 GiB at the peak of bench/run_e2e_bench.sh --backend rbd (4 x 128 MiB).
+# 4 MiB writes alone had taken it to 1.83 GiB without the malloc settings below;
+# 1.34 GiB at the peak of bench/run_e2e_bench.sh --backend rbd (4 x 128 MiB).
 # Clients: ceph -c DIR/ceph.conf ..., rbd -c DIR/ceph.conf ..., or the image
 # rbd:rbd/NAME:conf=DIR/ceph.conf
 set -euo pipefail
