@@ -10,18 +10,25 @@
 #   BENCH_RUNTIME=2 bench/run_e2e_bench.sh --no-docs
 #   bench/run_e2e_bench.sh --scale               # 1/4/16 exports, 1/2/4 queues, 4K..1M (~3 min)
 #   bench/run_e2e_bench.sh --scale --runtime 1 --rounds 1
+#   bench/run_e2e_bench.sh --backend rbd --runtime 3 # on Ceph RBD (~1.5 min)
 #
 # --scale runs bench/e2e/scale_bench.py instead (its --help lists its options): CPU
 # per request and per byte as exports, queues and request sizes grow, a key-churn
 # run and the 16-export daemon's VmHWM; it regenerates the scale section of
 # docs/benchmarks.md.
 #
+# --backend rbd runs the same four configurations on RBD images in a one-node dev
+# cluster of its own (scripts/ceph-dev-cluster.sh; qemu-storage-daemon through QEMU's
+# driver=rbd), and regenerates the RBD section of docs/benchmarks.md and its chart.
+#
 # Every option of bench/e2e/e2e_bench.py passes through (--help lists them). The build
 # goes to $ICEBLK_BUILD_DIR (default build/bench, RelWithDebInfo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-deps.sh --bench
+deps=(--bench)
+[[ " $* " == *" --backend rbd "* || " $* " == *" --backend=rbd "* ]] && deps+=(--remote)
+scripts/install-deps.sh "${deps[@]}"
 
 build=${ICEBLK_BUILD_DIR:-build/bench}
 if [[ ! -f "$build/CMakeCache.txt" ]]; then

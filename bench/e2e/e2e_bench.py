@@ -7,6 +7,12 @@ machine noise hits all of them alike. Then the crypto ceiling (`openssl speed`),
 ratios against the targets of issue 7, iceblkd's resident memory under load, a table,
 JSON, a PNG chart and the generated section of docs/benchmarks.md.
 
+`--backend rbd`: the same configurations on Ceph RBD images instead of tmpfs files,
+in a one-node dev cluster of the run's own (scripts/ceph-dev-cluster.sh, memstore
+OSD on 127.0.0.1): iceblkd's librbd backend next to qemu-storage-daemon's
+`driver=rbd` (raw, and `driver=luks` over it). Its section of docs/benchmarks.md and
+its chart are separate from the file backend's.
+
 Normally started by bench/run_e2e_bench.sh (which installs and builds first);
 `--help` lists the options. Standard library only, except matplotlib for the chart.
 """
@@ -17,23 +23,21 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import re
 import resource
 import secrets
 import shutil
 import signal
-import stat
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (MIB, REPO, Device, MemSampler, is_tmpfs, machine_info, make_raw_image,  # noqa: E402,F401
+                          measure, parse_size, proc_cpu_seconds, proc_status, run, update_docs_section)
 
 # --- what is measured ------------------------------------------------------------------
 
@@ -89,7 +93,6 @@ DEFAULT_POLL_US = 50
 
 ALGORITHM = "aes-256-xts"
 DATA_UNIT = 4096
-MIB = 1 << 20
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -98,141 +101,7 @@ def log(msg: str) -> None:
     print(f"[e2e-bench] {msg}", file=sys.stderr, flush=True)
 
 
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
-
-
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"(\d+)([KMGT]?)(i?B)?", text.strip(), re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad size '{text}' (use e.g. 512M, 1G)")
-    mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
-    return int(m.group(1)) * mult
-
-
-def is_tmpfs(path: Path) -> bool:
-    """True when `path` lives on a tmpfs mount (longest matching mount point)."""
-    best, fstype = "", ""
-    real = str(path.resolve())
-    with open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            mnt = parts[1].replace("\\040", " ")
-            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-                best, fstype = mnt, parts[2]
-    return fstype == "tmpfs"
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """Memory fields of /proc/PID/status in KiB (empty dict when the process is gone)."""
-    out: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
-                    out[k] = int(v.split()[0])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return out
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (/proc/PID/stat)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_info() -> dict:
-    info: dict = {"nproc": os.cpu_count(), "kernel": platform.release()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-        with open("/proc/cpuinfo") as f:
-            flags = next((l for l in f if l.startswith("flags")), "")
-        info["aes_ni"] = " aes " in f" {flags.split(':', 1)[-1]} "
-        info["avx512"] = "avx512f" in flags
-        info["vaes"] = " vaes " in f" {flags.split(':', 1)[-1]} "
-    except OSError:
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            info["mem_total_mib"] = int(f.readline().split()[1]) // 1024
-    except OSError:
-        pass
-    info["openssl"] = run(["openssl", "version"]).stdout.strip()
-    info["qemu"] = run(["qemu-storage-daemon", "--version"]).stdout.splitlines()[0].strip()
-    try:
-        info["git"] = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        info["git"] = "unknown"
-    info["loadavg_start"] = os.getloadavg()[0]
-    return info
-
-
 # --- devices ---------------------------------------------------------------------------
-
-
-class Device:
-    """A running device daemon (iceblkd or qemu-storage-daemon) on a unix socket."""
-
-    def __init__(self, cfg: Config, argv: list[str], sock: Path, logfile: Path):
-        self.cfg, self.argv, self.sock, self.logfile = cfg, argv, sock, logfile
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 60.0) -> None:
-        if self.sock.exists():
-            self.sock.unlink()
-        self._log = open(self.logfile, "w")
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.cfg.label} exited with {self.proc.returncode} during start;"
-                                   f" see {self.logfile}:\n{self.logfile.read_text()[-2000:]}")
-            # A socket inode at the path means bind() is done (listen() follows at once);
-            # probing with connect() would open a vhost-user session the daemon must end.
-            if self.sock.exists() and stat.S_ISSOCK(os.stat(self.sock).st_mode):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.cfg.label}: no socket at {self.sock} after {timeout:.0f} s")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        self.proc = None
-
-
-def make_raw_image(path: Path, size: int) -> None:
-    # fallocate on tmpfs allocates real (zeroed) pages, so reads touch memory rather
-    # than holes; every configuration gets the same.
-    with open(path, "wb") as f:
-        os.posix_fallocate(f.fileno(), 0, size)
 
 
 # qemu-img calibrates the LUKS PBKDF by timing a fixed number of iterations with the
@@ -264,11 +133,16 @@ def make_luks_image(path: Path, size: int, secret_file: Path) -> None:
         time.sleep(0.2 * attempt)
 
 
-def qsd_argv(img: Path, sock: Path, luks: bool, secret_file: Path, aio: str) -> list[str]:
+def qsd_argv(img: Path | RbdImage, sock: Path, luks: bool, secret_file: Path, aio: str) -> list[str]:
     argv = ["qemu-storage-daemon"]
     if luks:
         argv += ["--object", f"secret,id=sec0,file={secret_file}"]
-    argv += ["--blockdev", f"driver=file,node-name=file0,filename={img},aio={aio},cache.direct=off"]
+    if isinstance(img, RbdImage):
+        # cache.direct=on: QEMU then sets rbd_cache=false, as the dev cluster's
+        # ceph.conf does for iceblkd's librbd.
+        argv += ["--blockdev", f"driver=rbd,node-name=file0,{img.qemu_opts()},cache.direct=on"]
+    else:
+        argv += ["--blockdev", f"driver=file,node-name=file0,filename={img},aio={aio},cache.direct=off"]
     if luks:
         argv += ["--blockdev", "driver=luks,node-name=disk0,key-secret=sec0,file=file0"]
     else:
@@ -278,9 +152,11 @@ def qsd_argv(img: Path, sock: Path, luks: bool, secret_file: Path, aio: str) -> 
     return argv
 
 
-def iceblkd_argv(iceblkd: Path, img: Path, sock: Path, ice: bool, io_engine: str, poll_us: int = 0) -> list[str]:
-    argv = [str(iceblkd), "--socket", str(sock), "--image", str(img), "--num-queues", "1",
-            "--io-engine", io_engine, "--log-level", "warn"]
+def iceblkd_argv(iceblkd: Path, img: Path | RbdImage, sock: Path, ice: bool, io_engine: str,
+                 poll_us: int = 0) -> list[str]:
+    argv = [str(iceblkd), "--socket", str(sock), "--image", str(img), "--num-queues", "1", "--log-level", "warn"]
+    if not isinstance(img, RbdImage):
+        argv += ["--io-engine", io_engine]
     if not ice:
         argv.append("--no-ice")
     if poll_us:
@@ -288,28 +164,75 @@ def iceblkd_argv(iceblkd: Path, img: Path, sock: Path, ice: bool, io_engine: str
     return argv
 
 
+# --- Ceph RBD (--backend rbd) ------------------------------------------------------------
+
+CLUSTER_SCRIPT = REPO / "scripts" / "ceph-dev-cluster.sh"
+
+
+@dataclass(frozen=True)
+class RbdImage:
+    pool: str
+    name: str
+    conf: Path
+
+    def __str__(self) -> str:  # iceblkd's (and QEMU's) image syntax
+        return f"rbd:{self.pool}/{self.name}:conf={self.conf}"
+
+    def qemu_opts(self) -> str:
+        return f"pool={self.pool},image={self.name},conf={self.conf}"
+
+
+class DevCluster:
+    """scripts/ceph-dev-cluster.sh in a directory of the run's own."""
+
+    def __init__(self, state_dir: Path, osd_bytes: int):
+        self.dir, self.osd_bytes = state_dir, osd_bytes
+        self.conf = state_dir / "ceph.conf"
+        self.peak_rss_kib: dict[str, int] = {}
+
+    def _script(self, cmd: str) -> None:
+        env = {**os.environ, "CEPH_DEV_OSD_BYTES": str(self.osd_bytes)}
+        p = subprocess.run([str(CLUSTER_SCRIPT), cmd, str(self.dir)], text=True, capture_output=True, env=env)
+        if p.returncode != 0:
+            raise RuntimeError(f"ceph-dev-cluster.sh {cmd} failed: {(p.stderr or p.stdout).strip()[-800:]}")
+
+    def start(self) -> None:
+        self._script("start")
+
+    def stop(self) -> None:
+        self._script("stop")
+
+    def pids(self) -> dict[str, int]:
+        out = {}
+        for d in ("mon.a", "osd.0", "mgr.x"):
+            f = self.dir / "run" / f"{d}.pid"
+            if f.exists():
+                out[d] = int(f.read_text().strip())
+        return out
+
+    def sample_rss(self) -> dict[str, int]:
+        """Resident memory of each daemon now (KiB, as ps -o rss), folded into the peaks."""
+        now = {d: proc_status(pid).get("VmRSS", 0) for d, pid in self.pids().items()}
+        for d, v in now.items():
+            self.peak_rss_kib[d] = max(self.peak_rss_kib.get(d, 0), v)
+        return now
+
+    def make_image(self, name: str, size: int, luks: bool, secret_file: Path, zero_file: Path) -> RbdImage:
+        """Creates pool/name and writes every byte of it (through LUKS for a LUKS image),
+        so reads hit stored objects for every configuration alike."""
+        img = RbdImage("rbd", name, self.conf)
+        sec = ["--object", f"secret,id=sec0,file={secret_file}"] if luks else []
+        fmt_opts = ["-f", "luks", "-o", "key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,"
+                                        "iter-time=10"] if luks else ["-f", "raw"]
+        run(["qemu-img", "create", "-q", *sec, *fmt_opts, str(img), str(size)])
+        target = (f"driver={'luks,key-secret=sec0' if luks else 'raw'},file.driver=rbd,"
+                  f"file.pool={img.pool},file.image={img.name},file.conf={img.conf}")
+        run(["qemu-img", "convert", "-n", "-S", "0", "-f", "raw", str(zero_file), *sec,
+             "--target-image-opts", target])
+        return img
+
+
 # --- one measurement -------------------------------------------------------------------
-
-
-class MemSampler(threading.Thread):
-    """Samples /proc/PID/status every 50 ms while a run is in progress."""
-
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.pid, self.peak, self.stop_evt = pid, {}, threading.Event()
-
-    def run(self) -> None:
-        while not self.stop_evt.is_set():
-            for k, v in proc_status(self.pid).items():
-                self.peak[k] = max(self.peak.get(k, 0), v)
-            self.stop_evt.wait(0.05)
-
-    def finish(self) -> dict[str, int]:
-        self.stop_evt.set()
-        self.join()
-        for k, v in proc_status(self.pid).items():  # VmHWM is a high-water mark already
-            self.peak[k] = max(self.peak.get(k, 0), v)
-        return self.peak
 
 
 def bench_once(iceblk: Path, dev: Device, w: Workload, runtime: float, logdir: Path, tag: str,
@@ -319,17 +242,11 @@ def bench_once(iceblk: Path, dev: Device, w: Workload, runtime: float, logdir: P
             "--json", "--quiet"]
     if dev.cfg.encrypt and dev.cfg.kind == "iceblkd":
         argv += ["--encrypt", "on", "--algorithm", ALGORITHM, "--data-unit-size", str(DATA_UNIT)]
-    sampler = MemSampler(dev.pid)
-    sampler.start()
-    dev_cpu0 = proc_cpu_seconds(dev.pid)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.monotonic()
-    p = subprocess.run(argv, text=True, capture_output=True, timeout=runtime * 4 + 60)
-    wall = time.monotonic() - t0
+    p, dev_cpu, wall, mem = measure(dev.pid, lambda: subprocess.run(argv, text=True, capture_output=True,
+                                                                     timeout=runtime * 4 + 60))
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    dev_cpu = proc_cpu_seconds(dev.pid) - dev_cpu0
     drv_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
-    mem = sampler.finish()
     (logdir / f"{tag}.stderr").write_text(p.stderr)
     if p.returncode != 0:
         raise RuntimeError(f"iceblk bench failed on {dev.cfg.label} / {w.label} (rc {p.returncode}):\n"
@@ -437,7 +354,34 @@ def compute_ratios(cells: dict, ceiling: dict) -> list[dict]:
     return out
 
 
-def memory_summary(results: dict, runs: list[dict], queue_buffer_bytes: int) -> dict:
+def compute_ratios_rbd(cells: dict) -> list[dict]:
+    """--backend rbd: what encryption costs each daemon, and iceblkd against qsd, per
+    workload (no targets: on RBD the cluster, not the daemon, sets the pace)."""
+    def per_core_iops(cfg, wl):
+        us = cells[wl][cfg].get("device_cpu_us_per_io") or 0.0
+        return 1e6 / us if us > 0 else 0.0
+
+    out = []
+    for w in WORKLOADS:
+        if w.key not in cells:
+            continue
+        for name, a, b in (("ICE / plain (iceblkd)", "iceblkd_ice", "iceblkd_plain"),
+                           ("LUKS / raw (qsd)", "qsd_luks", "qsd_raw"),
+                           ("iceblkd plain / qsd raw", "iceblkd_plain", "qsd_raw"),
+                           ("iceblkd ICE / qsd LUKS", "iceblkd_ice", "qsd_luks")):
+            out.append({"name": f"{name}, {w.label}", "target": None, "pass": None, "pass_cpu": None,
+                        "value": ratio(cells[w.key][a]["iops"], cells[w.key][b]["iops"]),
+                        "value_cpu": ratio(per_core_iops(a, w.key), per_core_iops(b, w.key))})
+    return out
+
+
+def doc_ratios(doc: dict) -> list[dict]:
+    if doc.get("backend") == "rbd":
+        return compute_ratios_rbd(doc["cells"])
+    return compute_ratios(doc["cells"], doc["ceiling"])
+
+
+def memory_summary(results: dict, runs: list[dict], queue_buffer_bytes: int, backend: str = "file") -> dict:
     """Peak iceblkd memory under load per configuration (KiB), against 64 MiB + buffers."""
     out = {}
     for cfg in CONFIGS:
@@ -447,8 +391,9 @@ def memory_summary(results: dict, runs: list[dict], queue_buffer_bytes: int) -> 
         peak = {k: max(r["mem_kib"].get(k, 0) for r in rs) for k in
                 ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")}
         limit_kib = (64 * MIB + queue_buffer_bytes) // 1024
+        # (On RBD librbd's own caches and threads are in the daemon too: no verdict.)
         out[cfg.key] = {**peak, "limit_kib": limit_kib,
-                        "pass": peak["VmHWM"] < limit_kib if cfg.kind == "iceblkd" else None}
+                        "pass": peak["VmHWM"] < limit_kib if cfg.kind == "iceblkd" and backend == "file" else None}
     return out
 
 
@@ -500,9 +445,10 @@ def render_table(doc: dict) -> str:
     lines.append(f"{'ratio':<58}{'target':>8}{'wall clock':>18}{'per device core':>20}")
 
     def v(x, ok):
-        return "-" if x is None else f"{x:.2f} {'ok' if ok else 'MISSED'}"
+        return "-" if x is None else f"{x:.2f}" + ("" if ok is None else f" {'ok' if ok else 'MISSED'}")
     for r in doc["ratios"]:
-        lines.append(f"{r['name']:<58}{'>= ' + format(r['target'], '.2f'):>8}{v(r['value'], r['pass']):>18}"
+        tgt = "-" if r["target"] is None else ">= " + format(r["target"], ".2f")
+        lines.append(f"{r['name']:<58}{tgt:>8}{v(r['value'], r['pass']):>18}"
                      f"{v(r.get('value_cpu'), r.get('pass_cpu')):>20}")
     rows = poll_rows(doc)
     if rows:
@@ -516,6 +462,11 @@ def render_table(doc: dict) -> str:
                          f"IOPS {a['iops']:>8,.0f} / {b['iops']:>8,.0f} ({r['iops_ratio'] or 0:.2f}x)  "
                          f"CPU {a['device_cpu_us_per_io']:5.1f} / {b['device_cpu_us_per_io']:5.1f}")
     lines.append("")
+    cl = doc.get("cluster")
+    if cl:
+        lines.append(f"dev cluster resident memory, peak over the runs (MiB, ps -o rss): "
+                     + ", ".join(f"{d} {v / 1024:.0f}" for d, v in cl["peak_rss_kib"].items())
+                     + f"; sum {cl['peak_rss_sum_kib'] / 1024:.0f} (target <= 2048)")
     lines.append("peak daemon memory under load (MiB; RssShmem = the driver's shared memory the daemon touched)")
     for k, m in doc["memory"].items():
         lbl = next(c.label for c in CONFIGS if c.key == k)
@@ -549,10 +500,23 @@ def render_markdown(doc: dict, png_rel: str | None) -> str:
     out.append("```")
     out.append("")
     nice = f" under `nice -n {a['nice']}`" if a.get("nice") else ""
-    out.append(f"Images: {a['size'] // MIB} MiB each on tmpfs (`{a['workdir']}`); 1 queue; "
+    if doc.get("backend") == "rbd":
+        cl = doc["cluster"]
+        where = (f"in pool `rbd` of a one-node Ceph dev cluster on this machine (`scripts/ceph-dev-cluster.sh`: "
+                 f"one monitor, one memstore OSD, size 1, 127.0.0.1; `rbd_cache=false` for both daemons), each written "
+                 f"in full before the runs; the cluster's daemons peaked at {cl['peak_rss_sum_kib'] / 1024:.0f} MiB "
+                 f"resident together ("
+                 + ", ".join(f"{d} {v / 1024:.0f}" for d, v in cl["peak_rss_kib"].items()) + "). "
+                 "qemu-storage-daemon uses QEMU's `driver=rbd` (`qemu-block-extra`), LUKS as `driver=luks` over it. "
+                 "Both daemons' CPU includes librbd's own threads (messenger, callbacks)")
+        engines = ""
+    else:
+        where = f"on tmpfs (`{a['workdir']}`)"
+        engines = f" iceblkd `--io-engine {a['io_engine']}`; qemu-storage-daemon `aio={a['qsd_aio']}`."
+    out.append(f"Images: {a['size'] // MIB} MiB each, {where}; 1 queue; "
                f"{a['runtime']:g} s per run, {a['rounds']} round(s), configurations interleaved per workload; "
-               f"cells are medians; everything ran{nice} with interrupt (not polled) completions. iceblkd `--io-engine {a['io_engine']}`; qemu-storage-daemon "
-               f"`aio={a['qsd_aio']}`. ICE: {ALGORITHM}, {DATA_UNIT}-byte data units; LUKS: aes-256 xts plain64.")
+               f"cells are medians; everything ran{nice} with interrupt (not polled) completions.{engines} "
+               f"ICE: {ALGORITHM}, {DATA_UNIT}-byte data units; LUKS: aes-256 xts plain64.")
     out.append("")
     out.append("| workload | " + " | ".join(f"{c.label} IOPS / MB/s / p99 µs" for c in CONFIGS) + " |")
     out.append("|---|" + "---|" * len(CONFIGS))
@@ -590,9 +554,10 @@ def render_markdown(doc: dict, png_rel: str | None) -> str:
     out.append("|---|---:|---:|---:|")
 
     def v(x, ok):
-        return "-" if x is None else f"{x:.2f} {'ok' if ok else '**missed**'}"
+        return "-" if x is None else f"{x:.2f}" + ("" if ok is None else f" {'ok' if ok else '**missed**'}")
     for r in doc["ratios"]:
-        out.append(f"| {r['name']} | ≥ {r['target']:.2f} | {v(r['value'], r['pass'])} | "
+        tgt = "-" if r["target"] is None else f"≥ {r['target']:.2f}"
+        out.append(f"| {r['name']} | {tgt} | {v(r['value'], r['pass'])} | "
                    f"{v(r.get('value_cpu'), r.get('pass_cpu'))} |")
     out.append("")
     out.append("Peak memory of the daemons during the runs (MiB, from `/proc/PID/status`; RssShmem is the "
@@ -632,7 +597,7 @@ def render_markdown(doc: dict, png_rel: str | None) -> str:
                        f"{statistics.median(spreads):.2f}x, worst {max(spreads):.2f}x.")
     if png_rel:
         out.append("")
-        out.append(f"![iceblkd vs qemu-storage-daemon]({png_rel})")
+        out.append(f"![iceblkd vs qemu-storage-daemon{' on RBD' if doc.get('backend') == 'rbd' else ''}]({png_rel})")
     return "\n".join(out)
 
 
@@ -693,7 +658,8 @@ def write_png(doc: dict, path: Path) -> bool:
     axes[0].legend(fontsize=8, loc="upper left")
     m = doc["machine"]
     fig.suptitle(f"iceblk bench, 1 queue, {doc['args']['runtime']:g} s x {doc['args']['rounds']} round(s), "
-                 f"tmpfs images — {m.get('nproc')} vCPU {m.get('cpu', '')}", fontsize=9)
+                 f"{'RBD (one-node dev cluster)' if doc.get('backend') == 'rbd' else 'tmpfs'} images — "
+                 f"{m.get('nproc')} vCPU {m.get('cpu', '')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -702,17 +668,18 @@ def write_png(doc: dict, path: Path) -> bool:
 
 BEGIN_MARK = "<!-- e2e-bench:begin (generated by bench/run_e2e_bench.sh; edits here are overwritten) -->"
 END_MARK = "<!-- e2e-bench:end -->"
+# --backend rbd: its own section, chart and markers.
+RBD_BEGIN_MARK = ("<!-- e2e-bench-rbd:begin (generated by bench/run_e2e_bench.sh --backend rbd; "
+                  "edits here are overwritten) -->")
+RBD_END_MARK = "<!-- e2e-bench-rbd:end -->"
 
 
-def update_docs(doc_path: Path, body: str) -> None:
-    text = doc_path.read_text()
-    b, e = text.find("<!-- e2e-bench:begin"), text.find(END_MARK)
-    block = f"{BEGIN_MARK}\n{body}\n{END_MARK}"
-    if b != -1 and e != -1 and e > b:
-        text = text[:b] + block + text[e + len(END_MARK):]
+def update_docs(doc_path: Path, body: str, backend: str = "file") -> None:
+    if backend == "rbd":
+        update_docs_section(doc_path, body, RBD_BEGIN_MARK, RBD_END_MARK,
+                            "End to end on Ceph RBD: iceblkd vs qemu-storage-daemon")
     else:
-        text = text.rstrip("\n") + "\n\n## End to end: iceblkd vs qemu-storage-daemon\n\n" + block + "\n"
-    doc_path.write_text(text)
+        update_docs_section(doc_path, body, BEGIN_MARK, END_MARK, "End to end: iceblkd vs qemu-storage-daemon")
 
 
 # --- main ------------------------------------------------------------------------------
@@ -726,12 +693,15 @@ def main() -> int:
                     help="seconds per run (env BENCH_RUNTIME; default 5)")
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "1")),
                     help="rounds over all configurations per workload; cells are medians (env BENCH_ROUNDS)")
-    ap.add_argument("--size", type=parse_size, default=parse_size(os.environ.get("BENCH_SIZE", "1G")),
-                    help="image size, the same for every device (env BENCH_SIZE; default 1G)")
+    ap.add_argument("--size", type=parse_size, default=None,
+                    help="image size, the same for every device (env BENCH_SIZE; default 1G, 128M with --backend rbd)")
     ap.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/dev/shm"),
                     help="tmpfs directory for the images and sockets (env BENCH_WORKDIR)")
     ap.add_argument("--out", default=os.environ.get("BENCH_OUT", str(REPO / "out" / "e2e-bench")),
                     help="results directory: results.json, table.txt, chart.png, logs")
+    ap.add_argument("--backend", default="file", choices=["file", "rbd"],
+                    help="file: tmpfs images; rbd: RBD images in a one-node dev cluster of the run's own "
+                         "(scripts/ceph-dev-cluster.sh; default size 128M, no polling comparison)")
     ap.add_argument("--io-engine", default="auto", choices=["auto", "io_uring", "sync"], help="iceblkd --io-engine")
     ap.add_argument("--qsd-aio", default="io_uring", choices=["threads", "native", "io_uring"],
                     help="qemu-storage-daemon file aio= (default io_uring, like iceblkd)")
@@ -750,6 +720,9 @@ def main() -> int:
                     help="measure nothing: recompute ratios from a results.json and redo table, chart, docs")
     ap.add_argument("--docs", default=str(REPO / "docs" / "benchmarks.md"))
     args = ap.parse_args()
+    rbd = args.backend == "rbd"
+    if args.size is None:
+        args.size = parse_size(os.environ.get("BENCH_SIZE", "128M" if rbd else "1G"))
     # SIGTERM (and SIGHUP) unwind like Ctrl-C does, through the finally below that stops
     # every daemon this run started; Python's default would exit on the spot.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -757,7 +730,7 @@ def main() -> int:
 
     if args.render:
         doc = json.loads(Path(args.render).read_text())
-        doc["ratios"] = compute_ratios(doc["cells"], doc["ceiling"])
+        doc["ratios"] = doc_ratios(doc)
         return publish(doc, Path(args.out), None if args.no_docs else Path(args.docs))
 
     build = Path(args.build_dir)
@@ -766,7 +739,7 @@ def main() -> int:
         if not os.access(exe, os.X_OK):
             log(f"{exe} not found; build it first (bench/run_e2e_bench.sh does)")
             return 2
-    for tool in ("qemu-storage-daemon", "qemu-img", "openssl"):
+    for tool in ("qemu-storage-daemon", "qemu-img", "openssl") + (("ceph-mon", "ceph-osd", "rbd") if rbd else ()):
         if shutil.which(tool) is None:
             log(f"{tool} not found (scripts/install-deps.sh --bench installs it)")
             return 2
@@ -784,8 +757,8 @@ def main() -> int:
     if not is_tmpfs(workdir_parent):
         log(f"{workdir_parent} is not on tmpfs; pass --workdir on a tmpfs mount (e.g. /dev/shm)")
         return 2
-    poll_extra = [c for c in POLL_CONFIGS if c.poll] if args.poll_us > 0 else []
-    need = args.size * (len(CONFIGS) + len(poll_extra)) + 64 * MIB
+    poll_extra = [c for c in POLL_CONFIGS if c.poll] if args.poll_us > 0 and not rbd else []
+    need = (0 if rbd else args.size * (len(CONFIGS) + len(poll_extra))) + 64 * MIB
     free = shutil.disk_usage(workdir_parent).free
     if free < need:
         log(f"{workdir_parent} has {free // MIB} MiB free; {need // MIB} MiB needed (lower --size)")
@@ -799,14 +772,24 @@ def main() -> int:
     machine = machine_info()
     devices: dict[str, Device] = {}
     doc: dict = {}
+    # The OSD keeps every image in RAM (memstore): room for all of them and LUKS headers.
+    cluster = DevCluster(work / "ceph", len(CONFIGS) * (args.size + 16 * MIB) + 128 * MIB) if rbd else None
     try:
         secret = work / "luks.pass"  # throwaway passphrase, tmpfs only, removed at the end
         secret.write_text(secrets.token_hex(16))
         os.chmod(secret, 0o600)
         log(f"creating {len(CONFIGS) + len(poll_extra)} images of {args.size // MIB} MiB in {work}")
         imgs = {}
+        if cluster is not None:
+            log(f"starting a dev cluster in {cluster.dir}")
+            cluster.start()
+            zero = work / "zero.img"
+            with open(zero, "wb") as f:
+                f.truncate(args.size)
         for c in CONFIGS + poll_extra:
-            if c.key == "qsd_luks":
+            if cluster is not None:
+                imgs[c.key] = cluster.make_image(c.key, args.size, c.key == "qsd_luks", secret, zero)
+            elif c.key == "qsd_luks":
                 imgs[c.key] = work / f"{c.key}.luks"
                 make_luks_image(imgs[c.key], args.size, secret)
             else:
@@ -834,6 +817,8 @@ def main() -> int:
                     n += 1
                     r = bench_once(iceblk, devices[c.key], w, args.runtime, logdir, f"{w.key}.{c.key}.{rnd}", prefix)
                     r.update(workload=w.key, config=c.key, round=rnd)
+                    if cluster is not None:
+                        r["cluster_rss_kib"] = cluster.sample_rss()
                     runs.append(r)
                     log(f"[{n}/{total}] {w.label:<18} {c.label:<14} {r['iops']:>10,.0f} IOPS "
                         f"{r['mb_per_s']:>8,.1f} MB/s  p99 {r['p99_us']:>7,.0f} us")
@@ -865,12 +850,12 @@ def main() -> int:
         # Queue buffers: the most data the driver can have in flight (depth x block size).
         qbuf = max(w.iodepth * w.bs_bytes for w in workloads)
         cmd = "bench/run_e2e_bench.sh"
-        extra = []
+        extra = ["--backend rbd"] if rbd else []
         if args.runtime != 5:
             extra.append(f"--runtime {args.runtime:g}")
         if args.rounds != 1:
             extra.append(f"--rounds {args.rounds}")
-        if args.size != 1 << 30:
+        if args.size != (128 * MIB if rbd else 1 << 30):
             extra.append(f"--size {args.size // MIB}M")
         if args.nice:
             extra.append(f"--nice {args.nice}")
@@ -881,6 +866,7 @@ def main() -> int:
             "command": " ".join([cmd] + extra),
             "machine": machine,
             "note": args.note,
+            "backend": args.backend,
             "args": {"runtime": args.runtime, "rounds": args.rounds, "size": args.size, "workdir": args.workdir,
                      "io_engine": args.io_engine, "qsd_aio": args.qsd_aio, "nice": args.nice},
             "workloads": [w.__dict__ for w in workloads],
@@ -900,14 +886,21 @@ def main() -> int:
                                   for c in POLL_CONFIGS} for w in POLL_WORKLOADS},
                 "runs": poll_runs,
             }
-        if len(workloads) == len(WORKLOADS):
-            doc["ratios"] = compute_ratios(cells, ceiling)
-        else:
-            doc["ratios"] = []
-        doc["memory"] = memory_summary(cells, runs, qbuf)
+        if cluster is not None:
+            cluster.sample_rss()
+            doc["cluster"] = {"peak_rss_kib": cluster.peak_rss_kib,
+                              "peak_rss_sum_kib": sum(cluster.peak_rss_kib.values()),
+                              "osd_bytes": cluster.osd_bytes}
+        doc["ratios"] = doc_ratios(doc) if len(workloads) == len(WORKLOADS) else []
+        doc["memory"] = memory_summary(cells, runs, qbuf, args.backend)
     finally:
         for d in devices.values():
             d.stop()
+        if cluster is not None:
+            try:
+                cluster.stop()
+            except RuntimeError as e:
+                log(str(e))
         shutil.rmtree(work, ignore_errors=True)
 
     if len(workloads) != len(WORKLOADS):
@@ -931,9 +924,10 @@ def publish(doc: dict, out: Path, doc_path: Path | None) -> int:
         if have_png:
             img_dir = doc_path.parent / "img"
             img_dir.mkdir(exist_ok=True)
-            shutil.copyfile(png, img_dir / "e2e_bench.png")
-            png_rel = "img/e2e_bench.png"
-        update_docs(doc_path, render_markdown(doc, png_rel))
+            name = "e2e_bench_rbd.png" if doc.get("backend") == "rbd" else "e2e_bench.png"
+            shutil.copyfile(png, img_dir / name)
+            png_rel = f"img/{name}"
+        update_docs(doc_path, render_markdown(doc, png_rel), doc.get("backend", "file"))
         log(f"updated {doc_path}")
     log(f"results in {out}/ (results.json, table.txt{', chart.png' if have_png else ''}, logs/)")
     return 0

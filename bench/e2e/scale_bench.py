@@ -33,9 +33,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402
 import e2e_bench as eb  # noqa: E402
 
-MIB = eb.MIB
+MIB = bc.MIB
 SLOTS_PER_EXPORT = 4
 FLAT_LIMIT = 1.10      # CPU per request, 16 exports / 1 export
 CHURN_LIMIT = 0.05     # IOPS lost by the other VMs
@@ -73,13 +74,13 @@ class ScaleDaemon:
         self.n = n
         cfg = daemon_config(work, n, queues, size, io_engine)
         for e in cfg["exports"]:
-            eb.make_raw_image(Path(e["image"]), size)
+            bc.make_raw_image(Path(e["image"]), size)
         self.sockets = [Path(e["socket"]) for e in cfg["exports"]]
         cfg_path = work / f"n{n}.json"
         cfg_path.write_text(json.dumps(cfg, indent=2))
         argv = [*prefix, str(iceblkd), "--config", str(cfg_path), "--log-level", "warn"]
         # Every socket is bound before the daemon serves: the last one means all are.
-        self.dev = eb.Device(eb.Config(f"scale{n}", f"iceblkd {n} export(s)", "iceblkd", True), argv,
+        self.dev = bc.Device(eb.Config(f"scale{n}", f"iceblkd {n} export(s)", "iceblkd", True), argv,
                              self.sockets[-1], logdir / f"iceblkd-{n}.log")
         self.argv = argv
 
@@ -107,30 +108,27 @@ def bench_argv(iceblk: Path, sock: Path, bs: str, queues: int, iodepth: int, run
 def run_drivers(d: ScaleDaemon, argvs: list[list[str]], runtime: float, logdir: Path, tag: str,
                 sampler_peak: dict) -> tuple[list[dict], float, float]:
     """Start every driver at once, wait for all; (their JSON results, daemon CPU s, wall s)."""
-    sampler = eb.MemSampler(d.pid)
-    sampler.start()
-    cpu0 = eb.proc_cpu_seconds(d.pid)
-    t0 = time.monotonic()
-    procs = []
-    for i, argv in enumerate(argvs):
-        err = open(logdir / f"{tag}.{i}.stderr", "w")
-        procs.append((subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True), err, argv))
-    results = []
-    failed = None
-    for p, err, argv in procs:
-        try:
-            out, _ = p.communicate(timeout=runtime * 4 + 60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, _ = p.communicate()
-        err.close()
-        if p.returncode != 0 and failed is None:
-            failed = f"{' '.join(argv)} (rc {p.returncode}): {Path(err.name).read_text().strip()[-800:]}"
-        elif p.returncode == 0:
-            results.append(json.loads(out))
-    wall = time.monotonic() - t0
-    cpu = eb.proc_cpu_seconds(d.pid) - cpu0
-    for k, v in sampler.finish().items():
+    def drive():
+        procs = []
+        for i, argv in enumerate(argvs):
+            err = open(logdir / f"{tag}.{i}.stderr", "w")
+            procs.append((subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True), err, argv))
+        results, failed = [], None
+        for p, err, argv in procs:
+            try:
+                out, _ = p.communicate(timeout=runtime * 4 + 60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, _ = p.communicate()
+            err.close()
+            if p.returncode != 0 and failed is None:
+                failed = f"{' '.join(argv)} (rc {p.returncode}): {Path(err.name).read_text().strip()[-800:]}"
+            elif p.returncode == 0:
+                results.append(json.loads(out))
+        return results, failed
+
+    (results, failed), cpu, wall, mem = bc.measure(d.pid, drive)
+    for k, v in mem.items():
         sampler_peak[k] = max(sampler_peak.get(k, 0), v)
     if failed:
         raise RuntimeError(f"iceblk bench failed: {failed}")
@@ -363,14 +361,7 @@ def render_markdown(doc: dict) -> str:
 
 
 def update_docs(doc_path: Path, body: str) -> None:
-    text = doc_path.read_text()
-    b, e = text.find("<!-- scale-bench:begin"), text.find(END_MARK)
-    block = f"{BEGIN_MARK}\n{body}\n{END_MARK}"
-    if b != -1 and e != -1 and e > b:
-        text = text[:b] + block + text[e + len(END_MARK):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Scale: exports sharing one engine\n\n" + block + "\n"
-    doc_path.write_text(text)
+    bc.update_docs_section(doc_path, body, BEGIN_MARK, END_MARK, "Scale: exports sharing one engine")
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -378,13 +369,13 @@ def update_docs(doc_path: Path, body: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--build-dir", default=os.environ.get("ICEBLK_BUILD_DIR", str(eb.REPO / "build")))
+    ap.add_argument("--build-dir", default=os.environ.get("ICEBLK_BUILD_DIR", str(bc.REPO / "build")))
     ap.add_argument("--runtime", type=float, default=float(os.environ.get("BENCH_RUNTIME", "2")),
                     help="seconds per run (default 2)")
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "2")),
                     help="rounds over the export counts at every point (default 2)")
     ap.add_argument("--churn-rounds", type=int, default=3, help="rounds of the key-churn comparison (default 3)")
-    ap.add_argument("--size", type=eb.parse_size, default=eb.parse_size("64M"), help="image size per export")
+    ap.add_argument("--size", type=bc.parse_size, default=bc.parse_size("64M"), help="image size per export")
     ap.add_argument("--exports", default="1,4,16", help="export counts (default 1,4,16)")
     ap.add_argument("--queues", default="1,2,4", help="queues per export (default 1,2,4)")
     ap.add_argument("--sizes", default="4K,64K,1M", help="request sizes (default 4K,64K,1M)")
@@ -395,11 +386,11 @@ def main() -> int:
                     help="also measure the churn limited to this many pairs/s (default 100; 0: skip)")
     ap.add_argument("--io-engine", default="auto", choices=["auto", "io_uring", "sync"])
     ap.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/dev/shm"))
-    ap.add_argument("--out", default=str(eb.REPO / "out" / "scale-bench"))
+    ap.add_argument("--out", default=str(bc.REPO / "out" / "scale-bench"))
     ap.add_argument("--nice", type=int, default=0)
     ap.add_argument("--note", default="", help="sentence added next to the numbers in the docs (e.g. machine load)")
     ap.add_argument("--no-docs", action="store_true")
-    ap.add_argument("--docs", default=str(eb.REPO / "docs" / "benchmarks.md"))
+    ap.add_argument("--docs", default=str(bc.REPO / "docs" / "benchmarks.md"))
     ap.add_argument("--render", metavar="RESULTS_JSON", help="measure nothing: redo table and docs from a results.json")
     args = ap.parse_args()
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -425,7 +416,7 @@ def main() -> int:
             log(f"{exe} not found; build it first (bench/run_e2e_bench.sh does)")
             return 2
     workdir_parent = Path(args.workdir)
-    if not eb.is_tmpfs(workdir_parent):
+    if not bc.is_tmpfs(workdir_parent):
         log(f"{workdir_parent} is not on tmpfs; pass --workdir on a tmpfs mount (e.g. /dev/shm)")
         return 2
     need = args.size * sum(exports) + 64 * MIB
@@ -438,7 +429,7 @@ def main() -> int:
     logdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="iceblk-scale-", dir=workdir_parent))
     os.chmod(work, 0o700)
-    machine = eb.machine_info()
+    machine = bc.machine_info()
     daemons: dict[int, ScaleDaemon] = {}
     runs: list[dict] = []
     churn_runs: list[dict] = []
@@ -480,7 +471,7 @@ def main() -> int:
                     log(f"[churn {rnd}] key churn {mode:<4}: {r['iops']:>9,.0f} IOPS of the others "
                         f"({r['pairs_per_s']:,.0f} pairs/s)")
         n_max = max(exports)
-        for k2, v in eb.proc_status(daemons[n_max].pid).items():  # VmHWM: the high-water mark itself
+        for k2, v in bc.proc_status(daemons[n_max].pid).items():  # VmHWM: the high-water mark itself
             peaks[n_max][k2] = max(peaks[n_max].get(k2, 0), v)
         machine["loadavg_end"] = os.getloadavg()[0]
     finally:

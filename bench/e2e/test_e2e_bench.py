@@ -233,6 +233,37 @@ class Rendering(unittest.TestCase):
             self.assertIn("![iceblkd vs qemu-storage-daemon](img/x.png)", t2)
             self.assertIn("| 4K randread QD32 |", t2)
 
+    def test_rbd_section_beside_the_file_section(self):
+        doc = fake_doc()
+        doc["backend"] = "rbd"
+        doc["cluster"] = {"peak_rss_kib": {"mon.a": 30 * 1024, "osd.0": 900 * 1024}, "peak_rss_sum_kib": 930 * 1024,
+                          "osd_bytes": 1 << 30}
+        doc["ratios"] = eb.doc_ratios(doc)
+        names = [r["name"] for r in doc["ratios"]]
+        self.assertIn("ICE / plain (iceblkd), 4K randread QD32", names)
+        self.assertIn("LUKS / raw (qsd), 128K seq write QD8", names)
+        self.assertTrue(all(r["target"] is None and r["pass"] is None for r in doc["ratios"]))
+        r = next(r for r in doc["ratios"] if r["name"] == "iceblkd ICE / qsd LUKS, 4K randread QD32")
+        self.assertAlmostEqual(r["value"], 2.0)  # fake_doc: ice_vs_luks=2.0
+        doc["memory"] = eb.memory_summary(doc["cells"], doc["runs"], 32 * 4096, "rbd")
+        self.assertTrue(all(m["pass"] is None for m in doc["memory"].values()))
+        t = eb.render_table(doc)
+        self.assertIn("dev cluster resident memory", t)
+        self.assertNotIn("MISSED", t)
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "benchmarks.md"
+            p.write_text("# Benchmarks\n")
+            eb.update_docs(p, eb.render_markdown(fake_doc(), None))
+            eb.update_docs(p, eb.render_markdown(doc, "img/e2e_bench_rbd.png"), "rbd")
+            eb.update_docs(p, eb.render_markdown(doc, "img/e2e_bench_rbd.png"), "rbd")  # replaced, not added
+            t2 = p.read_text()
+            self.assertEqual(t2.count(eb.END_MARK), 1)
+            self.assertEqual(t2.count(eb.RBD_END_MARK), 1)
+            self.assertEqual(t2.count("## End to end on Ceph RBD"), 1)
+            self.assertIn("one-node Ceph dev cluster", t2)
+            self.assertIn("930 MiB", t2)
+            self.assertIn("![iceblkd vs qemu-storage-daemon on RBD](img/e2e_bench_rbd.png)", t2)
+
     def test_chart(self):
         try:
             import matplotlib  # noqa: F401

@@ -1,9 +1,9 @@
 // NBD backend through libnbd's asynchronous API. One libnbd handle per IoQueue
 // (per queue worker), driven from the worker's event loop: completion_fd() is an
-// epoll fd holding the handle's socket (interest following nbd_aio_get_direction),
-// an eventfd (completions recorded outside reap()) and a timerfd (reconnects,
-// deadlines). libnbd's completion callbacks only record results; IoRequest::done
-// runs from reap() (or drain()) on the queue's thread.
+// epoll fd (CompletionFd) holding the handle's socket (interest following
+// nbd_aio_get_direction), its eventfd (completions recorded outside reap()) and
+// its timerfd (reconnects, deadlines). libnbd's completion callbacks only record results;
+// IoRequest::done runs from reap() (or drain()) on the queue's thread.
 //
 // Storage going away: a dead connection is closed and reopened (nbd_aio_connect_uri)
 // every kReconnectInterval; requests it had in flight are sent again on the new
@@ -14,9 +14,6 @@
 // io_timeout, then fails what is left the same way, so stopping a queue never hangs
 // on a dead server.
 #include <libnbd.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <sys/timerfd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -25,9 +22,9 @@
 #include <map>
 #include <vector>
 
+#include "backend/completion_fd.h"
 #include "backend/image_spec.h"
 #include "base/log.h"
-#include "base/unique_fd.h"
 
 namespace iceblk::backend {
 
@@ -35,7 +32,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr auto kReconnectInterval = std::chrono::milliseconds(500);
-constexpr auto kTick = std::chrono::milliseconds(100);
 constexpr uint64_t kMaxCommand = 32ull
                                  << 20;  // bytes per NBD command (the protocol's common limit)
 
@@ -88,16 +84,8 @@ class NbdQueue final : public IoQueue {
  public:
   static Result<std::unique_ptr<IoQueue>> create(std::shared_ptr<const NbdShared> s,
                                                  unsigned depth) {
-    auto q = std::unique_ptr<NbdQueue>(new NbdQueue(std::move(s), depth));
-    q->ep_.reset(::epoll_create1(EPOLL_CLOEXEC));
-    q->efd_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-    q->tfd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-    if (!q->ep_ || !q->efd_ || !q->tfd_)
-      return fail(errno_error(Errc::kIo, "nbd queue: fds", errno));
-    if (!q->watch(q->efd_.get(), EPOLLIN, EPOLL_CTL_ADD) ||
-        !q->watch(q->tfd_.get(), EPOLLIN, EPOLL_CTL_ADD)) {
-      return fail(errno_error(Errc::kIo, "nbd queue: epoll_ctl", errno));
-    }
+    ICEBLK_ASSIGN_OR_RETURN(auto cfd, CompletionFd::create("nbd queue"));
+    auto q = std::unique_ptr<NbdQueue>(new NbdQueue(std::move(s), depth, std::move(cfd)));
     q->start_connect();
     return std::unique_ptr<IoQueue>(std::move(q));
   }
@@ -127,7 +115,7 @@ class NbdQueue final : public IoQueue {
     update_interest();
   }
 
-  int completion_fd() const override { return ep_.get(); }
+  int completion_fd() const override { return cfd_.fd(); }
 
   size_t reap() override {
     pump(0);
@@ -153,7 +141,7 @@ class NbdQueue final : public IoQueue {
       }
       issue();
       update_interest();
-      pump(static_cast<int>(kTick.count()));
+      pump(static_cast<int>(CompletionFd::kTick.count()));
       deliver();
     }
   }
@@ -168,20 +156,8 @@ class NbdQueue final : public IoQueue {
     int error = 0;             // first error of its commands
   };
 
-  NbdQueue(std::shared_ptr<const NbdShared> s, unsigned depth)
-      : s_(std::move(s)), max_sent_(std::max(depth, 1u)) {}
-
-  bool watch(int fd, uint32_t events, int op) {
-    epoll_event ev{};
-    ev.events = events;
-    ev.data.fd = fd;
-    return ::epoll_ctl(ep_.get(), op, fd, &ev) == 0;
-  }
-
-  void signal() {
-    const uint64_t one = 1;
-    (void)!::write(efd_.get(), &one, sizeof one);
-  }
+  NbdQueue(std::shared_ptr<const NbdShared> s, unsigned depth, CompletionFd cfd)
+      : s_(std::move(s)), max_sent_(std::max(depth, 1u)), cfd_(std::move(cfd)) {}
 
   // --- connection state ---------------------------------------------------------
 
@@ -207,14 +183,14 @@ class NbdQueue final : public IoQueue {
     if (fd < 0) return;
     sock_ = fd;
     sock_events_ = 0;
-    watch(sock_, EPOLLIN, EPOLL_CTL_ADD);
+    cfd_.watch(sock_, EPOLLIN, EPOLL_CTL_ADD);
     sock_events_ = EPOLLIN;
     update_interest();
   }
 
   void close_handle() {
     if (!h_) return;
-    if (sock_ >= 0) ::epoll_ctl(ep_.get(), EPOLL_CTL_DEL, sock_, nullptr);
+    if (sock_ >= 0) cfd_.unwatch(sock_);
     sock_ = -1;
     h_.reset();  // nbd_close: no callback of this connection runs afterwards
     ready_ = false;
@@ -260,23 +236,12 @@ class NbdQueue final : public IoQueue {
 
   // Runs the state machine on whatever is ready, waiting up to timeout_ms.
   void pump(int timeout_ms) {
-    epoll_event evs[4];
-    const int n = ::epoll_wait(ep_.get(), evs, 4, timeout_ms);
-    bool tick = false;
-    for (int i = 0; i < n; ++i) {
-      const int fd = evs[i].data.fd;
-      uint64_t v;
-      if (fd == efd_.get()) {
-        (void)!::read(efd_.get(), &v, sizeof v);
-      } else if (fd == tfd_.get()) {
-        (void)!::read(tfd_.get(), &v, sizeof v);
-        tick = true;
-      } else if (h_ && fd == sock_) {
-        int r = 0;
-        if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) r = nbd_aio_notify_read(h_.get());
-        if (r != -1 && h_ && (evs[i].events & EPOLLOUT)) r = nbd_aio_notify_write(h_.get());
-      }
-    }
+    const bool tick = cfd_.wait(timeout_ms, [this](int fd, uint32_t events) {
+      if (!h_ || fd != sock_) return;
+      int r = 0;
+      if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) r = nbd_aio_notify_read(h_.get());
+      if (r != -1 && h_ && (events & EPOLLOUT)) r = nbd_aio_notify_write(h_.get());
+    });
     if (h_) {
       if (!ready_ && nbd_aio_is_ready(h_.get()) == 1) {
         on_ready();
@@ -336,7 +301,7 @@ class NbdQueue final : public IoQueue {
   static int on_complete(void* user_data, int* error) {
     auto* c = static_cast<Cookie*>(user_data);
     c->q->answers_.push_back({c->id, c->gen, *error});
-    c->q->signal();
+    c->q->cfd_.signal();
     return 1;  // retire the command
   }
   static void free_cookie(void* user_data) { delete static_cast<Cookie*>(user_data); }
@@ -497,23 +462,15 @@ class NbdQueue final : public IoQueue {
     if (dir & LIBNBD_AIO_DIRECTION_READ) want |= EPOLLIN;
     if (dir & LIBNBD_AIO_DIRECTION_WRITE) want |= EPOLLOUT;
     if (want != sock_events_) {
-      watch(sock_, want, EPOLL_CTL_MOD);
+      cfd_.watch(sock_, want, EPOLL_CTL_MOD);
       sock_events_ = want;
     }
   }
 
   // The timerfd ticks while something waits on time: a reconnect, or deadlines.
   void update_timer() {
-    const bool need =
-        !h_ || (s_->opts.on_error == StorageErrorPolicy::kFail && !ops_.empty()) || !ready_;
-    if (need == timer_armed_) return;
-    itimerspec its{};
-    if (need) {
-      its.it_value.tv_nsec = std::chrono::nanoseconds(kTick).count();
-      its.it_interval = its.it_value;
-    }
-    ::timerfd_settime(tfd_.get(), 0, &its, nullptr);
-    timer_armed_ = need;
+    cfd_.set_ticking(!h_ || (s_->opts.on_error == StorageErrorPolicy::kFail && !ops_.empty()) ||
+                     !ready_);
   }
 
   struct Answer {
@@ -524,13 +481,12 @@ class NbdQueue final : public IoQueue {
 
   std::shared_ptr<const NbdShared> s_;
   unsigned max_sent_;
-  UniqueFd ep_, efd_, tfd_;
+  CompletionFd cfd_;
   NbdPtr h_;
   int sock_ = -1;
   uint32_t sock_events_ = 0;
   bool ready_ = false;
   bool down_logged_ = false;
-  bool timer_armed_ = false;
   uint64_t gen_ = 0;
   uint64_t next_id_ = 1;
   unsigned sent_ = 0;  // requests with commands in libnbd

@@ -289,3 +289,32 @@ e2e_boot_guest_ice() {
 e2e_ice_counters() {
   sed -n 's/.*ICE counters: requests encrypted \([0-9]*\), decrypted \([0-9]*\); keys programmed \([0-9]*\), evicted \([0-9]*\).*/\1 \2 \3 \4/p' "$1" | tail -n 1
 }
+
+# e2e_check_disk DISK SIZE SEED PATTERN_MD5 SERIAL_TXT: the host's own checks of a
+# disk the guest's disk test wrote (guest/disk-test.sh), read without the device:
+# the pattern md5 the guest reported, the size, the ext4 superblock magic at byte
+# 1080, the pattern in the second half, `e2fsck -fn`, and files read through
+# debugfs. Each problem goes to the caller's fail(); needs $pattern (iceblk-pattern).
+e2e_check_disk() {
+  local disk=$1 size=$2 seed=$3 md5=$4 serial_txt=$5 got out want half
+  got=$(awk '$1 == "ICEBLK-E2E:" && $2 == "PATTERN-MD5" { print $3 }' "$serial_txt")
+  [[ $got == "$md5" ]] || fail "guest read pattern md5 '$got', host computes $md5"
+  got=$(stat -c %s "$disk")
+  [[ $got -eq $size ]] || fail "disk: $got bytes, expected $size"
+  got=$(od -An -tx2 -j 1080 -N 2 "$disk" | tr -d ' ')
+  [[ $got == ef53 ]] || fail "disk: no ext4 superblock magic at byte 1080 (found '$got')"
+  half=$((size / 2))
+  if ! out=$("$pattern" verify "$seed" "$half" "$half" "$disk" 2>&1); then
+    fail "disk: pattern in the second half: $out"
+  fi
+  if ! out=$(e2fsck -fn "$disk" 2>&1); then
+    fail "disk: e2fsck -fn found problems:"$'\n'"$out"
+  fi
+  want=$("$pattern" gen $((seed + 1)) 0 4M | sha256sum | cut -d' ' -f1)
+  got=$(debugfs -R 'cat /dir/data.bin' "$disk" 2>/dev/null | sha256sum | cut -d' ' -f1)
+  [[ $got == "$want" ]] || fail "disk: /dir/data.bin sha256 $got, expected $want"
+  got=$(debugfs -R 'cat /hello.txt' "$disk" 2>/dev/null)
+  [[ $got == "hello from the iceblk e2e guest, seed $seed" ]] || fail "disk: /hello.txt is '$got'"
+  got=$(debugfs -R 'cat /dir/f17' "$disk" 2>/dev/null)
+  [[ $got == "file 17 of seed $seed" ]] || fail "disk: /dir/f17 is '$got'"
+}

@@ -67,22 +67,7 @@ e2e_guest_verdict "$rc" "$timeout_s" "$serial"
 
 # --- the host's own checks of the image -----------------------------------------
 if [[ $failed -eq 0 ]]; then
-  got=$(awk '$1 == "ICEBLK-E2E:" && $2 == "PATTERN-MD5" { print $3 }' "$serial.txt")
-  [[ $got == "$pattern_md5" ]] || fail "guest read pattern md5 '$got', host computes $pattern_md5"
-  half=$((size / 2))
-  if ! out=$("$pattern" verify "$seed" "$half" "$half" "$img" 2>&1); then
-    fail "image: pattern in the second half: $out"
-  fi
-  if ! out=$(e2fsck -fn "$img" 2>&1); then
-    fail "image: e2fsck -fn found problems:"$'\n'"$out"
-  fi
-  want=$("$pattern" gen $((seed + 1)) 0 4M | sha256sum | cut -d' ' -f1)
-  got=$(debugfs -R 'cat /dir/data.bin' "$img" 2>/dev/null | sha256sum | cut -d' ' -f1)
-  [[ $got == "$want" ]] || fail "image: /dir/data.bin sha256 $got, expected $want"
-  got=$(debugfs -R 'cat /hello.txt' "$img" 2>/dev/null)
-  [[ $got == "hello from the iceblk e2e guest, seed $seed" ]] || fail "image: /hello.txt is '$got'"
-  got=$(debugfs -R 'cat /dir/f17' "$img" 2>/dev/null)
-  [[ $got == "file 17 of seed $seed" ]] || fail "image: /dir/f17 is '$got'"
+  e2e_check_disk "$img" "$size" "$seed" "$pattern_md5" "$serial.txt"
 fi
 
 if [[ $failed -ne 0 ]]; then

@@ -143,26 +143,7 @@ if [[ $failed -eq 0 ]]; then
   esac
 fi
 if [[ $failed -eq 0 ]]; then
-  got=$(stat -c %s "$disk")
-  [[ $got -eq $size ]] || fail "storage: $got bytes, expected $size"
-  got=$(awk '$1 == "ICEBLK-E2E:" && $2 == "PATTERN-MD5" { print $3 }' "$serial.txt")
-  [[ $got == "$pattern_md5" ]] || fail "guest read pattern md5 '$got', host computes $pattern_md5"
-  magic=$(od -An -tx2 -j 1080 -N 2 "$disk" | tr -d ' ')
-  [[ $magic == ef53 ]] || fail "storage: no ext4 superblock magic at byte 1080 (found '$magic')"
-  half=$((size / 2))
-  if ! out=$("$pattern" verify "$seed" "$half" "$half" "$disk" 2>&1); then
-    fail "storage: pattern in the second half: $out"
-  fi
-  if ! out=$(e2fsck -fn "$disk" 2>&1); then
-    fail "storage: e2fsck -fn found problems:"$'\n'"$out"
-  fi
-  want=$("$pattern" gen $((seed + 1)) 0 4M | sha256sum | cut -d' ' -f1)
-  got=$(debugfs -R 'cat /dir/data.bin' "$disk" 2>/dev/null | sha256sum | cut -d' ' -f1)
-  [[ $got == "$want" ]] || fail "storage: /dir/data.bin sha256 $got, expected $want"
-  got=$(debugfs -R 'cat /hello.txt' "$disk" 2>/dev/null)
-  [[ $got == "hello from the iceblk e2e guest, seed $seed" ]] || fail "storage: /hello.txt is '$got'"
-  got=$(debugfs -R 'cat /dir/f17' "$disk" 2>/dev/null)
-  [[ $got == "file 17 of seed $seed" ]] || fail "storage: /dir/f17 is '$got'"
+  e2e_check_disk "$disk" "$size" "$seed" "$pattern_md5" "$serial.txt"
 fi
 
 if [[ $failed -ne 0 ]]; then

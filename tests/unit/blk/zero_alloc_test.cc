@@ -16,14 +16,7 @@
 
 #include "blk_fixture.h"
 #include "ice/key_blob.h"
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define ICEBLK_ZA_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define ICEBLK_ZA_SANITIZED 1
-#endif
-#endif
+#include "support/alloc_hook.h"
 
 namespace {
 
@@ -36,12 +29,10 @@ void* g_stack[kStacks][kDepth];
 int g_stack_len[kStacks];
 uint64_t g_stack_hits[kStacks];
 int g_stacks = 0;
-thread_local bool t_in_hook = false;
 
 void note_alloc() {
-  if (!g_counting.load(std::memory_order_relaxed) || t_in_hook) return;
+  if (!g_counting.load(std::memory_order_relaxed)) return;
   g_allocs.fetch_add(1, std::memory_order_relaxed);
-  t_in_hook = true;
   void* st[kDepth];
   const int len = ::backtrace(st, kDepth);
   int i = 0;
@@ -55,47 +46,11 @@ void note_alloc() {
     g_stack_len[g_stacks] = len;
     g_stack_hits[g_stacks++] = 1;
   }
-  t_in_hook = false;
 }
+[[maybe_unused]] const bool g_observing = (iceblk::testing::set_alloc_observer(note_alloc), true);
 
 }  // namespace
 
-#ifndef ICEBLK_ZA_SANITIZED
-// glibc's allocator entry points, so ours can count and forward (the executable's
-// definitions interpose libc's for every library, libstdc++'s operator new included).
-extern "C" void* __libc_malloc(size_t);
-extern "C" void* __libc_calloc(size_t, size_t);
-extern "C" void* __libc_realloc(void*, size_t);
-extern "C" void* __libc_memalign(size_t, size_t);
-
-extern "C" void* malloc(size_t n) {
-  note_alloc();
-  return __libc_malloc(n);
-}
-extern "C" void* calloc(size_t a, size_t b) {
-  note_alloc();
-  return __libc_calloc(a, b);
-}
-extern "C" void* realloc(void* p, size_t n) {
-  note_alloc();
-  return __libc_realloc(p, n);
-}
-extern "C" void* memalign(size_t a, size_t n) {
-  note_alloc();
-  return __libc_memalign(a, n);
-}
-extern "C" void* aligned_alloc(size_t a, size_t n) {
-  note_alloc();
-  return __libc_memalign(a, n);
-}
-extern "C" int posix_memalign(void** out, size_t a, size_t n) {
-  note_alloc();
-  void* p = __libc_memalign(a, n);
-  if (p == nullptr) return ENOMEM;
-  *out = p;
-  return 0;
-}
-#endif
 
 namespace iceblk::blk::testing {
 namespace {
@@ -112,7 +67,7 @@ struct Kind {
 };
 
 TEST_P(ZeroAlloc, SteadyStateRequestsAllocateNothing) {
-#ifdef ICEBLK_ZA_SANITIZED
+#ifdef ICEBLK_ALLOC_HOOK_SANITIZED
   GTEST_SKIP() << "the sanitizer owns malloc";
 #endif
   DeviceSetup s;
