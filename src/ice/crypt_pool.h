@@ -2,25 +2,28 @@
 // takes shares of a large crypt call off the queue worker, so one request's data
 // units are crypted on more than one core.
 //
-// A call of at least kParallelCryptMinBytes is split into contiguous shares of data
-// units: the caller (the queue worker) crypts share 0 on its own CryptContext, each
-// idle pool thread one of the others, and the call returns when every share is done.
-// The bytes are exactly those of CryptContext::crypt: every data unit is crypted by
-// the same code with its own DUN, only on another thread.
+// A call of at least kParallelCryptMinBytes is cut into contiguous pieces of whole
+// data units (kCryptPieceBytes each). The caller (the queue worker) hands the call to
+// the pool threads that are idle, then it and they take pieces in order from one
+// shared counter until none is left; the call returns when every piece is done. A
+// thread that wakes up late finds fewer pieces (or none) and the caller never waits
+// longer than one piece for a thread that did start. The bytes are exactly those of
+// CryptContext::crypt: every data unit is crypted by the same code with its own DUN,
+// only on another thread.
 //
 // Keys. A pool thread owns no keyed context: the caller leases one keyed CipherSet
-// per share from the key's own cache (detail::CipherLease on ProgrammedKey::
-// cipher_cache) and lends it to the thread for that share only. So the contexts of
+// per helping thread from the key's own cache (detail::CipherLease on ProgrammedKey::
+// cipher_cache) and lends it to the thread for this call only. So the contexts of
 // the pool threads are the contexts of the key, and follow its rule: they are freed,
 // and cleansed, when the last reference to the ProgrammedKey goes away after its slot
 // is evicted or reprogrammed; nothing keyed stays in a pool thread between calls.
 //
-// Never blocking on a busy pool: a share goes only to a thread that is idle when the
-// call starts (a thread serves one share at a time, claimed under its own mutex), and
-// a share its thread has not started when the caller is done with its own is taken
-// back and crypted by the caller. With every thread busy (other queues, other
-// exports), a call runs on the caller alone, as with no pool. No allocation per call
-// (fixed arrays; the key's cache grows only with the largest split).
+// Never blocking on a busy pool: a call goes only to threads that are idle when it
+// starts (a thread serves one call at a time, claimed under its own mutex); a thread
+// that has not started when the pieces run out is released without running. With
+// every thread busy (other queues, other exports), a call runs on the caller alone,
+// as with no pool. No allocation per call (fixed arrays; the key's cache grows only
+// with the largest number of threads that helped one call).
 #pragma once
 
 #include <sys/uio.h>
@@ -36,20 +39,22 @@
 
 namespace iceblk::ice {
 
-// Crypt calls of at least this many bytes are split (and each share is at least half
-// of it). bench/device measured the gain from 64 KiB up (docs/benchmarks.md,
-// "Crypto threads"); below that the hand-off costs about what the share saves.
+// Crypt calls of at least this many bytes are split (bench/device measured the
+// threshold: docs/benchmarks.md, "Crypto threads"; below it the hand-off costs about
+// what the other core saves).
 inline constexpr uint64_t kParallelCryptMinBytes = 64 * 1024;
-// Largest --crypto-threads: a share of a 256 KiB chunk (blk/buffer_pool.h kCryptChunk)
-// is then still 32 KiB, and the key arena (base/secret_bytes.h) holds the extra keyed
-// contexts of every key.
+// The pieces a split call is cut into (rounded up to whole data units).
+inline constexpr uint64_t kCryptPieceBytes = 16 * 1024;
+// Largest --crypto-threads: a 256 KiB chunk (blk/buffer_pool.h kCryptChunk) still
+// has two pieces per thread, and the key arena (base/secret_bytes.h) holds the extra
+// keyed contexts of every key.
 inline constexpr unsigned kMaxCryptThreads = 8;
 
 struct CryptPoolOptions {
   unsigned threads = 1;  // 1..kMaxCryptThreads
-  // TESTING ONLY: false makes a caller wait for every share it handed out instead of
-  // taking back the ones not started yet, so a test knows the pool threads ran them.
-  bool take_back = true;
+  // TESTING ONLY: false makes a caller take no piece itself: it waits for the threads
+  // (claimed with a blocking lock), so a test knows they crypted every piece.
+  bool caller_helps = true;
 };
 
 class CryptPool {
@@ -64,34 +69,35 @@ class CryptPool {
   // CryptContext::crypt (scatter/gather form), with the same contract, bytes and
   // errors (checked before any share starts). Thread-safe: any number of queue
   // workers may call it, each with its own `own` context. Calls shorter than
-  // kParallelCryptMinBytes, with fewer than two data units, when no thread is idle, or
-  // after stop() run on `own` alone. On kCrypto in any share the output is partial
-  // (discard it, as with CryptContext); the error returned is the first share's.
+  // kParallelCryptMinBytes, with fewer than two pieces, when no thread is idle, or
+  // after stop() run on `own` alone. On kCrypto in any piece the output is partial
+  // (discard it, as with CryptContext); the error returned is the first piece's.
   Status crypt(CryptContext& own, const ProgrammedKey& key, Direction dir, Dun first,
                std::span<const iovec> src, uint64_t src_off, std::span<const iovec> dst,
                uint64_t dst_off, uint64_t len);
 
-  // Joins the threads once their current share is done. Idempotent; crypt() keeps
+  // Joins the threads once their current call is done. Idempotent; crypt() keeps
   // working afterwards, on the caller alone.
   void stop();
 
   [[nodiscard]] unsigned threads() const { return num_threads_; }
-  // Shares crypted by the pool's threads since creation (tests, statistics).
-  [[nodiscard]] uint64_t shares_by_threads() const {
-    return shares_by_threads_.load(std::memory_order_relaxed);
+  // Pieces crypted by the pool's threads since creation (tests, statistics).
+  [[nodiscard]] uint64_t pieces_by_threads() const {
+    return pieces_by_threads_.load(std::memory_order_relaxed);
   }
 
  private:
-  struct Share;
+  struct Job;
   struct Worker;
   explicit CryptPool(const CryptPoolOptions& opt);
   void run(Worker& w);
-  static Status crypt_share(CryptContext& ctx, const Share& s);
+  // Takes pieces of `job` until none is left; returns how many it crypted.
+  static uint64_t work(Job& job, CryptContext& ctx, detail::CipherLease& lease);
 
   unsigned num_threads_;
-  bool take_back_;
+  bool caller_helps_;
   std::unique_ptr<Worker[]> workers_;
-  std::atomic<uint64_t> shares_by_threads_{0};
+  std::atomic<uint64_t> pieces_by_threads_{0};
 };
 
 }  // namespace iceblk::ice

@@ -101,7 +101,7 @@ namespace iceblk::blk::testing {
 namespace {
 
 // A backend, and 0 or 1 crypto threads (iceblkd --crypto-threads: the 128 KiB
-// requests are then crypted in two shares, one on the pool's thread, which counts too).
+// requests are then crypted in pieces by the worker and the pool's thread, which counts too).
 struct ZaParam {
   BackendKind backend;
   unsigned crypt_threads;
@@ -230,8 +230,8 @@ TEST_P(ZeroAlloc, SteadyStateRequestsAllocateNothing) {
   EXPECT_EQ(n, 0u) << "allocations by the device over " << done << " requests (" << kinds.size()
                    << " kinds; " << static_cast<double>(n) / done << " per request)";
   if (const auto& pool = h.dev_->config().crypt_pool) {
-    // The pool's thread really crypted shares (in the counted window): it was tested.
-    EXPECT_GT(pool->shares_by_threads(), 0u);
+    // The pool's thread really crypted pieces (in the counted window): it was tested.
+    EXPECT_GT(pool->pieces_by_threads(), 0u);
   }
 }
 

@@ -28,8 +28,8 @@ unsigned seed() {
   return std::random_device{}();
 }
 
-std::unique_ptr<CryptPool> make_pool(unsigned threads, bool take_back) {
-  auto p = CryptPool::create({threads, take_back});
+std::unique_ptr<CryptPool> make_pool(unsigned threads, bool caller_helps) {
+  auto p = CryptPool::create({threads, caller_helps});
   if (!p) {
     ADD_FAILURE() << p.error().to_string();
     std::abort();
@@ -68,7 +68,7 @@ TEST(CryptPool, SplitCallsGiveTheBytesOfOneContextInEveryMode) {
   const unsigned s = seed();
   SCOPED_TRACE(::testing::Message() << "ICEBLK_PROPERTY_SEED=" << s);
   std::mt19937 rng(s);
-  // 3 threads, shares never taken back (the threads run them); 1 thread, as iceblkd.
+  // 3 threads that crypt every piece (the caller only waits); 1 thread, as iceblkd.
   auto waiting = make_pool(3, false);
   auto normal = make_pool(1, true);
   CryptContext own, ref;
@@ -107,7 +107,7 @@ TEST(CryptPool, SplitCallsGiveTheBytesOfOneContextInEveryMode) {
     for (const iovec& v : src_iov) {
       src_iov_ref.push_back({src_copy.data() + (static_cast<uint8_t*>(v.iov_base) - src.data()), v.iov_len});
     }
-    const uint64_t before = pool.shares_by_threads();
+    const uint64_t before = pool.pieces_by_threads();
     if (in_place) {
       ASSERT_TRUE(pool.crypt(own, key, dir, Dun(dun), src_iov, src_off, src_iov, src_off, len));
       ASSERT_TRUE(ref.crypt(key, dir, Dun(dun), src_iov_ref, src_off, src_iov_ref, src_off, len));
@@ -118,15 +118,18 @@ TEST(CryptPool, SplitCallsGiveTheBytesOfOneContextInEveryMode) {
       EXPECT_TRUE(dst_pool == dst_ref) << "the pool's bytes differ from one context's";
       EXPECT_TRUE(src == src_copy) << "out of place: the source changed";
     }
-    if (len >= kParallelCryptMinBytes && units >= 2) ++split_calls;
-    if (len < kParallelCryptMinBytes || units < 2) {
-      EXPECT_EQ(pool.shares_by_threads(), before) << "a call below the threshold was split";
+    const uint64_t piece = std::max<uint64_t>(dus, kCryptPieceBytes / dus * dus);
+    const uint64_t pieces = (len + piece - 1) / piece;
+    const bool split = len >= kParallelCryptMinBytes && pieces >= 2;
+    if (split) ++split_calls;
+    if (!split) {
+      EXPECT_EQ(pool.pieces_by_threads(), before) << "a call below the threshold was split";
+    } else if (&pool == waiting.get()) {
+      EXPECT_EQ(pool.pieces_by_threads() - before, pieces) << "the threads did not crypt every piece";
     }
   }
   ASSERT_GT(split_calls, 20u);
-  // Shares not taken back ran on the pool's threads (a thread busy with nothing else
-  // misses a claim only if it is between two locks of its own mutex).
-  EXPECT_GT(waiting->shares_by_threads(), split_calls / 4);
+  EXPECT_GT(waiting->pieces_by_threads(), split_calls);
 }
 
 TEST(CryptPool, ErrorsAreThoseOfOneContextAndNothingIsWritten) {
@@ -159,7 +162,7 @@ TEST(CryptPool, ErrorsAreThoseOfOneContextAndNothingIsWritten) {
 }
 
 // Keyslot eviction: the pool keeps nothing of a key. After the slot is evicted and
-// reprogrammed, the old key's ProgrammedKey (with the keyed contexts every share
+// reprogrammed, the old key's ProgrammedKey (with the keyed contexts every piece
 // used) is gone, and the pool crypts with the new key only.
 TEST(CryptPool, EvictedKeyIsGoneFromThePoolThreads) {
   auto e = Engine::create({});
@@ -184,10 +187,11 @@ TEST(CryptPool, EvictedKeyIsGoneFromThePoolThreads) {
     auto a = engine.lookup(slot);
     ASSERT_TRUE(a);
     old_key = *a;
-    const uint64_t before = pool->shares_by_threads();
+    const uint64_t before = pool->pieces_by_threads();
     old_ct = crypt(**a, Direction::kEncrypt, plain);
     EXPECT_TRUE(crypt(**a, Direction::kDecrypt, old_ct) == plain);
-    EXPECT_GE(pool->shares_by_threads() - before, 2u) << "the pool's threads did not crypt";
+    EXPECT_EQ(pool->pieces_by_threads() - before, 2 * plain.size() / kCryptPieceBytes)
+        << "the pool's threads did not crypt every piece";
   }
   ASSERT_TRUE(engine.evict(slot));
   // No pool thread holds the key or a context keyed with it.
@@ -197,22 +201,22 @@ TEST(CryptPool, EvictedKeyIsGoneFromThePoolThreads) {
   ASSERT_TRUE(engine.program(slot, make_key(mode, uint8_t{2})));
   auto b = engine.lookup(slot);
   ASSERT_TRUE(b);
-  // The new key's bytes, from every share: the old key's ciphertext does not decrypt.
+  // The new key's bytes, from every piece: the old key's ciphertext does not decrypt.
   EXPECT_FALSE(crypt(**b, Direction::kDecrypt, old_ct) == plain) << "decrypted with the evicted key";
   std::vector<uint8_t> want(plain.size());
   ASSERT_TRUE(ref.crypt(**b, Direction::kEncrypt, Dun(40), plain, want));
   const auto new_ct = crypt(**b, Direction::kEncrypt, plain);
   EXPECT_TRUE(new_ct == want);
   EXPECT_FALSE(new_ct == old_ct);
-  // Share by share: no 32 KiB share of the new ciphertext equals the old one's.
-  for (size_t off = 0; off < plain.size(); off += 32 * 1024) {
-    EXPECT_FALSE(std::equal(new_ct.begin() + off, new_ct.begin() + off + 32 * 1024, old_ct.begin() + off))
+  // Piece by piece (each crypted by some pool thread): none equals the old key's.
+  for (size_t off = 0; off < plain.size(); off += kCryptPieceBytes) {
+    EXPECT_FALSE(std::equal(new_ct.begin() + off, new_ct.begin() + off + kCryptPieceBytes, old_ct.begin() + off))
         << "bytes at " << off << " crypted with the old key";
   }
 }
 
 // Several callers at once (queue workers of several exports) share the threads: every
-// result is still right, whoever crypted which share (TSan: the hand-offs).
+// result is still right, whoever crypted which piece (TSan: the hand-offs).
 TEST(CryptPool, ConcurrentCallersShareThePool) {
   auto pool = make_pool(2, true);
   ProgrammedKey key(make_key({Algorithm::kAesXts, KeySize::k128, 4096}, uint8_t{3}), 1);
@@ -241,13 +245,13 @@ TEST(CryptPool, ConcurrentCallersShareThePool) {
   EXPECT_EQ(bad.load(), 0);
   // After stop() the pool still crypts, on the caller alone.
   pool->stop();
-  const uint64_t shares = pool->shares_by_threads();
+  const uint64_t pieces = pool->pieces_by_threads();
   CryptContext own;
   std::vector<uint8_t> out(plain.size());
   const iovec s{const_cast<uint8_t*>(plain.data()), plain.size()}, d{out.data(), out.size()};
   ASSERT_TRUE(pool->crypt(own, key, Direction::kEncrypt, Dun(7), {&s, 1}, 0, {&d, 1}, 0, plain.size()));
   EXPECT_TRUE(out == want);
-  EXPECT_EQ(pool->shares_by_threads(), shares);
+  EXPECT_EQ(pool->pieces_by_threads(), pieces);
 }
 
 }  // namespace

@@ -246,10 +246,10 @@ TEST_F(KeyZeroise, ReprogramAndRemoveVmZeroiseTheOldKey) {
   EXPECT_EQ(blocks_containing(essiv_key_), 0);
 }
 
-// Crypto threads: the pool's threads crypt shares with keyed contexts of the key's
+// Crypto threads: the pool's threads crypt pieces with keyed contexts of the key's
 // own cache, so eviction wipes them too; nothing keyed lingers in a pool thread.
 TEST_F(KeyZeroise, EvictLeavesNoKeyBytesInTheCryptoThreads) {
-  auto pool = CryptPool::create({2, /*take_back=*/false});
+  auto pool = CryptPool::create({2, /*caller_helps=*/false});
   ASSERT_TRUE(pool);
   ASSERT_TRUE(engine_->program(PhysSlot(6), test::make_key(kXts, xts_key_)));
   {
@@ -261,7 +261,7 @@ TEST_F(KeyZeroise, EvictLeavesNoKeyBytesInTheCryptoThreads) {
     for (Direction dir : {Direction::kEncrypt, Direction::kDecrypt}) {
       ASSERT_TRUE((*pool)->crypt(own, **k, dir, Dun(1), {&v, 1}, 0, {&v, 1}, 0, buf.size()));
     }
-    EXPECT_GE((*pool)->shares_by_threads(), 2u);
+    EXPECT_EQ((*pool)->pieces_by_threads(), 2 * buf.size() / kCryptPieceBytes);
     // Positive control: the key and its (now several) keyed contexts are found.
     EXPECT_GE(blocks_containing(xts_key_), 3);
   }
