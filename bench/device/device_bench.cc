@@ -46,9 +46,15 @@ double clock_s(clockid_t c) {
   clock_gettime(c, &t);
   return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) * 1e-9;
 }
-double wall() { return clock_s(CLOCK_MONOTONIC); }
-double thread_cpu() { return clock_s(CLOCK_THREAD_CPUTIME_ID); }
-double process_cpu() { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
+double wall() {
+  return clock_s(CLOCK_MONOTONIC);
+}
+double thread_cpu() {
+  return clock_s(CLOCK_THREAD_CPUTIME_ID);
+}
+double process_cpu() {
+  return clock_s(CLOCK_PROCESS_CPUTIME_ID);
+}
 
 [[noreturn]] void die(const std::string& what) {
   fmt::print(stderr, "device_bench: {}\n", what);
@@ -79,7 +85,8 @@ class Rig {
     cfg.engine = engine_;
     cfg.vm = must(engine_->add_vm("vm", {0, 4}), "add_vm");
     cfg.max_buffer_memory = 16 << 20;
-    if (crypt_threads > 0) cfg.crypt_pool = must(ice::CryptPool::create({crypt_threads}), "crypto threads");
+    if (crypt_threads > 0)
+      cfg.crypt_pool = must(ice::CryptPool::create({crypt_threads}), "crypto threads");
     pool_ = cfg.crypt_pool.get();
     dev_ = must(blk::BlkDevice::create(cfg, backend_), "device");
     if (!dev_->set_features(dev_->offered_features())) die("features");
@@ -133,7 +140,9 @@ class Rig {
     return s;
   }
 
-  [[nodiscard]] uint64_t pieces_by_threads() const { return pool_ ? pool_->pieces_by_threads() : 0; }
+  [[nodiscard]] uint64_t pieces_by_threads() const {
+    return pool_ ? pool_->pieces_by_threads() : 0;
+  }
 
  private:
   struct Chain {
@@ -152,13 +161,16 @@ class Rig {
     std::vector<uint8_t> blob(sizeof b);
     std::memcpy(blob.data(), &b, sizeof b);
     Chain c;
-    c.bufs.push_back({must(ring_->alloc_bytes(hdr, 8), "alloc"), static_cast<uint32_t>(hdr.size()), false});
-    c.bufs.push_back({must(ring_->alloc_bytes(blob, 8), "alloc"), static_cast<uint32_t>(blob.size()), false});
+    c.bufs.push_back(
+        {must(ring_->alloc_bytes(hdr, 8), "alloc"), static_cast<uint32_t>(hdr.size()), false});
+    c.bufs.push_back(
+        {must(ring_->alloc_bytes(blob, 8), "alloc"), static_cast<uint32_t>(blob.size()), false});
     c.status = must(ring_->alloc(1, 0xA5, 8), "alloc");
     c.bufs.push_back({c.status, 1, true});
     (void)must(ring_->driver().add(c.bufs), "add");
     ring_->driver().publish();
-    for (int i = 0; i < 100 && !ring_->driver().get_used(); ++i) (void)proc_->process(ring_->device());
+    for (int i = 0; i < 100 && !ring_->driver().get_used(); ++i)
+      (void)proc_->process(ring_->device());
     if (ring_->bytes(c.status, 1)[0] != blk::kStatusOk) die("PROGRAM_KEY failed");
   }
 
@@ -166,9 +178,10 @@ class Rig {
   void build(bool write, unsigned i) {
     Chain c;
     const uint64_t sector = uint64_t{i} * size_ / 512;
-    const auto hdr = blk::encode_header(dev_->header_size(), write ? blk::kTypeOut : blk::kTypeIn, sector, 0, 1,
-                                        sector * 512 / kPage);
-    c.bufs.push_back({must(ring_->alloc_bytes(hdr, 8), "alloc"), static_cast<uint32_t>(hdr.size()), false});
+    const auto hdr = blk::encode_header(dev_->header_size(), write ? blk::kTypeOut : blk::kTypeIn,
+                                        sector, 0, 1, sector * 512 / kPage);
+    c.bufs.push_back(
+        {must(ring_->alloc_bytes(hdr, 8), "alloc"), static_cast<uint32_t>(hdr.size()), false});
     for (uint64_t off = 0; off < size_; off += kPage) {
       c.bufs.push_back({must(ring_->alloc(kPage, static_cast<uint8_t>(off), kPage), "alloc"),
                         static_cast<uint32_t>(kPage), !write});
@@ -200,9 +213,9 @@ class Rig {
 double aes_us_per_call(uint64_t size, double seconds) {
   std::vector<uint8_t> material(64);
   for (int i = 0; i < 64; ++i) material[i] = static_cast<uint8_t>(i * 7 + 1);
-  ice::ProgrammedKey key(must(ice::Key::create({ice::Algorithm::kAesXts, ice::KeySize::k256, 4096}, material),
-                              "key"),
-                         1);
+  ice::ProgrammedKey key(
+      must(ice::Key::create({ice::Algorithm::kAesXts, ice::KeySize::k256, 4096}, material), "key"),
+      1);
   std::vector<uint8_t> src(size, 1), dst(size);
   std::vector<iovec> pages;
   for (uint64_t off = 0; off < size; off += kPage) pages.push_back({src.data() + off, kPage});
@@ -232,9 +245,10 @@ int main(int argc, char** argv) {
   const uint64_t size = (argc > 3 ? std::strtoull(argv[3], nullptr, 0) : 128) * 1024;
   const unsigned qd = argc > 4 ? static_cast<unsigned>(std::atoi(argv[4])) : 8;
   const unsigned threads = argc > 5 ? static_cast<unsigned>(std::atoi(argv[5])) : 1;
-  if (rounds < 1 || seconds <= 0 || size == 0 || size % kPage != 0 || qd < 1 || qd > 32 || threads < 1 ||
-      threads > ice::kMaxCryptThreads) {
-    die("usage: device_bench [rounds>=1] [seconds>0] [size_kib, multiple of 4] [qd 1..32] [threads 1..8]");
+  if (rounds < 1 || seconds <= 0 || size == 0 || size % kPage != 0 || qd < 1 || qd > 32 ||
+      threads < 1 || threads > ice::kMaxCryptThreads) {
+    die("usage: device_bench [rounds>=1] [seconds>0] [size_kib, multiple of 4] [qd 1..32] [threads "
+        "1..8]");
   }
   Rig base(0, size, qd), split(threads, size, qd);
   struct Cell {
@@ -254,24 +268,29 @@ int main(int argc, char** argv) {
     }
     aes.push_back(aes_us_per_call(size, seconds / 4));
   }
-  fmt::print("{} KiB encrypted requests (AES-256-XTS, 4 KiB units, 4 KiB pages), QD {}, memory backend, one queue; "
-             "median of {} rounds x {:.2f} s per cell, configurations alternating\n",
-             size / 1024, qd, rounds, seconds);
+  fmt::print(
+      "{} KiB encrypted requests (AES-256-XTS, 4 KiB units, 4 KiB pages), QD {}, memory backend, "
+      "one queue; "
+      "median of {} rounds x {:.2f} s per cell, configurations alternating\n",
+      size / 1024, qd, rounds, seconds);
   fmt::print("{:<6} {:>22} {:>22} {:>22} {:>22}\n", "", "MB/s N=0 / N=" + std::to_string(threads),
              "ratio (N/0)", "CPU us/req N=0 / N", "worker us/req N=0 / N");
   for (bool write : {true, false}) {
     const Cell& a = cells[0][write ? 1 : 0];
     const Cell& b = cells[1][write ? 1 : 0];
     fmt::print("{:<6} {:>10.0f} / {:>9.0f} {:>22.2f} {:>10.1f} / {:>9.1f} {:>10.1f} / {:>9.1f}\n",
-               write ? "write" : "read", median(a.mbps), median(b.mbps), median(b.mbps) / median(a.mbps),
-               median(a.cpu), median(b.cpu), median(a.worker), median(b.worker));
+               write ? "write" : "read", median(a.mbps), median(b.mbps),
+               median(b.mbps) / median(a.mbps), median(a.cpu), median(b.cpu), median(a.worker),
+               median(b.worker));
   }
   const double aes_us = median(aes);
-  fmt::print("AES part: CryptContext::crypt of {} KiB in 4 KiB pages = {:.1f} us CPU (one thread)\n", size / 1024,
-             aes_us);
+  fmt::print(
+      "AES part: CryptContext::crypt of {} KiB in 4 KiB pages = {:.1f} us CPU (one thread)\n",
+      size / 1024, aes_us);
   for (bool write : {true, false}) {
     const double total = median(cells[0][write ? 1 : 0].cpu);
-    fmt::print("{:<6} AES fraction of the N=0 CPU per request: {:.2f}\n", write ? "write" : "read", aes_us / total);
+    fmt::print("{:<6} AES fraction of the N=0 CPU per request: {:.2f}\n", write ? "write" : "read",
+               aes_us / total);
   }
   fmt::print("pieces crypted by the crypto threads: {}\n", split.pieces_by_threads());
   return 0;

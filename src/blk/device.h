@@ -18,8 +18,8 @@
 #include "blk/request.h"
 #include "blk/stats.h"
 #include "blk/wire.h"
-#include "ice/crypto_mode.h"
 #include "ice/crypt_pool.h"
+#include "ice/crypto_mode.h"
 #include "ice/engine.h"
 #include "iceblk/key_mode.h"
 

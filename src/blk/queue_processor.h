@@ -14,8 +14,8 @@
 //  Data units split across guest iovecs go through a small per-worker block
 //  (ice::CryptContext::crypt, scatter/gather form). With crypto threads
 //  (BlkDeviceConfig::crypt_pool), a chunk of at least ice::kParallelCryptMinBytes is
-//  crypted in shares, the worker's own and the idle pool threads' (ice/crypt_pool.h);
-//  the worker waits for them before the chunk moves on.
+//  crypted in pieces by the worker and the idle pool threads together
+//  (ice/crypt_pool.h); the worker waits for every piece before the chunk moves on.
 //  Encrypted requests move in chunks of kCryptChunk bytes, one chunk in flight per
 //  request, through the queue's fixed pool of bounce buffers (buffer_pool.h: sized
 //  at set-up from the export's and the engine's caps, never grown). A request holds

@@ -261,7 +261,8 @@ Status validate(DaemonConfig& cfg) {
     return fail(Errc::kInvalidArgument, "no exports configured");
   }
   if (cfg.crypt_threads > ice::kMaxCryptThreads) {
-    return fail(Errc::kInvalidArgument, "engine: crypt_threads (--crypto-threads) must be 0..{}, not {}",
+    return fail(Errc::kInvalidArgument,
+                "engine: crypt_threads (--crypto-threads) must be 0..{}, not {}",
                 ice::kMaxCryptThreads, cfg.crypt_threads);
   }
   if (cfg.poll_us > kMaxPollUs) {

@@ -53,9 +53,9 @@ struct CryptPool::Job {
   Dun first{0};
   std::span<const iovec> src, dst;
   uint64_t src_off = 0, dst_off = 0, len = 0;
-  uint64_t unit = 0;    // data unit size
-  uint64_t piece = 0;   // bytes per piece (whole units)
-  uint64_t pieces = 0;  // ceil(len / piece)
+  uint64_t unit = 0;              // data unit size
+  uint64_t piece = 0;             // bytes per piece (whole units)
+  uint64_t pieces = 0;            // ceil(len / piece)
   std::atomic<uint64_t> next{0};  // the next piece to take
   std::mutex error_mu;            // guards the two below (taken only on an error)
   uint64_t error_piece = kNoPiece;
@@ -65,8 +65,8 @@ struct CryptPool::Job {
 struct CryptPool::Worker {
   enum class State { kIdle, kAssigned, kRunning, kDone };
   std::mutex mu;
-  std::condition_variable wake;  // the thread: a job is assigned, or stop
-  std::condition_variable done;  // the caller: the thread is done with the job
+  std::condition_variable wake;            // the thread: a job is assigned, or stop
+  std::condition_variable done;            // the caller: the thread is done with the job
   std::atomic<State> state{State::kIdle};  // changed under mu only
   bool stopping = false;                   // under mu
   Job* job = nullptr;                      // set with kAssigned
@@ -98,7 +98,9 @@ Result<std::unique_ptr<CryptPool>> CryptPool::create(const CryptPoolOptions& opt
   return p;
 }
 
-CryptPool::~CryptPool() { stop(); }
+CryptPool::~CryptPool() {
+  stop();
+}
 
 void CryptPool::stop() {
   for (unsigned i = 0; i < num_threads_; ++i) {
@@ -227,7 +229,8 @@ Status CryptPool::crypt(CryptContext& own, const ProgrammedKey& key, Direction d
       for (int k = 0; k < 32; ++k) cpu_relax();
     }
     std::unique_lock lock(w.mu);
-    w.done.wait(lock, [&] { return w.state.load(std::memory_order_relaxed) == Worker::State::kDone; });
+    w.done.wait(lock,
+                [&] { return w.state.load(std::memory_order_relaxed) == Worker::State::kDone; });
     w.state.store(Worker::State::kIdle, std::memory_order_relaxed);
     w.job = nullptr;
     w.lease = nullptr;

@@ -1,5 +1,5 @@
 // Crypto threads (iceblkd --crypto-threads N, issue 13): a small, bounded pool that
-// takes shares of a large crypt call off the queue worker, so one request's data
+// takes pieces of a large crypt call off the queue worker, so one request's data
 // units are crypted on more than one core.
 //
 // A call of at least kParallelCryptMinBytes is cut into contiguous pieces of whole
@@ -67,7 +67,7 @@ class CryptPool {
   CryptPool& operator=(const CryptPool&) = delete;
 
   // CryptContext::crypt (scatter/gather form), with the same contract, bytes and
-  // errors (checked before any share starts). Thread-safe: any number of queue
+  // errors (checked before any piece starts). Thread-safe: any number of queue
   // workers may call it, each with its own `own` context. Calls shorter than
   // kParallelCryptMinBytes, with fewer than two pieces, when no thread is idle, or
   // after stop() run on `own` alone. On kCrypto in any piece the output is partial

@@ -65,10 +65,10 @@ class CipherPool {
   std::vector<CipherSet*> idle_;  // owned
 };
 
-// Borrows a keyed CipherSet from a key's pool for one crypt call, or for one share
-// of a call that CryptPool splits (the caller leases a set for each share, so the
-// key's pool grows only with the largest split, deterministically). A set that saw
-// an OpenSSL failure is destroyed instead of being returned.
+// Borrows a keyed CipherSet from a key's pool for one crypt call, or for one thread's
+// part of a call that CryptPool splits (the caller leases a set for each thread it
+// hands the call to, so the key's pool grows only with the largest split). A set that
+// saw an OpenSSL failure is destroyed instead of being returned.
 class CipherLease {
  public:
   explicit CipherLease(CipherPool& pool) : pool_(pool), set_(pool.acquire()) {}
@@ -141,14 +141,14 @@ class CryptContext {
                uint64_t src_off, std::span<const iovec> dst, uint64_t dst_off, uint64_t len);
 
  private:
-  friend class CryptPool;  // splits one call into shares (crypt_pool.h)
+  friend class CryptPool;  // splits one call into pieces (crypt_pool.h)
   // The checks of the scatter/gather crypt(), which writes nothing when they fail.
   static Status check(const ProgrammedKey& key, Dun first, std::span<const iovec> src,
                       uint64_t src_off, std::span<const iovec> dst, uint64_t dst_off, uint64_t len);
   // crypt() after check(), with a set leased and ensured for (key, dir).
-  Status crypt_leased(detail::CipherLease& lease, const ProgrammedKey& key, Direction dir, Dun first,
-                      std::span<const iovec> src, uint64_t src_off, std::span<const iovec> dst,
-                      uint64_t dst_off, uint64_t len);
+  Status crypt_leased(detail::CipherLease& lease, const ProgrammedKey& key, Direction dir,
+                      Dun first, std::span<const iovec> src, uint64_t src_off,
+                      std::span<const iovec> dst, uint64_t dst_off, uint64_t len);
 
   struct Impl;
   std::unique_ptr<Impl> impl_;

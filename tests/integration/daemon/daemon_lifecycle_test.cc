@@ -597,8 +597,8 @@ TEST(DaemonConfigCryptoThreads, EngineKeyAndBound) {
   ASSERT_TRUE(c) << c.error().to_string();
   ASSERT_TRUE(daemon::validate(*c));
   EXPECT_EQ(c->crypt_threads, 2u);
-  auto d = daemon::parse_config_text(R"({"exports": [{"name": "a", "socket": "/tmp/a.sock", "image": "a.img"}]})",
-                                     "t.json");
+  auto d = daemon::parse_config_text(
+      R"({"exports": [{"name": "a", "socket": "/tmp/a.sock", "image": "a.img"}]})", "t.json");
   ASSERT_TRUE(d);
   EXPECT_EQ(d->crypt_threads, 0u) << "default: no crypto threads";
   c->crypt_threads = ice::kMaxCryptThreads + 1;

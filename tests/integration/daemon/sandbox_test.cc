@@ -162,7 +162,8 @@ TEST_F(Sandbox, CryptoThreadsRunUnderTheFilter) {
     std::getline(comm, name);
     if (name != "iceblk-crypt") continue;
     ++crypt_threads;
-    EXPECT_EQ(proc_status(t.path().string() + "/status")["Seccomp"], "2") << "crypto thread " << t.path();
+    EXPECT_EQ(proc_status(t.path().string() + "/status")["Seccomp"], "2")
+        << "crypto thread " << t.path();
   }
   EXPECT_EQ(crypt_threads, 2);
   dev.reset();

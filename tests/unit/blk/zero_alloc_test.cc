@@ -235,14 +235,15 @@ TEST_P(ZeroAlloc, SteadyStateRequestsAllocateNothing) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, ZeroAlloc,
-                         ::testing::Values(ZaParam{BackendKind::kMemory, 0}, ZaParam{BackendKind::kFileSync, 0},
-                                           ZaParam{BackendKind::kFileUring, 0}, ZaParam{BackendKind::kMemory, 1},
-                                           ZaParam{BackendKind::kFileUring, 1}),
-                         [](const ::testing::TestParamInfo<ZaParam>& p) {
-                           return backend_name(p.param.backend) +
-                                  (p.param.crypt_threads > 0 ? std::string("_CryptoThreads") : std::string());
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Backends, ZeroAlloc,
+    ::testing::Values(ZaParam{BackendKind::kMemory, 0}, ZaParam{BackendKind::kFileSync, 0},
+                      ZaParam{BackendKind::kFileUring, 0}, ZaParam{BackendKind::kMemory, 1},
+                      ZaParam{BackendKind::kFileUring, 1}),
+    [](const ::testing::TestParamInfo<ZaParam>& p) {
+      return backend_name(p.param.backend) +
+             (p.param.crypt_threads > 0 ? std::string("_CryptoThreads") : std::string());
+    });
 
 }  // namespace
 }  // namespace iceblk::blk::testing

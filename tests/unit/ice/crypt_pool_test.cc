@@ -2,6 +2,8 @@
 // and errors of one CryptContext, for every mode, both directions, random sizes,
 // iovec layouts, offsets and DUNs; and the pool follows the key's lifetime (an
 // evicted or reprogrammed slot's key is gone from the pool threads too).
+#include "ice/crypt_pool.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,7 +14,6 @@
 #include <thread>
 #include <vector>
 
-#include "ice/crypt_pool.h"
 #include "ice/engine.h"
 #include "ice_test_util.h"
 
@@ -24,7 +25,8 @@ using test::make_key;
 using test::pattern;
 
 unsigned seed() {
-  if (const char* s = std::getenv("ICEBLK_PROPERTY_SEED")) return static_cast<unsigned>(std::strtoul(s, nullptr, 0));
+  if (const char* s = std::getenv("ICEBLK_PROPERTY_SEED"))
+    return static_cast<unsigned>(std::strtoul(s, nullptr, 0));
   return std::random_device{}();
 }
 
@@ -44,10 +46,17 @@ std::vector<iovec> random_iovecs(std::vector<uint8_t>& bytes, std::mt19937& rng)
   while (off < bytes.size()) {
     size_t n = bytes.size() - off;
     switch (rng() % 4) {
-      case 0: n = std::min<size_t>(n, 1 + rng() % 31); break;
-      case 1: n = std::min<size_t>(n, 1 + rng() % 8192); break;
-      case 2: n = std::min<size_t>(n, 1 + rng() % (96 * 1024)); break;
-      default: break;  // the rest in one
+      case 0:
+        n = std::min<size_t>(n, 1 + rng() % 31);
+        break;
+      case 1:
+        n = std::min<size_t>(n, 1 + rng() % 8192);
+        break;
+      case 2:
+        n = std::min<size_t>(n, 1 + rng() % (96 * 1024));
+        break;
+      default:
+        break;  // the rest in one
     }
     v.push_back({bytes.data() + off, n});
     off += n;
@@ -88,12 +97,14 @@ TEST(CryptPool, SplitCallsGiveTheBytesOfOneContextInEveryMode) {
     if (rng() % 6 == 0) dun = ~uint64_t{0} - (units - 1);  // the last DUN is 2^64 - 1
     if (dun > ~uint64_t{0} - (units - 1)) dun = ~uint64_t{0} - (units - 1);
     const bool in_place = rng() % 3 == 0;
-    SCOPED_TRACE(::testing::Message() << "iteration " << iter << ": " << algorithm_name(mode.alg, mode.key_size)
-                                      << " dus " << dus << " len " << len << " dun " << dun
-                                      << (dir == Direction::kEncrypt ? " encrypt" : " decrypt")
-                                      << (in_place ? " in place" : ""));
+    SCOPED_TRACE(::testing::Message()
+                 << "iteration " << iter << ": " << algorithm_name(mode.alg, mode.key_size)
+                 << " dus " << dus << " len " << len << " dun " << dun
+                 << (dir == Direction::kEncrypt ? " encrypt" : " decrypt")
+                 << (in_place ? " in place" : ""));
     // Source and destination lists with slack in front (the offsets skip it).
-    const uint64_t src_off = rng() % 3 == 0 ? 0 : rng() % 5000, dst_off = rng() % 3 == 0 ? 0 : rng() % 5000;
+    const uint64_t src_off = rng() % 3 == 0 ? 0 : rng() % 5000,
+                   dst_off = rng() % 3 == 0 ? 0 : rng() % 5000;
     std::vector<uint8_t> src = pattern(src_off + len, static_cast<uint8_t>(rng()));
     std::vector<uint8_t> dst_pool(dst_off + len, 0xEE), dst_ref(dst_off + len, 0xEE);
     std::vector<uint8_t> src_copy = src;
@@ -102,10 +113,12 @@ TEST(CryptPool, SplitCallsGiveTheBytesOfOneContextInEveryMode) {
     // The reference gets the same layout over its own bytes.
     std::vector<iovec> dst_iov_ref, src_iov_ref;
     for (const iovec& v : dst_iov_pool) {
-      dst_iov_ref.push_back({dst_ref.data() + (static_cast<uint8_t*>(v.iov_base) - dst_pool.data()), v.iov_len});
+      dst_iov_ref.push_back(
+          {dst_ref.data() + (static_cast<uint8_t*>(v.iov_base) - dst_pool.data()), v.iov_len});
     }
     for (const iovec& v : src_iov) {
-      src_iov_ref.push_back({src_copy.data() + (static_cast<uint8_t*>(v.iov_base) - src.data()), v.iov_len});
+      src_iov_ref.push_back(
+          {src_copy.data() + (static_cast<uint8_t*>(v.iov_base) - src.data()), v.iov_len});
     }
     const uint64_t before = pool.pieces_by_threads();
     if (in_place) {
@@ -113,7 +126,8 @@ TEST(CryptPool, SplitCallsGiveTheBytesOfOneContextInEveryMode) {
       ASSERT_TRUE(ref.crypt(key, dir, Dun(dun), src_iov_ref, src_off, src_iov_ref, src_off, len));
       EXPECT_TRUE(src == src_copy) << "in place: the pool's bytes differ from one context's";
     } else {
-      ASSERT_TRUE(pool.crypt(own, key, dir, Dun(dun), src_iov, src_off, dst_iov_pool, dst_off, len));
+      ASSERT_TRUE(
+          pool.crypt(own, key, dir, Dun(dun), src_iov, src_off, dst_iov_pool, dst_off, len));
       ASSERT_TRUE(ref.crypt(key, dir, Dun(dun), src_iov_ref, src_off, dst_iov_ref, dst_off, len));
       EXPECT_TRUE(dst_pool == dst_ref) << "the pool's bytes differ from one context's";
       EXPECT_TRUE(src == src_copy) << "out of place: the source changed";
@@ -125,7 +139,8 @@ TEST(CryptPool, SplitCallsGiveTheBytesOfOneContextInEveryMode) {
     if (!split) {
       EXPECT_EQ(pool.pieces_by_threads(), before) << "a call below the threshold was split";
     } else if (&pool == waiting.get()) {
-      EXPECT_EQ(pool.pieces_by_threads() - before, pieces) << "the threads did not crypt every piece";
+      EXPECT_EQ(pool.pieces_by_threads() - before, pieces)
+          << "the threads did not crypt every piece";
     }
   }
   ASSERT_GT(split_calls, 20u);
@@ -152,12 +167,14 @@ TEST(CryptPool, ErrorsAreThoseOfOneContextAndNothingIsWritten) {
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
     auto want = ref.crypt(key, Direction::kEncrypt, c.first, {&s, 1}, 0, {&c.dst, 1}, 0, c.len);
-    auto got = pool->crypt(own, key, Direction::kEncrypt, c.first, {&s, 1}, 0, {&c.dst, 1}, 0, c.len);
+    auto got =
+        pool->crypt(own, key, Direction::kEncrypt, c.first, {&s, 1}, 0, {&c.dst, 1}, 0, c.len);
     ASSERT_FALSE(want);
     ASSERT_FALSE(got);
     EXPECT_EQ(got.error().code, want.error().code);
     EXPECT_EQ(got.error().message, want.error().message);
-    EXPECT_TRUE(std::all_of(dst.begin(), dst.end(), [](uint8_t b) { return b == 0x22; })) << "output written";
+    EXPECT_TRUE(std::all_of(dst.begin(), dst.end(), [](uint8_t b) { return b == 0x22; }))
+        << "output written";
   }
 }
 
@@ -202,7 +219,8 @@ TEST(CryptPool, EvictedKeyIsGoneFromThePoolThreads) {
   auto b = engine.lookup(slot);
   ASSERT_TRUE(b);
   // The new key's bytes, from every piece: the old key's ciphertext does not decrypt.
-  EXPECT_FALSE(crypt(**b, Direction::kDecrypt, old_ct) == plain) << "decrypted with the evicted key";
+  EXPECT_FALSE(crypt(**b, Direction::kDecrypt, old_ct) == plain)
+      << "decrypted with the evicted key";
   std::vector<uint8_t> want(plain.size());
   ASSERT_TRUE(ref.crypt(**b, Direction::kEncrypt, Dun(40), plain, want));
   const auto new_ct = crypt(**b, Direction::kEncrypt, plain);
@@ -210,7 +228,8 @@ TEST(CryptPool, EvictedKeyIsGoneFromThePoolThreads) {
   EXPECT_FALSE(new_ct == old_ct);
   // Piece by piece (each crypted by some pool thread): none equals the old key's.
   for (size_t off = 0; off < plain.size(); off += kCryptPieceBytes) {
-    EXPECT_FALSE(std::equal(new_ct.begin() + off, new_ct.begin() + off + kCryptPieceBytes, old_ct.begin() + off))
+    EXPECT_FALSE(std::equal(new_ct.begin() + off, new_ct.begin() + off + kCryptPieceBytes,
+                            old_ct.begin() + off))
         << "bytes at " << off << " crypted with the old key";
   }
 }
@@ -234,7 +253,8 @@ TEST(CryptPool, ConcurrentCallersShareThePool) {
       std::vector<uint8_t> out(plain.size());
       for (int i = 0; i < 200; ++i) {
         const iovec s{const_cast<uint8_t*>(plain.data()), plain.size()}, d{out.data(), out.size()};
-        if (!pool->crypt(own, key, Direction::kEncrypt, Dun(7), {&s, 1}, 0, {&d, 1}, 0, plain.size()) ||
+        if (!pool->crypt(own, key, Direction::kEncrypt, Dun(7), {&s, 1}, 0, {&d, 1}, 0,
+                         plain.size()) ||
             out != want) {
           bad.fetch_add(1);
         }
@@ -249,7 +269,8 @@ TEST(CryptPool, ConcurrentCallersShareThePool) {
   CryptContext own;
   std::vector<uint8_t> out(plain.size());
   const iovec s{const_cast<uint8_t*>(plain.data()), plain.size()}, d{out.data(), out.size()};
-  ASSERT_TRUE(pool->crypt(own, key, Direction::kEncrypt, Dun(7), {&s, 1}, 0, {&d, 1}, 0, plain.size()));
+  ASSERT_TRUE(
+      pool->crypt(own, key, Direction::kEncrypt, Dun(7), {&s, 1}, 0, {&d, 1}, 0, plain.size()));
   EXPECT_TRUE(out == want);
   EXPECT_EQ(pool->pieces_by_threads(), pieces);
 }
