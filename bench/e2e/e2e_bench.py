@@ -153,7 +153,7 @@ def qsd_argv(img: Path | RbdImage, sock: Path, luks: bool, secret_file: Path, ai
 
 
 def iceblkd_argv(iceblkd: Path, img: Path | RbdImage, sock: Path, ice: bool, io_engine: str,
-                 poll_us: int = 0) -> list[str]:
+                 poll_us: int = 0, crypto_threads: int = 0) -> list[str]:
     argv = [str(iceblkd), "--socket", str(sock), "--image", str(img), "--num-queues", "1", "--log-level", "warn"]
     if not isinstance(img, RbdImage):
         argv += ["--io-engine", io_engine]
@@ -161,6 +161,8 @@ def iceblkd_argv(iceblkd: Path, img: Path | RbdImage, sock: Path, ice: bool, io_
         argv.append("--no-ice")
     if poll_us:
         argv += ["--poll-us", str(poll_us)]
+    if ice and crypto_threads:
+        argv += ["--crypto-threads", str(crypto_threads)]
     return argv
 
 
@@ -713,6 +715,8 @@ def main() -> int:
                     help="comma-separated subset (" + ", ".join(w.key for w in WORKLOADS) + ")")
     ap.add_argument("--poll-us", type=int, default=DEFAULT_POLL_US,
                     help=f"iceblkd --poll-us of the QD1 polling comparison (default {DEFAULT_POLL_US}; 0 skips it)")
+    ap.add_argument("--crypto-threads", type=int, default=0,
+                    help="iceblkd --crypto-threads of every ICE configuration (default 0)")
     ap.add_argument("--note", default=os.environ.get("BENCH_NOTE", ""),
                     help="a sentence printed next to the numbers in the docs (e.g. what else loaded the machine)")
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
@@ -799,7 +803,7 @@ def main() -> int:
             sock = work / f"{c.key}.sock"
             if c.kind == "iceblkd":
                 argv = prefix + iceblkd_argv(iceblkd, imgs[c.key], sock, c.encrypt, args.io_engine,
-                                             args.poll_us if c.poll else 0)
+                                             args.poll_us if c.poll else 0, args.crypto_threads)
             else:
                 argv = prefix + qsd_argv(imgs[c.key], sock, c.key == "qsd_luks", secret, args.qsd_aio)
             devices[c.key] = Device(c, argv, sock, logdir / f"{c.key}.log")
@@ -861,6 +865,8 @@ def main() -> int:
             extra.append(f"--nice {args.nice}")
         if args.poll_us != DEFAULT_POLL_US:
             extra.append(f"--poll-us {args.poll_us}")
+        if args.crypto_threads:
+            extra.append(f"--crypto-threads {args.crypto_threads}")
         doc = {
             "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
             "command": " ".join([cmd] + extra),

@@ -18,6 +18,7 @@
 #include "blk/request.h"
 #include "blk/stats.h"
 #include "blk/wire.h"
+#include "ice/crypt_pool.h"
 #include "ice/crypto_mode.h"
 #include "ice/engine.h"
 #include "iceblk/key_mode.h"
@@ -56,6 +57,10 @@ struct BlkDeviceConfig {
   // Advertised capabilities (spec §4.1). Empty = AES-128/256-XTS and
   // AES-128-CBC-ESSIV at every data unit size (+ ECB if the engine allows it).
   std::vector<ice::Capability> capabilities;
+  // Crypto threads (ice/crypt_pool.h, iceblkd --crypto-threads): when set, large
+  // encrypted chunks are split across the pool, shared by every queue and export of
+  // the engine. Null: every queue worker crypts alone (--crypto-threads 0).
+  std::shared_ptr<ice::CryptPool> crypt_pool;
 
   // Bounce-buffer memory of encrypted I/O (blk/buffer_pool.h): at most this many
   // bytes for the export, split evenly over its queues (each needs at least

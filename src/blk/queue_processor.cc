@@ -43,6 +43,7 @@ QueueProcessor::QueueProcessor(BlkDevice& dev, uint16_t index, std::unique_ptr<b
       engine_(dev.config().engine.get()),
       index_(index),
       stats_(&dev.queue_stats(index)),
+      crypt_pool_(dev.config().crypt_pool.get()),
       pool_(std::move(pool)),
       budget_(std::move(budget)),
       reserved_(reserved),
@@ -160,6 +161,15 @@ void QueueProcessor::submit(InFlight* f, backend::IoRequest req) {
   io_->submit(std::move(req));
 }
 
+Status QueueProcessor::crypt_chunk(const Request& r, ice::Direction dir, uint64_t off,
+                                   std::span<const iovec> src, uint64_t src_off,
+                                   std::span<const iovec> dst, uint64_t dst_off, uint64_t len) {
+  if (crypt_pool_ != nullptr) {
+    return crypt_pool_->crypt(crypt_, *r.key, dir, r.dun_at(off), src, src_off, dst, dst_off, len);
+  }
+  return crypt_.crypt(*r.key, dir, r.dun_at(off), src, src_off, dst, dst_off, len);
+}
+
 bool QueueProcessor::submit_crypt_chunk(InFlight* f) {
   const Request& r = f->req;
   const uint64_t len = std::min<uint64_t>(kCryptChunk, r.length - f->chunk_off);
@@ -173,8 +183,8 @@ bool QueueProcessor::submit_crypt_chunk(InFlight* f) {
     // private buffer (the cipher is the copy); the driver's buffer is only read,
     // each byte once.
     const iovec dst{f->bounce, len};
-    if (auto s = crypt_.crypt(*r.key, ice::Direction::kEncrypt, r.dun_at(f->chunk_off), r.data,
-                              f->chunk_off, {&dst, 1}, 0, len);
+    if (auto s = crypt_chunk(r, ice::Direction::kEncrypt, f->chunk_off, r.data, f->chunk_off,
+                             {&dst, 1}, 0, len);
         !s) {
       f->error = std::move(s).error();
       return false;
@@ -256,8 +266,8 @@ void QueueProcessor::advance(InFlight* f, virtio::SplitQueue& q) {
       // TRUST: decrypted out of place, from our buffer straight into the driver's:
       // its buffer receives only the final plaintext, never ciphertext.
       const iovec src{f->bounce, f->chunk_len};
-      if (auto s = crypt_.crypt(*r.key, ice::Direction::kDecrypt, r.dun_at(f->chunk_off), {&src, 1},
-                                0, r.data, f->chunk_off, f->chunk_len);
+      if (auto s = crypt_chunk(r, ice::Direction::kDecrypt, f->chunk_off, {&src, 1}, 0, r.data,
+                               f->chunk_off, f->chunk_len);
           !s) {
         ICEBLK_GUEST_ERROR("queue {}: decrypt: {}", index_, s.error().to_string());
         return finish(f, q, status_for(s.error()), 1);

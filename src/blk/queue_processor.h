@@ -12,7 +12,10 @@
 //  - encrypted IN: read into a bounce buffer, decrypted out of place straight into
 //    the guest's buffers (they receive only the final plaintext).
 //  Data units split across guest iovecs go through a small per-worker block
-//  (ice::CryptContext::crypt, scatter/gather form).
+//  (ice::CryptContext::crypt, scatter/gather form). With crypto threads
+//  (BlkDeviceConfig::crypt_pool), a chunk of at least ice::kParallelCryptMinBytes is
+//  crypted in pieces by the worker and the idle pool threads together
+//  (ice/crypt_pool.h); the worker waits for every piece before the chunk moves on.
 //  Encrypted requests move in chunks of kCryptChunk bytes, one chunk in flight per
 //  request, through the queue's fixed pool of bounce buffers (buffer_pool.h: sized
 //  at set-up from the export's and the engine's caps, never grown). A request holds
@@ -94,6 +97,9 @@ class QueueProcessor {
   void release_held(virtio::SplitQueue& q, bool all);  // fault injection (completion_hold.h)
   void release(InFlight* f);
   void start_crypt(InFlight* f, virtio::SplitQueue& q);
+  // The one pass over a chunk: on crypt_ alone, or split across crypt_pool_.
+  Status crypt_chunk(const Request& r, ice::Direction dir, uint64_t off, std::span<const iovec> src,
+                     uint64_t src_off, std::span<const iovec> dst, uint64_t dst_off, uint64_t len);
   void resume_waiters(virtio::SplitQueue& q);
 
   BlkDevice& dev_;
@@ -102,6 +108,7 @@ class QueueProcessor {
   uint16_t index_;
   QueueStats* stats_;  // the device's counters of this queue
   ice::CryptContext crypt_;
+  ice::CryptPool* crypt_pool_;  // the device's (null: none); outlives us with dev_
   // Sized at creation (queue_size of each); none grows afterwards.
   std::unique_ptr<InFlight[]> states_;
   std::vector<InFlight*> free_;   // states not in use

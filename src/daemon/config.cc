@@ -225,10 +225,11 @@ Result<DaemonConfig> parse_config_text(std::string_view text, const std::string&
     const json& e = j["engine"];
     const std::string where = path + ": engine";
     if (!e.is_object()) return fail(Errc::kInvalidArgument, "{}: must be an object", where);
-    ICEBLK_TRY(check_keys(e, {"num_slots", "allow_ecb", "buffer_memory"}, where));
+    ICEBLK_TRY(check_keys(e, {"num_slots", "allow_ecb", "buffer_memory", "crypt_threads"}, where));
     ICEBLK_TRY(get_uint(e, "num_slots", cfg.num_slots, where));
     ICEBLK_TRY(get_bool(e, "allow_ecb", cfg.allow_ecb, where));
     ICEBLK_TRY(get_memory_size(e, "buffer_memory", cfg.engine_buffer_memory, where));
+    ICEBLK_TRY(get_uint(e, "crypt_threads", cfg.crypt_threads, where));
   }
   // With a control socket the daemon may start with no export and get them at runtime.
   const bool may_be_empty = !cfg.control_socket.empty() && (!j.contains("exports") || j["exports"].is_array());
@@ -258,6 +259,11 @@ Status validate(DaemonConfig& cfg) {
   }
   if (cfg.exports.empty() && cfg.control_socket.empty()) {
     return fail(Errc::kInvalidArgument, "no exports configured");
+  }
+  if (cfg.crypt_threads > ice::kMaxCryptThreads) {
+    return fail(Errc::kInvalidArgument,
+                "engine: crypt_threads (--crypto-threads) must be 0..{}, not {}",
+                ice::kMaxCryptThreads, cfg.crypt_threads);
   }
   if (cfg.poll_us > kMaxPollUs) {
     return fail(Errc::kInvalidArgument, "poll_us (--poll-us) must be 0..{}, not {}", kMaxPollUs,

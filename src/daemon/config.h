@@ -60,6 +60,9 @@ struct DaemonConfig {
   // Bounded memory: bounce buffers of all exports together (--engine-buffer-memory,
   // engine "buffer_memory").
   uint64_t engine_buffer_memory = blk::kDefaultEngineBufferMemory;
+  // Crypto threads shared by every export (ice/crypt_pool.h; --crypto-threads, engine
+  // "crypt_threads"): 0..ice::kMaxCryptThreads, 0 = each queue worker crypts alone.
+  uint32_t crypt_threads = 0;
   // Confinement after start-up (daemon/sandbox.h, docs/iceblkd.md "Confinement").
   bool sandbox = true;            // no_new_privs + seccomp allowlist (--no-sandbox, "sandbox")
   bool allow_core_dumps = false;  // stay dumpable (--allow-core-dumps, "allow_core_dumps")

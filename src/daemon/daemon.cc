@@ -135,6 +135,7 @@ Result<std::unique_ptr<Daemon::Export>> Daemon::make_export(const ExportConfig& 
     guard.vm = *vm;
     ex->vm = *vm;
     bc.engine = engine_;
+    bc.crypt_pool = crypt_pool_;
     bc.vm = *vm;
     bc.key_mode = ec.keys;
     if (!ec.algorithms.empty()) bc.capabilities = ice::capabilities_for(ec.algorithms, cfg_.allow_ecb);
@@ -229,6 +230,14 @@ Result<std::unique_ptr<Daemon>> Daemon::create(DaemonConfig cfg) {
   ICEBLK_ASSIGN_OR_RETURN(auto engine, ice::Engine::create({d->cfg_.num_slots, d->cfg_.allow_ecb}));
   d->engine_ = std::move(engine);
   d->buffer_budget_ = std::make_shared<blk::BufferBudget>(d->cfg_.engine_buffer_memory);
+  if (d->cfg_.crypt_threads > 0) {
+    // Started here, before main() confines the process: the threads exist when the
+    // seccomp filter is loaded (TSYNC) and need only futex afterwards.
+    ICEBLK_ASSIGN_OR_RETURN(auto pool, ice::CryptPool::create({d->cfg_.crypt_threads}));
+    d->crypt_pool_ = std::move(pool);
+    spdlog::info("iceblkd: {} crypto thread(s) for encrypted chunks of {} KiB and more",
+                 d->cfg_.crypt_threads, ice::kParallelCryptMinBytes / 1024);
+  }
   Daemon* self = d.get();
   d->engine_->set_slot_observer([self](const ice::SlotEvent& ev) { self->on_slot(ev); });
 
@@ -377,6 +386,7 @@ void Daemon::shutdown() {
   for (auto& ex : exports_) {
     if (ex->own_secure_world) ex->own_secure_world->stop();
   }
+  if (crypt_pool_) crypt_pool_->stop();  // every queue worker has stopped
   if (!engine_) return;  // create() failed before the engine existed
   // Zeroise every key still in the engine (out-of-band keys included).
   for (const auto& ex : exports_) {

@@ -112,6 +112,7 @@ class Daemon {
   DaemonConfig cfg_;
   std::shared_ptr<ice::Engine> engine_;
   std::shared_ptr<blk::BufferBudget> buffer_budget_;  // all exports' bounce buffers
+  std::shared_ptr<ice::CryptPool> crypt_pool_;        // --crypto-threads (null: 0), all exports
   std::vector<std::unique_ptr<Export>> exports_;
   std::unique_ptr<secure_world::SecureWorld> secure_world_;
   std::mutex mu_;  // exports_, cfg_.exports, started_, stopped_

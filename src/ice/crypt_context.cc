@@ -260,51 +260,36 @@ void CipherPool::destroy(CipherSet* s) {
   delete s;
 }
 
+CipherLease::~CipherLease() {
+  if (set_ == nullptr) return;
+  if (healthy_) {
+    pool_.release(set_);
+  } else {
+    CipherPool::destroy(set_);
+  }
+}
+
+Status CipherLease::ensure(const Key& key, Direction dir) {
+  if (set_ == nullptr) set_ = new CipherSet();
+  healthy_ = false;
+  const bool enc = dir == Direction::kEncrypt;
+  Keyed& ctx = enc ? set_->enc : set_->dec;
+  if (!ctx) {
+    ICEBLK_ASSIGN_OR_RETURN(const ProvCipher* cipher, cipher_for(key.mode()));
+    ICEBLK_TRY(ctx.key(*cipher, key.material(), enc));
+  }
+  if (key.mode().alg == Algorithm::kEssivAesCbc && !set_->essiv) {
+    const ProvCipher& ecb = ciphers().ecb256;
+    if (!ecb.ok()) return fail(Errc::kCrypto, "OpenSSL does not provide AES-256-ECB");
+    ICEBLK_TRY(set_->essiv.key(ecb, key.essiv_salt(), true));
+  }
+  healthy_ = true;
+  return {};
+}
+
 }  // namespace detail
 
 namespace {
-
-// Borrows a keyed CipherSet from the key's pool for one crypt call. A set that saw
-// an OpenSSL failure is destroyed instead of being returned.
-class Lease {
- public:
-  explicit Lease(detail::CipherPool& pool) : pool_(pool), set_(pool.acquire()) {}
-  ~Lease() {
-    if (set_ == nullptr) return;
-    if (healthy_) {
-      pool_.release(set_);
-    } else {
-      detail::CipherPool::destroy(set_);
-    }
-  }
-  Lease(const Lease&) = delete;
-  Lease& operator=(const Lease&) = delete;
-
-  Status ensure(const Key& key, Direction dir) {
-    if (set_ == nullptr) set_ = new detail::CipherSet();
-    healthy_ = false;
-    const bool enc = dir == Direction::kEncrypt;
-    Keyed& ctx = enc ? set_->enc : set_->dec;
-    if (!ctx) {
-      ICEBLK_ASSIGN_OR_RETURN(const ProvCipher* cipher, cipher_for(key.mode()));
-      ICEBLK_TRY(ctx.key(*cipher, key.material(), enc));
-    }
-    if (key.mode().alg == Algorithm::kEssivAesCbc && !set_->essiv) {
-      const ProvCipher& ecb = ciphers().ecb256;
-      if (!ecb.ok()) return fail(Errc::kCrypto, "OpenSSL does not provide AES-256-ECB");
-      ICEBLK_TRY(set_->essiv.key(ecb, key.essiv_salt(), true));
-    }
-    healthy_ = true;
-    return {};
-  }
-  void mark_failed() { healthy_ = false; }
-  detail::CipherSet& set() { return *set_; }
-
- private:
-  detail::CipherPool& pool_;
-  detail::CipherSet* set_;
-  bool healthy_ = true;
-};
 
 // Where a crypt call is in one iovec list.
 class IovCursor {
@@ -393,11 +378,10 @@ Status CryptContext::crypt(const ProgrammedKey& pk, Direction dir, Dun first,
   return crypt(pk, dir, first, {&src, 1}, 0, {&dst, 1}, 0, in.size());
 }
 
-Status CryptContext::crypt(const ProgrammedKey& pk, Direction dir, Dun first,
-                           std::span<const iovec> src, uint64_t src_off, std::span<const iovec> dst,
-                           uint64_t dst_off, uint64_t len) {
-  const CryptoMode& mode = pk.key.mode();
-  const size_t dus = mode.data_unit_size;
+Status CryptContext::check(const ProgrammedKey& pk, Dun first, std::span<const iovec> src,
+                           uint64_t src_off, std::span<const iovec> dst, uint64_t dst_off,
+                           uint64_t len) {
+  const size_t dus = pk.key.mode().data_unit_size;
   // Spec §5 step 2: whole data units only.
   if (len == 0 || len % dus != 0) {
     return fail(Errc::kMisaligned, "length {} is not a non-zero multiple of the data unit size {}",
@@ -413,12 +397,29 @@ Status CryptContext::crypt(const ProgrammedKey& pk, Direction dir, Dun first,
     return fail(Errc::kOutOfRange, "{} bytes at {} / {} exceed the source or destination buffers",
                 len, src_off, dst_off);
   }
+  return {};
+}
+
+Status CryptContext::crypt(const ProgrammedKey& pk, Direction dir, Dun first,
+                           std::span<const iovec> src, uint64_t src_off, std::span<const iovec> dst,
+                           uint64_t dst_off, uint64_t len) {
+  ICEBLK_TRY(check(pk, first, src, src_off, dst, dst_off, len));
+  detail::CipherLease lease(pk.cipher_cache);
+  ICEBLK_TRY(lease.ensure(pk.key, dir));
+  return crypt_leased(lease, pk, dir, first, src, src_off, dst, dst_off, len);
+}
+
+Status CryptContext::crypt_leased(detail::CipherLease& lease, const ProgrammedKey& pk,
+                                  Direction dir, Dun first, std::span<const iovec> src,
+                                  uint64_t src_off, std::span<const iovec> dst, uint64_t dst_off,
+                                  uint64_t len) {
+  const CryptoMode& mode = pk.key.mode();
+  const size_t dus = mode.data_unit_size;
+  const uint64_t units = len / dus;
   IovCursor in(src), out(dst);
   (void)in.skip(src_off);
   (void)out.skip(dst_off);
 
-  Lease lease(pk.cipher_cache);
-  ICEBLK_TRY(lease.ensure(pk.key, dir));
   detail::CipherSet& set = lease.set();
   const bool enc = dir == Direction::kEncrypt;
   Keyed& ctx = enc ? set.enc : set.dec;

@@ -64,7 +64,32 @@ class CipherPool {
   std::mutex mu_;
   std::vector<CipherSet*> idle_;  // owned
 };
+
+// Borrows a keyed CipherSet from a key's pool for one crypt call, or for one thread's
+// part of a call that CryptPool splits (the caller leases a set for each thread it
+// hands the call to, so the key's pool grows only with the largest split). A set that
+// saw an OpenSSL failure is destroyed instead of being returned.
+class CipherLease {
+ public:
+  explicit CipherLease(CipherPool& pool) : pool_(pool), set_(pool.acquire()) {}
+  ~CipherLease();
+  CipherLease(const CipherLease&) = delete;
+  CipherLease& operator=(const CipherLease&) = delete;
+
+  // Make sure the set holds a context keyed with `key` for `dir` (allocates a set,
+  // or keys a context, only the first time).
+  Status ensure(const Key& key, Direction dir);
+  void mark_failed() { healthy_ = false; }
+  CipherSet& set() { return *set_; }
+
+ private:
+  CipherPool& pool_;
+  CipherSet* set_;
+  bool healthy_ = true;
+};
 }  // namespace detail
+
+class CryptPool;
 
 // A key as programmed into a slot. Immutable; `generation` is unique per program
 // call (Engine::program assigns it) so a reprogrammed slot can be told apart.
@@ -116,6 +141,15 @@ class CryptContext {
                uint64_t src_off, std::span<const iovec> dst, uint64_t dst_off, uint64_t len);
 
  private:
+  friend class CryptPool;  // splits one call into pieces (crypt_pool.h)
+  // The checks of the scatter/gather crypt(), which writes nothing when they fail.
+  static Status check(const ProgrammedKey& key, Dun first, std::span<const iovec> src,
+                      uint64_t src_off, std::span<const iovec> dst, uint64_t dst_off, uint64_t len);
+  // crypt() after check(), with a set leased and ensured for (key, dir).
+  Status crypt_leased(detail::CipherLease& lease, const ProgrammedKey& key, Direction dir,
+                      Dun first, std::span<const iovec> src, uint64_t src_off,
+                      std::span<const iovec> dst, uint64_t dst_off, uint64_t len);
+
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

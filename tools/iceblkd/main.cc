@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
   bool no_sandbox = false, allow_core_dumps = false;  // confinement (daemon/sandbox.h)
   std::string run_user, run_group;
   uint32_t poll_us = 0;
+  uint32_t crypto_threads = 0;
   app.add_option("--config", config_file, "JSON file declaring several exports sharing one engine");
   app.add_option("--socket", socket,
                  "vhost-user socket path to listen on, or fd:N to serve the listening socket inherited as "
@@ -89,6 +90,11 @@ int main(int argc, char** argv) {
                  "queue workers spin on the ring for up to N microseconds before sleeping on the kick (lower "
                  "latency for a core's time; default 0 = off; with --config: the default of every export)")
       ->check(CLI::Range(0u, daemon::kMaxPollUs));
+  app.add_option("--crypto-threads", crypto_threads,
+                 "threads that take shares of large encrypted requests (64K and up) off the queue "
+                 "workers, shared by every export (default 0 = each worker crypts alone; with "
+                 "--config: replaces engine crypt_threads)")
+      ->check(CLI::Range(0u, ice::kMaxCryptThreads));
   // Remote images (NBD, RBD): behaviour when the storage stops answering.
   std::string on_storage_error = "retry";
   uint32_t io_timeout = 30;
@@ -210,6 +216,7 @@ int main(int argc, char** argv) {
   cfg.allow_ecb = cfg.allow_ecb || allow_ecb;
   if (!control.empty()) cfg.control_socket = control;
   if (app.count("--poll-us") > 0) cfg.poll_us = poll_us;
+  if (app.count("--crypto-threads") > 0) cfg.crypt_threads = crypto_threads;
   if (auto st = daemon::assign_listen_fds(cfg, std::move(*passed)); !st) return die(st.error().message);
 
   // Confinement, before any key can arrive (daemon/sandbox.h, docs/threat-model.md):

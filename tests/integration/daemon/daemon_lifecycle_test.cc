@@ -589,5 +589,27 @@ TEST(DaemonConfigPolling, DaemonWideDefaultAndPerExportOverride) {
   EXPECT_NE(st.error().message.find("'c'"), std::string::npos) << st.error().message;
 }
 
+// --crypto-threads in the JSON config: engine "crypt_threads", bounded by validate().
+TEST(DaemonConfigCryptoThreads, EngineKeyAndBound) {
+  auto c = daemon::parse_config_text(R"({"engine": {"crypt_threads": 2}, "exports": [
+      {"name": "a", "socket": "/tmp/a.sock", "image": "a.img"}]})",
+                                     "t.json");
+  ASSERT_TRUE(c) << c.error().to_string();
+  ASSERT_TRUE(daemon::validate(*c));
+  EXPECT_EQ(c->crypt_threads, 2u);
+  auto d = daemon::parse_config_text(
+      R"({"exports": [{"name": "a", "socket": "/tmp/a.sock", "image": "a.img"}]})", "t.json");
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->crypt_threads, 0u) << "default: no crypto threads";
+  c->crypt_threads = ice::kMaxCryptThreads + 1;
+  auto st = daemon::validate(*c);
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().message.find("crypt_threads"), std::string::npos) << st.error().message;
+  auto bad = daemon::parse_config_text(R"({"engine": {"crypt_threads": -1}, "exports": [
+      {"name": "a", "socket": "/tmp/a.sock", "image": "a.img"}]})",
+                                       "t.json");
+  EXPECT_FALSE(bad);
+}
+
 }  // namespace
 }  // namespace iceblk

@@ -147,6 +147,8 @@ TEST_F(IceblkdCli, BadOptions) {
   expect_one_line_error(base({"--bogus"}), {"--bogus"});
   expect_one_line_error(base({"--poll-us", "1000001"}), {"--poll-us"});
   expect_one_line_error(base({"--poll-us", "-1"}), {"--poll-us"});
+  expect_one_line_error(base({"--crypto-threads", "9"}), {"--crypto-threads"});
+  expect_one_line_error(base({"--crypto-threads", "-1"}), {"--crypto-threads"});
   expect_one_line_error(base({"--config", dir_ + "/c.json"}), {"--config"});
   expect_one_line_error(argv({"--config", dir_ + "/nope.json"}), {"nope.json"});
 }

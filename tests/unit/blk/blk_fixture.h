@@ -88,6 +88,7 @@ struct DeviceSetup {
   ice::SlotRange range{8, 4};
   uint64_t max_buffer_memory = kDefaultExportBufferMemory;
   std::shared_ptr<BufferBudget> buffer_budget;
+  unsigned crypt_threads = 0;  // > 0: a crypto thread pool (ice/crypt_pool.h)
 };
 
 class BlkHarness {
@@ -145,6 +146,11 @@ class BlkHarness {
       cfg.engine = engine_;
       cfg.vm = *vm;
       cfg.key_mode = s_.key_mode;
+      if (s_.crypt_threads > 0) {
+        auto p = ice::CryptPool::create({s_.crypt_threads});
+        ASSERT_TRUE(p) << p.error().to_string();
+        cfg.crypt_pool = std::move(*p);
+      }
     }
     auto d = BlkDevice::create(cfg, backend_);
     ASSERT_TRUE(d) << d.error().to_string();

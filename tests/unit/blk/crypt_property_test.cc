@@ -55,11 +55,18 @@ std::vector<size_t> random_cuts(size_t n, size_t max_pieces, std::mt19937& rng) 
   return cuts;
 }
 
-class CryptProperty : public ::testing::TestWithParam<BackendKind> {
+// A backend, and the crypto threads splitting large chunks (0: none).
+struct PropertyParam {
+  BackendKind backend;
+  unsigned crypt_threads;
+};
+
+class CryptProperty : public ::testing::TestWithParam<PropertyParam> {
  protected:
   void SetUp() override {
     DeviceSetup s;
-    s.backend = GetParam();
+    s.backend = GetParam().backend;
+    s.crypt_threads = GetParam().crypt_threads;
     s.ice = true;
     s.size = kMedium;
     s.ring_size = 128;
@@ -176,8 +183,15 @@ TEST_P(CryptProperty, RandomRequestsMatchTheReferenceXts) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, CryptProperty,
-                         ::testing::Values(BackendKind::kMemory, BackendKind::kFileUring),
-                         [](const auto& p) { return backend_name(p.param); });
+                         ::testing::Values(PropertyParam{BackendKind::kMemory, 0},
+                                           PropertyParam{BackendKind::kFileUring, 0},
+                                           PropertyParam{BackendKind::kMemory, 2}),
+                         [](const auto& p) {
+                           return backend_name(p.param.backend) +
+                                  (p.param.crypt_threads > 0
+                                       ? "_CryptoThreads" + std::to_string(p.param.crypt_threads)
+                                       : std::string());
+                         });
 
 }  // namespace
 }  // namespace iceblk::blk::testing

@@ -55,7 +55,14 @@ void note_alloc() {
 namespace iceblk::blk::testing {
 namespace {
 
-class ZeroAlloc : public ::testing::TestWithParam<BackendKind> {};
+// A backend, and 0 or 1 crypto threads (iceblkd --crypto-threads: the 128 KiB
+// requests are then crypted in pieces by the worker and the pool's thread, which counts too).
+struct ZaParam {
+  BackendKind backend;
+  unsigned crypt_threads;
+};
+
+class ZeroAlloc : public ::testing::TestWithParam<ZaParam> {};
 
 // A request kind of the mix, with its chain built once in driver memory and
 // re-posted every round (the same buffers, fresh descriptors).
@@ -71,7 +78,8 @@ TEST_P(ZeroAlloc, SteadyStateRequestsAllocateNothing) {
   GTEST_SKIP() << "the sanitizer owns malloc";
 #endif
   DeviceSetup s;
-  s.backend = GetParam();
+  s.backend = GetParam().backend;
+  s.crypt_threads = GetParam().crypt_threads;
   s.ice = true;
   s.size = 8 << 20;
   s.ring_size = 64;
@@ -176,11 +184,21 @@ TEST_P(ZeroAlloc, SteadyStateRequestsAllocateNothing) {
   }
   EXPECT_EQ(n, 0u) << "allocations by the device over " << done << " requests (" << kinds.size()
                    << " kinds; " << static_cast<double>(n) / done << " per request)";
+  if (const auto& pool = h.dev_->config().crypt_pool) {
+    // The pool's thread really crypted pieces (in the counted window): it was tested.
+    EXPECT_GT(pool->pieces_by_threads(), 0u);
+  }
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, ZeroAlloc,
-                         ::testing::Values(BackendKind::kMemory, BackendKind::kFileSync, BackendKind::kFileUring),
-                         [](const ::testing::TestParamInfo<BackendKind>& p) { return backend_name(p.param); });
+INSTANTIATE_TEST_SUITE_P(
+    Backends, ZeroAlloc,
+    ::testing::Values(ZaParam{BackendKind::kMemory, 0}, ZaParam{BackendKind::kFileSync, 0},
+                      ZaParam{BackendKind::kFileUring, 0}, ZaParam{BackendKind::kMemory, 1},
+                      ZaParam{BackendKind::kFileUring, 1}),
+    [](const ::testing::TestParamInfo<ZaParam>& p) {
+      return backend_name(p.param.backend) +
+             (p.param.crypt_threads > 0 ? std::string("_CryptoThreads") : std::string());
+    });
 
 }  // namespace
 }  // namespace iceblk::blk::testing

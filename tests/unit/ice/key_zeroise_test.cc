@@ -15,6 +15,7 @@
 #include <mutex>
 #include <new>
 
+#include "ice/crypt_pool.h"
 #include "ice/engine.h"
 #include "ice_test_util.h"
 
@@ -243,6 +244,29 @@ TEST_F(KeyZeroise, ReprogramAndRemoveVmZeroiseTheOldKey) {
   EXPECT_GE(blocks_containing(essiv_key_), 1);
   engine_->remove_vm(*vm);
   EXPECT_EQ(blocks_containing(essiv_key_), 0);
+}
+
+// Crypto threads: the pool's threads crypt pieces with keyed contexts of the key's
+// own cache, so eviction wipes them too; nothing keyed lingers in a pool thread.
+TEST_F(KeyZeroise, EvictLeavesNoKeyBytesInTheCryptoThreads) {
+  auto pool = CryptPool::create({2, /*caller_helps=*/false});
+  ASSERT_TRUE(pool);
+  ASSERT_TRUE(engine_->program(PhysSlot(6), test::make_key(kXts, xts_key_)));
+  {
+    auto k = engine_->lookup(PhysSlot(6));
+    ASSERT_TRUE(k);
+    CryptContext own;
+    std::vector<uint8_t> buf(256 * 1024, 0x33);
+    const iovec v{buf.data(), buf.size()};
+    for (Direction dir : {Direction::kEncrypt, Direction::kDecrypt}) {
+      ASSERT_TRUE((*pool)->crypt(own, **k, dir, Dun(1), {&v, 1}, 0, {&v, 1}, 0, buf.size()));
+    }
+    EXPECT_EQ((*pool)->pieces_by_threads(), 2 * buf.size() / kCryptPieceBytes);
+    // Positive control: the key and its (now several) keyed contexts are found.
+    EXPECT_GE(blocks_containing(xts_key_), 3);
+  }
+  ASSERT_TRUE(engine_->evict(PhysSlot(6)));
+  EXPECT_EQ(blocks_containing(xts_key_), 0);
 }
 
 }  // namespace
