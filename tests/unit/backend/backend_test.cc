@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "backend/block_backend.h"
+#include "support/alloc_hook.h"
 #include "support/pattern.h"
 #include "support/backend_kind.h"
 #include "support/temp_dir.h"
@@ -163,6 +165,44 @@ TEST_P(BackendTest, ManyRequestsInFlight) {
   EXPECT_EQ(completed, 32u);
   EXPECT_EQ((*q)->in_flight(), 0u);
   for (unsigned i = 0; i < 32; ++i) EXPECT_EQ(read(**q, i * 4096ull, 4096), bufs[i]) << i;
+}
+
+std::atomic<uint64_t> g_allocs{0};
+void count_alloc() { g_allocs.fetch_add(1, std::memory_order_relaxed); }
+
+// Issue 13 (zero allocations per request): a queue's first burst as deep as the queue
+// allocates nothing. The requests are built beforehand; only submit, flush and drain
+// are counted. (Under load a burst deeper than any warm-up can come at any time: the
+// io_uring queue made its Ops on demand and failed blk_zero_alloc_test once so.)
+TEST_P(BackendTest, FirstBurstAsDeepAsTheQueueAllocatesNothing) {
+#ifdef ICEBLK_ALLOC_HOOK_SANITIZED
+  GTEST_SKIP() << "the sanitizer owns malloc";
+#endif
+  constexpr unsigned kDepth = 64;
+  auto q = backend_->make_queue(kDepth);
+  ASSERT_TRUE(q);
+  std::vector<std::vector<uint8_t>> bufs;
+  for (unsigned i = 0; i < kDepth; ++i) bufs.push_back(pattern(4096, 300 + i));
+  unsigned completed = 0;
+  std::vector<IoRequest> reqs;
+  for (unsigned i = 0; i < kDepth; ++i) {
+    // Two uneven iovecs, as a data unit split across guest buffers.
+    reqs.push_back(IoRequest{IoOp::kWrite, i * 4096ull, 4096,
+                             {{bufs[i].data(), 1000}, {bufs[i].data() + 1000, 3096}}, false,
+                             [&completed](Result<uint64_t> r) {
+                               EXPECT_TRUE(r);
+                               ++completed;
+                             }});
+  }
+  g_allocs.store(0);
+  testing::set_alloc_observer(count_alloc);
+  for (auto& r : reqs) (*q)->submit(std::move(r));
+  (*q)->flush_submissions();
+  (*q)->drain();
+  testing::set_alloc_observer(nullptr);
+  EXPECT_EQ(g_allocs.load(), 0u) << "allocations for " << kDepth << " requests";
+  EXPECT_EQ(completed, kDepth);
+  for (unsigned i = 0; i < kDepth; ++i) EXPECT_EQ(read(**q, i * 4096ull, 4096), bufs[i]) << i;
 }
 
 TEST_P(BackendTest, FlushSucceeds) {
