@@ -327,6 +327,10 @@ void run_case(const Layout& layout, const std::string& io_engine, bool encrypted
     return p.output().find("export vm-a: the front-end shrank its guest memory") != std::string::npos;
   })) << p.output();
 
+  for (const auto& line : testing::lines_of(p.output())) {
+    if (line.find("SIGBUS") != std::string::npos) std::printf("%s\n", line.c_str());
+  }
+
   // Not a byte of the cut write reached A's image.
   EXPECT_EQ(pread_file(a_img, kWriteOffset, kPage), before);
 
