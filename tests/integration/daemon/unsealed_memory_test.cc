@@ -281,7 +281,17 @@ void run_case(const Layout& layout, const std::string& io_engine, bool encrypted
   ASSERT_TRUE(b->add_key("k", mode, pattern(64, 2)));
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> b_ops{0}, b_errors{0};
-  std::thread b_io([&] {
+  std::thread b_io;
+  // Joined on every way out (an ASSERT returns early).
+  struct Joiner {
+    std::atomic<bool>& stop;
+    std::thread& t;
+    ~Joiner() {
+      stop = true;
+      if (t.joinable()) t.join();
+    }
+  } joiner{stop, b_io};
+  b_io = std::thread([&] {
     std::vector<uint8_t> back(8192);
     for (uint32_t i = 0; !stop.load(); ++i) {
       const uint64_t off = (i % 512) * 8192ull;
@@ -320,8 +330,8 @@ void run_case(const Layout& layout, const std::string& io_engine, bool encrypted
     h.kick();
     EXPECT_TRUE(closed_by_peer(h.socket_fd(), 10000)) << "A's hostile connection stayed open\n" << p.output();
   }
-  EXPECT_TRUE(p.running()) << "iceblkd died (status " << p.exit_code() << ", signal " << p.term_signal()
-                           << ")\n"
+  EXPECT_TRUE(p.running()) << "iceblkd died (exit code " << p.exit_code() << ", signal " << p.term_signal()
+                           << ", shell status " << 128 + p.term_signal() << ")\n"
                            << p.output();
   EXPECT_TRUE(test::eventually([&] {
     return p.output().find("export vm-a: the front-end shrank its guest memory") != std::string::npos;
