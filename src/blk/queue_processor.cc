@@ -143,7 +143,8 @@ void QueueProcessor::release_held(virtio::SplitQueue& q, bool all) {
 void QueueProcessor::finish(InFlight* f, virtio::SplitQueue& q, uint8_t status, uint32_t used_len) {
   // TRUST: poisoned memory (memory/fault_guard.h: the front-end shrank it) read or
   // received zeros where its bytes were: the request did not do what was asked.
-  if (status == kStatusOk && (q.poisoned() || (f->mem && f->mem->poisoned()))) status = kStatusIoErr;
+  if (status == kStatusOk && (q.poisoned() || (f->mem && f->mem->poisoned())))
+    status = kStatusIoErr;
   // ORDER: the status byte is stored before push_used's release of used->idx.
   std::memcpy(f->req.status, &status, 1);
   complete(q, f->req.head, used_len);

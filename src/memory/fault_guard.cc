@@ -32,7 +32,8 @@ struct sigaction g_previous {};
 std::once_flag g_installed;
 Status g_install_status;
 
-static_assert(std::atomic<uint64_t>::is_always_lock_free && std::atomic<uintptr_t>::is_always_lock_free &&
+static_assert(std::atomic<uint64_t>::is_always_lock_free &&
+                  std::atomic<uintptr_t>::is_always_lock_free &&
                   std::atomic<uint32_t>::is_always_lock_free,
               "the SIGBUS handler needs lock-free atomics (async-signal-safe)");
 
@@ -89,8 +90,8 @@ Status install() {
 
 Result<uint32_t> register_range(void* base, size_t len, size_t granule) {
   if (base == nullptr || len == 0 || granule == 0 || (granule & (granule - 1)) != 0) {
-    return fail(Errc::kInvalidArgument, "fault guard: bad range {}+{:#x} (granule {:#x})", base, len,
-                granule);
+    return fail(Errc::kInvalidArgument, "fault guard: bad range {}+{:#x} (granule {:#x})", base,
+                len, granule);
   }
   ICEBLK_TRY(install());
   for (uint32_t i = 0; i < kMaxRanges; ++i) {
@@ -125,6 +126,8 @@ bool poisoned(uint32_t id) {
   return id < kMaxRanges && g_entries[id].poisoned.load(std::memory_order_acquire) != 0;
 }
 
-uint64_t contained_faults() { return g_contained.load(std::memory_order_relaxed); }
+uint64_t contained_faults() {
+  return g_contained.load(std::memory_order_relaxed);
+}
 
 }  // namespace iceblk::memory::fault_guard

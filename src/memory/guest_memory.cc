@@ -77,7 +77,9 @@ Mapping::~Mapping() {
   }
 }
 
-bool Mapping::poisoned() const { return guard_ != kNoGuard && fault_guard::poisoned(guard_); }
+bool Mapping::poisoned() const {
+  return guard_ != kNoGuard && fault_guard::poisoned(guard_);
+}
 
 // ---------------------------------------------------------------------------
 // GuestMemory

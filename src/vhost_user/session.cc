@@ -31,7 +31,9 @@ Reply u64_reply(Request r, uint64_t v) {
 }  // namespace
 
 Session::Session(Backend& device)
-    : device_(device), poisoned_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)), vrings_(device.num_queues()) {}
+    : device_(device),
+      poisoned_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
+      vrings_(device.num_queues()) {}
 
 Session::~Session() { stop_all(); }
 
@@ -56,10 +58,11 @@ bool Session::poisoned() const {
 
 Error Session::poisoned_error() const {
   const std::string& name = log::thread_context().export_name;
-  return make_error(Errc::kProtocol,
-                    "export {}: the front-end shrank its guest memory under the device (SIGBUS "
-                    "contained on its memory file); its requests failed and the connection is closed",
-                    name.empty() ? std::string("-") : name);
+  return make_error(
+      Errc::kProtocol,
+      "export {}: the front-end shrank its guest memory under the device (SIGBUS "
+      "contained on its memory file); its requests failed and the connection is closed",
+      name.empty() ? std::string("-") : name);
 }
 
 bool Session::effective_enabled(const Vring& v) const {
@@ -332,8 +335,9 @@ Status Session::start_ring(uint16_t index, Vring& v, UniqueFd kick) {
                    index, resubmit);
     }
   }
-  ICEBLK_ASSIGN_OR_RETURN(v.worker, VringWorker::start(index, device_, std::move(queue), std::move(kick),
-                                                       *v.notifier, effective_enabled(v), poisoned_fd_.get()));
+  ICEBLK_ASSIGN_OR_RETURN(
+      v.worker, VringWorker::start(index, device_, std::move(queue), std::move(kick), *v.notifier,
+                                   effective_enabled(v), poisoned_fd_.get()));
   return {};
 }
 

@@ -91,14 +91,14 @@ bool VringNotifier::has_call() const {
   return call_.valid();
 }
 
-Result<std::unique_ptr<VringWorker>> VringWorker::start(uint16_t index, Backend& device, virtio::SplitQueue queue,
-                                                        UniqueFd kick, VringNotifier& notifier, bool enabled,
+Result<std::unique_ptr<VringWorker>> VringWorker::start(uint16_t index, Backend& device,
+                                                        virtio::SplitQueue queue, UniqueFd kick,
+                                                        VringNotifier& notifier, bool enabled,
                                                         int poisoned_fd) {
   UniqueFd ctl(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!ctl) return tl::unexpected(errno_error(Errc::kIo, "eventfd", errno));
-  std::unique_ptr<VringWorker> w(
-      new VringWorker(index, device, std::move(queue), std::move(kick), notifier, enabled, std::move(ctl),
-                      poisoned_fd));
+  std::unique_ptr<VringWorker> w(new VringWorker(index, device, std::move(queue), std::move(kick),
+                                                 notifier, enabled, std::move(ctl), poisoned_fd));
   w->thread_ = std::thread([p = w.get(), ctx = log::thread_context(), index] {
     log::thread_context() = ctx;  // log records name the export and the queue
     log::thread_context().queue = index;
@@ -190,10 +190,11 @@ void VringWorker::run() {
   auto stop_if_poisoned = [&] {
     if (broken || !queue_.poisoned()) return false;
     const std::string& name = log::thread_context().export_name;
-    spdlog::warn("export {} vring {}: guest memory faulted (SIGBUS contained: the front-end shrank its "
-                 "memory file under the device); failing the in-flight requests and closing the "
-                 "connection",
-                 name.empty() ? std::string("-") : name, index_);
+    spdlog::warn(
+        "export {} vring {}: guest memory faulted (SIGBUS contained: the front-end shrank its "
+        "memory file under the device); failing the in-flight requests and closing the "
+        "connection",
+        name.empty() ? std::string("-") : name, index_);
     if (device_.drain_queue(index_, queue_)) notifier_.signal_call();
     broken = true;
     {

@@ -51,9 +51,10 @@ class VringWorker {
   // Spawns the worker thread. `notifier` and `device` must outlive the worker, and
   // so must `poisoned_fd` (an eventfd written when the queue's memory is poisoned;
   // -1 = none).
-  static Result<std::unique_ptr<VringWorker>> start(uint16_t index, Backend& device, virtio::SplitQueue queue,
-                                                     UniqueFd kick, VringNotifier& notifier, bool enabled,
-                                                     int poisoned_fd = -1);
+  static Result<std::unique_ptr<VringWorker>> start(uint16_t index, Backend& device,
+                                                    virtio::SplitQueue queue, UniqueFd kick,
+                                                    VringNotifier& notifier, bool enabled,
+                                                    int poisoned_fd = -1);
   ~VringWorker();  // stop()
   VringWorker(const VringWorker&) = delete;
   VringWorker& operator=(const VringWorker&) = delete;
@@ -80,10 +81,16 @@ class VringWorker {
   static void set_poll_timeout_hook_for_testing(PollTimeoutHook hook);
 
  private:
-  VringWorker(uint16_t index, Backend& device, virtio::SplitQueue queue, UniqueFd kick, VringNotifier& notifier,
-              bool enabled, UniqueFd ctl, int poisoned_fd)
-      : index_(index), device_(device), queue_(std::move(queue)), kick_(std::move(kick)),
-        notifier_(notifier), ctl_(std::move(ctl)), poisoned_fd_(poisoned_fd), enabled_(enabled) {}
+  VringWorker(uint16_t index, Backend& device, virtio::SplitQueue queue, UniqueFd kick,
+              VringNotifier& notifier, bool enabled, UniqueFd ctl, int poisoned_fd)
+      : index_(index),
+        device_(device),
+        queue_(std::move(queue)),
+        kick_(std::move(kick)),
+        notifier_(notifier),
+        ctl_(std::move(ctl)),
+        poisoned_fd_(poisoned_fd),
+        enabled_(enabled) {}
   void run();
   void wake();
   // Polling: spin for work for up to poll_us, then sleep; returns epoll_wait's

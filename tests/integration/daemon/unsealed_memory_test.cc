@@ -13,14 +13,13 @@
 // project's driver-side ring code); only the vhost-user messages go through
 // vhost_user::Frontend.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <linux/virtio_blk.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
@@ -45,8 +44,8 @@ namespace drv = iceblk::driver;
 using test::pattern;
 
 constexpr uint64_t kPage = 4096;
-constexpr uint64_t kMemSize = 256 * kPage;   // the hostile front-end's memfd
-constexpr uint64_t kCutTo = 16 * kPage;      // what it ftruncate()s it down to
+constexpr uint64_t kMemSize = 256 * kPage;  // the hostile front-end's memfd
+constexpr uint64_t kCutTo = 16 * kPage;     // what it ftruncate()s it down to
 constexpr uint64_t kUserBase = 0x7f0000000000ull;
 constexpr uint16_t kRing = 16;  // desc table 0x100 bytes: avail at +0x100, used at +0x200
 constexpr uint64_t kWriteOffset = 64 * 1024;  // byte offset on A of the cut write
@@ -74,7 +73,8 @@ struct Used {
     uint32_t id, len;
   } ring[kRing];
 };
-static_assert(sizeof(Desc) == 16 && sizeof(Avail) == 4 + 2 * kRing && sizeof(Used) == 4 + 8 * kRing);
+static_assert(sizeof(Desc) == 16 && sizeof(Avail) == 4 + 2 * kRing &&
+              sizeof(Used) == 4 + 8 * kRing);
 
 // The 32-byte request header with bit 22 (protocol.md §3).
 struct IceHeader {
@@ -92,10 +92,10 @@ static_assert(sizeof(IceHeader) == 32);
 // PROGRAM_KEY data (protocol.md §6): AES-256-XTS, 4096-byte data units.
 std::vector<uint8_t> key_blob() {
   std::vector<uint8_t> b(136, 0);
-  b[0] = 0;  // AES-XTS
-  b[1] = 3;  // 512 << 3 = 4096
-  b[2] = 3;  // 256-bit
-  b[3] = 0;  // raw key
+  b[0] = 0;   // AES-XTS
+  b[1] = 3;   // 512 << 3 = 4096
+  b[2] = 3;   // 256-bit
+  b[3] = 0;   // raw key
   b[4] = 64;  // key_len (le16)
   const auto key = pattern(64, 9);
   std::copy(key.begin(), key.end(), b.begin() + 8);
@@ -177,7 +177,8 @@ class HostileFrontEnd {
   // PROGRAM_KEY send `data`; `encrypted`: slot 0, DUN = offset / 4096.
   void queue(unsigned i, uint32_t type, uint64_t offset, std::span<const uint8_t> data = {},
              bool encrypted = false) {
-    const uint64_t hdr = l_.hdr + sizeof(IceHeader) * i, buf = l_.data + kPage * i, status = l_.status + i;
+    const uint64_t hdr = l_.hdr + sizeof(IceHeader) * i, buf = l_.data + kPage * i,
+                   status = l_.status + i;
     IceHeader h{};
     h.type = type;
     h.sector = offset / 512;
@@ -191,8 +192,8 @@ class HostileFrontEnd {
     desc[d] = Desc{hdr, sizeof h, kDescNext, static_cast<uint16_t>(d + 1)};
     const uint16_t data_flags = type == VIRTIO_BLK_T_IN ? kDescWrite : 0;
     const auto len = static_cast<uint32_t>(type == VIRTIO_BLK_T_IN ? kPage : data.size());
-    desc[d + 1] = Desc{buf, len, static_cast<uint16_t>(data_flags | kDescNext),
-                             static_cast<uint16_t>(d + 2)};
+    desc[d + 1] =
+        Desc{buf, len, static_cast<uint16_t>(data_flags | kDescNext), static_cast<uint16_t>(d + 2)};
     desc[d + 2] = Desc{status, 1, kDescWrite, 0};
     auto* avail = reinterpret_cast<Avail*>(base_ + l_.rings + 0x100);
     avail->ring[i % kRing] = d;
@@ -212,7 +213,9 @@ class HostileFrontEnd {
     }
     return base_[l_.status + i];
   }
-  [[nodiscard]] std::span<const uint8_t> data(unsigned i) const { return {base_ + l_.data + kPage * i, kPage}; }
+  [[nodiscard]] std::span<const uint8_t> data(unsigned i) const {
+    return {base_ + l_.data + kPage * i, kPage};
+  }
   // The attack: cut the memory file under the device.
   int shrink() const { return ::ftruncate(mem_.get(), kCutTo); }
   [[nodiscard]] int socket_fd() { return fe_->connection().fd(); }
@@ -255,13 +258,16 @@ void run_case(const Layout& layout, const std::string& io_engine, bool encrypted
   testing::write_file(dir + "/cfg.json", R"({
     "engine": {"num_slots": 8},
     "exports": [
-      {"name": "vm-a", "socket": ")" + a_sock + R"(", "image": ")" + a_img + R"(", "size": "8M",
+      {"name": "vm-a", "socket": ")" + a_sock +
+                                             R"(", "image": ")" + a_img + R"(", "size": "8M",
        "num_queues": 1, "slot_offset": 0, "max_slots": 4, "allow_unsealed_memory": true,
        "io_engine": ")" + io_engine + R"("},
-      {"name": "vm-b", "socket": ")" + b_sock + R"(", "image": ")" + dir + R"(/b.img", "size": "8M",
+      {"name": "vm-b", "socket": ")" + b_sock +
+                                             R"(", "image": ")" + dir + R"(/b.img", "size": "8M",
        "num_queues": 1, "slot_offset": 4, "max_slots": 4}
     ]})");
-  testing::Subprocess p({ICEBLKD_PATH, "--config", dir + "/cfg.json", "--log-level", "debug"}, dir + "/iceblkd.log");
+  testing::Subprocess p({ICEBLKD_PATH, "--config", dir + "/cfg.json", "--log-level", "debug"},
+                        dir + "/iceblkd.log");
   ASSERT_TRUE(testing::wait_for_listener(a_sock)) << p.output();
   ASSERT_TRUE(testing::wait_for_listener(b_sock)) << p.output();
 
@@ -328,13 +334,15 @@ void run_case(const Layout& layout, const std::string& io_engine, bool encrypted
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     ASSERT_EQ(h.shrink(), 0) << std::strerror(errno);
     h.kick();
-    EXPECT_TRUE(closed_by_peer(h.socket_fd(), 10000)) << "A's hostile connection stayed open\n" << p.output();
+    EXPECT_TRUE(closed_by_peer(h.socket_fd(), 10000)) << "A's hostile connection stayed open\n"
+                                                      << p.output();
   }
-  EXPECT_TRUE(p.running()) << "iceblkd died (exit code " << p.exit_code() << ", signal " << p.term_signal()
-                           << ", shell status " << 128 + p.term_signal() << ")\n"
+  EXPECT_TRUE(p.running()) << "iceblkd died (exit code " << p.exit_code() << ", signal "
+                           << p.term_signal() << ", shell status " << 128 + p.term_signal() << ")\n"
                            << p.output();
   EXPECT_TRUE(test::eventually([&] {
-    return p.output().find("export vm-a: the front-end shrank its guest memory") != std::string::npos;
+    return p.output().find("export vm-a: the front-end shrank its guest memory") !=
+           std::string::npos;
   })) << p.output();
 
   for (const auto& line : testing::lines_of(p.output())) {

@@ -4,11 +4,10 @@
 // before its munmap, or a SIGBUS sent by kill still kills the process.
 #include "memory/fault_guard.h"
 
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <cstring>
 #include <thread>
@@ -19,7 +18,9 @@
 namespace iceblk::memory {
 namespace {
 
-size_t page_size() { return static_cast<size_t>(::sysconf(_SC_PAGESIZE)); }
+size_t page_size() {
+  return static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+}
 
 // A memfd of `pages` pages, each filled with its index + 1.
 UniqueFd make_file(size_t pages) {
@@ -35,7 +36,9 @@ UniqueFd make_file(size_t pages) {
 }
 
 // Volatile: the compiler must really touch the page.
-uint8_t touch(const uint8_t* p) { return *static_cast<const volatile uint8_t*>(p); }
+uint8_t touch(const uint8_t* p) {
+  return *static_cast<const volatile uint8_t*>(p);
+}
 
 TEST(FaultGuard, FaultOnAShrunkRegisteredMappingIsContained) {
   const size_t pg = page_size();
