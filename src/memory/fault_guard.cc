@@ -93,6 +93,13 @@ Result<uint32_t> register_range(void* base, size_t len, size_t granule) {
     return fail(Errc::kInvalidArgument, "fault guard: bad range {}+{:#x} (granule {:#x})", base,
                 len, granule);
   }
+  // The kernel's mapping ends on a granule boundary (mmap rounds the length up; a
+  // hugetlbfs mapping cannot be split inside a huge page): so does the range.
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(base);
+  if (len > UINTPTR_MAX - begin - (granule - 1)) {
+    return fail(Errc::kOverflow, "fault guard: range {}+{:#x} wraps", base, len);
+  }
+  const uintptr_t end = begin + ((len + granule - 1) & ~(granule - 1));
   ICEBLK_TRY(install());
   for (uint32_t i = 0; i < kMaxRanges; ++i) {
     Entry& e = g_entries[i];
@@ -102,8 +109,8 @@ Result<uint32_t> register_range(void* base, size_t len, size_t granule) {
     // Inactive while the fields change: the handler skips the slot.
     e.tag.store((gen + 1) << 1, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_release);
-    e.begin.store(reinterpret_cast<uintptr_t>(base), std::memory_order_relaxed);
-    e.end.store(reinterpret_cast<uintptr_t>(base) + len, std::memory_order_relaxed);
+    e.begin.store(begin, std::memory_order_relaxed);
+    e.end.store(end, std::memory_order_relaxed);
     e.granule.store(granule, std::memory_order_relaxed);
     e.poisoned.store(0, std::memory_order_relaxed);
     // ORDER: publishes the fields above to the handler's acquire load of the tag.

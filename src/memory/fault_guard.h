@@ -37,9 +37,9 @@ namespace iceblk::memory::fault_guard {
 // snapshots still in use). Registration fails with kBusy when it is full.
 inline constexpr size_t kMaxRanges = 4096;
 
-// Register [base, base + len) (len > 0). `granule` is the mapping's page size (a
-// power of two: the base page size, or the huge page size of a hugetlbfs file); the
-// handler replaces whole granules. Installs the handler on first use. Returns the
+// Register [base, base + len) (len > 0), rounded up to whole granules. `granule` is
+// the mapping's page size (a power of two: the base page size, or the huge page size
+// of a hugetlbfs file; `base` is aligned to it); the handler replaces whole granules. Installs the handler on first use. Returns the
 // registration id for poisoned() and unregister().
 Result<uint32_t> register_range(void* base, size_t len, size_t granule);
 // Forget a registration (before the range is unmapped).
