@@ -142,6 +142,10 @@ void QueueProcessor::release_held(virtio::SplitQueue& q, bool all) {
 }
 
 void QueueProcessor::finish(InFlight* f, virtio::SplitQueue& q, uint8_t status, uint32_t used_len) {
+  // TRUST: poisoned memory (memory/fault_guard.h: the front-end shrank it) read or
+  // received zeros where its bytes were: the request did not do what was asked.
+  if (status == kStatusOk && (q.poisoned() || (f->mem && f->mem->poisoned())))
+    status = kStatusIoErr;
   // ORDER: the status byte is stored before push_used's release of used->idx.
   std::memcpy(f->req.status, &status, 1);
   complete(q, f->req.head, used_len);
@@ -154,6 +158,14 @@ void QueueProcessor::finish(InFlight* f, virtio::SplitQueue& q, uint8_t status, 
 
 void QueueProcessor::submit(InFlight* f, backend::IoRequest req) {
   ++f->outstanding;
+  // TRUST: nothing read from poisoned guest memory (zeros where the front-end cut its
+  // file, memory/fault_guard.h) reaches the backend: an encrypted write was encrypted
+  // into our buffer before this check, a plain one is handed to the backend after it.
+  if (f->mem && f->mem->poisoned()) {
+    if (!f->error) f->error = Error(Errc::kIo, "guest memory poisoned (the front-end shrank it)");
+    if (--f->outstanding == 0) ready_.push_back(f);
+    return;
+  }
   req.done = [this, f](Result<uint64_t> r) {
     if (!r && !f->error) f->error = std::move(r).error();
     if (--f->outstanding == 0) ready_.push_back(f);
@@ -354,13 +366,14 @@ Result<bool> QueueProcessor::process(virtio::SplitQueue& q) {
       if (free_.empty()) break;
       ICEBLK_ASSIGN_OR_RETURN(const bool took, take_chain(q));
       if (!took) break;
-      if (ring_error_) break;
+      // Poisoned: the worker stops the queue after this pass; pop nothing more.
+      if (ring_error_ || q.poisoned()) break;
     }
     io_->flush_submissions();
     io_->reap();
     handle_ready(q);
     io_->flush_submissions();
-    if (ring_error_ || free_.empty()) break;
+    if (ring_error_ || free_.empty() || q.poisoned()) break;
     // EVENT_IDX: publish avail_event, then re-check so a chain added meanwhile is
     // not left waiting for a kick that will not come.
     q.enable_notifications();

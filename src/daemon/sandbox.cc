@@ -40,7 +40,7 @@ struct Group {
 const Group kAllowed[] = {
     {"memory: malloc, guest memory regions (mmap of the front-end's memfds), the key arena "
      "(mlock), "
-     "inflight regions",
+     "inflight regions, the SIGBUS guard's zero pages over cut guest memory (memory/fault_guard.h)",
      {"brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "mlock", "mlock2", "munlock",
       "membarrier"}},
     {"threads: std::thread (clone with CLONE_THREAD only, below), mutexes, thread exit",
@@ -79,7 +79,9 @@ const Group kAllowed[] = {
     {"memfds: sealed guest-memory checks (fcntl F_GET_SEALS), inflight regions, journald's large "
      "messages",
      {"memfd_create"}},
-    {"signals and shutdown: sigwait in main, SIGPIPE ignored, abort()",
+    {"signals and shutdown: sigwait in main, SIGPIPE ignored, abort(), the SIGBUS guard (its "
+     "handler is installed when the first guest memory is mapped, after the filter; a SIGBUS "
+     "it does not contain is raised again through tgkill, allowed below)",
      {"rt_sigprocmask", "rt_sigaction", "rt_sigreturn", "rt_sigtimedwait", "rt_sigpending",
       "sigaltstack", "restart_syscall"}},
     {"identity and limits: logging and the journal read them",

@@ -1,6 +1,8 @@
 #include "memory/guest_memory.h"
 
+#include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,6 +10,7 @@
 #include <cstring>
 
 #include "base/checked.h"
+#include "memory/fault_guard.h"
 #include "memory/tsan_shared_memory.h"
 
 namespace iceblk::memory {
@@ -27,7 +30,8 @@ uint64_t region_last(const Region& r) { return r.guest_addr + (r.size - 1); }
 // ---------------------------------------------------------------------------
 // Mapping
 
-Result<std::shared_ptr<Mapping>> Mapping::map_fd(int fd, uint64_t mmap_offset, uint64_t size) {
+Result<std::shared_ptr<Mapping>> Mapping::map_fd(int fd, uint64_t mmap_offset, uint64_t size,
+                                                 Faults faults) {
   if (fd < 0) return fail(Errc::kInvalidArgument, "map_fd: invalid fd {}", fd);
   if (size == 0) return fail(Errc::kInvalidArgument, "map_fd: empty mapping");
   const long page_l = ::sysconf(_SC_PAGESIZE);
@@ -45,15 +49,36 @@ Result<std::shared_ptr<Mapping>> Mapping::map_fd(int fd, uint64_t mmap_offset, u
                       fd, static_cast<off_t>(aligned));
   if (base == MAP_FAILED) return fail(errno_error(Errc::kIo, "mmap", errno));
   auto* data = static_cast<uint8_t*>(base) + delta;
+  uint32_t guard = kNoGuard;
+  if (faults == Faults::kContain) {
+    // The guard replaces whole pages of the mapping: huge pages for hugetlbfs.
+    uint64_t granule = page;
+    struct statfs sfs {};
+    if (::fstatfs(fd, &sfs) == 0 && sfs.f_type == HUGETLBFS_MAGIC && sfs.f_bsize > 0) {
+      granule = static_cast<uint64_t>(sfs.f_bsize);
+    }
+    auto id = fault_guard::register_range(base, static_cast<size_t>(*map_len), granule);
+    if (!id) {
+      ::munmap(base, static_cast<size_t>(*map_len));
+      return tl::unexpected(std::move(id).error());
+    }
+    guard = *id;
+  }
   tsan::note_mapping(base, static_cast<size_t>(*map_len), fd, aligned);  // no-op without TSan
-  return std::shared_ptr<Mapping>(new Mapping(base, *map_len, data, size));
+  return std::shared_ptr<Mapping>(new Mapping(base, *map_len, data, size, guard));
 }
 
 Mapping::~Mapping() {
   if (base_ != nullptr) {
     tsan::forget_mapping(base_);
+    // ORDER: unregistered before the munmap (fault_guard.h).
+    if (guard_ != kNoGuard) fault_guard::unregister_range(guard_);
     ::munmap(base_, static_cast<size_t>(map_len_));
   }
+}
+
+bool Mapping::poisoned() const {
+  return guard_ != kNoGuard && fault_guard::poisoned(guard_);
 }
 
 // ---------------------------------------------------------------------------
@@ -93,6 +118,12 @@ Result<GuestMemory> GuestMemory::create(std::vector<Region> regions) {
     }
   }
   return GuestMemory(std::move(regions));
+}
+
+bool GuestMemory::poisoned() const {
+  for (const auto& r : regions_)
+    if (r.mapping && r.mapping->poisoned()) return true;
+  return false;
 }
 
 const Region* GuestMemory::find(uint64_t guest_addr) const {

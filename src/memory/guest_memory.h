@@ -24,21 +24,31 @@ namespace iceblk::memory {
 // An mmap'ed region of guest memory (owns the mapping).
 class Mapping {
  public:
+  // kContainFaults: the file comes from a peer that may shrink it; register the
+  // mapping with the SIGBUS guard (memory/fault_guard.h), so that touching its cut
+  // pages poisons it instead of killing the process.
+  enum class Faults { kFatal, kContain };
   // mmap(fd, offset, size) shared read/write.
-  static Result<std::shared_ptr<Mapping>> map_fd(int fd, uint64_t mmap_offset, uint64_t size);
+  static Result<std::shared_ptr<Mapping>> map_fd(int fd, uint64_t mmap_offset, uint64_t size,
+                                                 Faults faults = Faults::kFatal);
   ~Mapping();
   Mapping(const Mapping&) = delete;
   Mapping& operator=(const Mapping&) = delete;
   [[nodiscard]] uint8_t* data() const { return data_; }
   [[nodiscard]] uint64_t size() const { return size_; }
+  // A contained SIGBUS hit this mapping: the file shrank (or a hugetlbfs file ran out
+  // of huge pages) under us. Part of it now reads as zeros; it never recovers.
+  [[nodiscard]] bool poisoned() const;
 
  private:
-  Mapping(void* base, uint64_t map_len, uint8_t* data, uint64_t size)
-      : base_(base), map_len_(map_len), data_(data), size_(size) {}
+  static constexpr uint32_t kNoGuard = UINT32_MAX;
+  Mapping(void* base, uint64_t map_len, uint8_t* data, uint64_t size, uint32_t guard)
+      : base_(base), map_len_(map_len), data_(data), size_(size), guard_(guard) {}
   void* base_;
   uint64_t map_len_;
   uint8_t* data_;
   uint64_t size_;
+  uint32_t guard_;  // fault_guard registration, or kNoGuard
 };
 
 // `mapping` may be null when the caller keeps `host` alive itself (tests, fuzzing).
@@ -59,6 +69,11 @@ class GuestMemory {
   static Result<GuestMemory> create(std::vector<Region> regions);
 
   [[nodiscard]] const std::vector<Region>& regions() const { return regions_; }
+
+  // True if a region's mapping is poisoned (Mapping::poisoned): the front-end shrank
+  // its memory under the device. Cheap (one atomic load per region): the request
+  // path checks it before submitting data and before completing.
+  [[nodiscard]] bool poisoned() const;
 
   // Split [addr, addr + len) into host iovecs appended to `out`. len 0 yields nothing.
   // kOutOfRange if any byte is outside guest memory, kOverflow if addr + len wraps.

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -18,11 +19,26 @@ namespace iceblk::vhost_user {
 
 Status serve_connection(Backend& device, Connection& conn, int cancel_fd) {
   Session session(device);
+  // Wait on the cancel fd and on the session's poisoned fd (a ring stopped on guest
+  // memory the front-end shrank): an epoll set of the two is readable when either is.
+  UniqueFd wake(::epoll_create1(EPOLL_CLOEXEC));
+  int stop_fd = cancel_fd;
+  if (wake && session.poisoned_fd() >= 0) {
+    bool ok = true;
+    for (int fd : {cancel_fd, session.poisoned_fd()}) {
+      if (fd < 0) continue;
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ok = ok && ::epoll_ctl(wake.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
+    }
+    if (ok) stop_fd = wake.get();
+  }
   Status why;
   for (;;) {
-    auto raw = conn.receive(cancel_fd);
+    auto raw = conn.receive(stop_fd);
     if (!raw) {
       why = tl::unexpected(raw.error());
+      if (session.poisoned()) why = tl::unexpected(session.poisoned_error());
       break;
     }
     const std::string name = request_name_of(raw->header.request);

@@ -1,9 +1,12 @@
 #include "vhost_user/session.h"
 
+#include <sys/eventfd.h>
+
 #include <cstring>
 
 #include "base/checked.h"
 #include "base/log.h"
+#include "base/log_context.h"
 
 namespace iceblk::vhost_user {
 
@@ -27,7 +30,10 @@ Reply u64_reply(Request r, uint64_t v) {
 
 }  // namespace
 
-Session::Session(Backend& device) : device_(device), vrings_(device.num_queues()) {}
+Session::Session(Backend& device)
+    : device_(device),
+      poisoned_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
+      vrings_(device.num_queues()) {}
 
 Session::~Session() { stop_all(); }
 
@@ -41,6 +47,23 @@ uint64_t Session::offered_protocol_features() const {
 
 bool Session::ring_started(uint16_t q) const { return q < vrings_.size() && vrings_[q].worker != nullptr; }
 bool Session::ring_enabled(uint16_t q) const { return q < vrings_.size() && effective_enabled(vrings_[q]); }
+
+bool Session::poisoned() const {
+  if (mem_ && mem_->poisoned()) return true;
+  if (inflight_ && inflight_->mapping->poisoned()) return true;
+  for (const auto& v : vrings_)
+    if (v.worker && v.worker->poisoned()) return true;
+  return false;
+}
+
+Error Session::poisoned_error() const {
+  const std::string& name = log::thread_context().export_name;
+  return make_error(
+      Errc::kProtocol,
+      "export {}: the front-end shrank its guest memory under the device (SIGBUS "
+      "contained on its memory file); its requests failed and the connection is closed",
+      name.empty() ? std::string("-") : name);
+}
 
 bool Session::effective_enabled(const Vring& v) const {
   // Spec: without VHOST_USER_F_PROTOCOL_FEATURES rings are enabled from the start.
@@ -85,6 +108,9 @@ Result<Session::Vring*> Session::vring(uint32_t index, Request req) {
 }
 
 Result<std::optional<Reply>> Session::handle(Message msg) {
+  // A poisoned connection is over, whatever the front-end sends next (even a new
+  // memory table: the one it cut is still referenced by what was in flight).
+  if (poisoned()) return tl::unexpected(poisoned_error());
   const Request req = msg.request;
   const bool ack_wanted =
       msg.need_reply() && (acked_protocol_features_ & pf_bit(kPfReplyAck)) != 0 && !has_own_reply(req);
@@ -299,7 +325,7 @@ Status Session::start_ring(uint16_t index, Vring& v, UniqueFd kick) {
     }
     virtio::InflightQueue tracker(
         inflight_->mapping->data() + index * virtio::inflight_queue_bytes(v.size), v.size,
-        inflight_->mapping);
+        inflight_->mapping, inflight_->mapping.get());
     ICEBLK_ASSIGN_OR_RETURN(
         size_t resubmit, queue.attach_inflight(std::move(tracker)).map_error([&](const Error& e) {
           return make_error(e.code, "vring {}: {}", index, e.message);
@@ -309,8 +335,9 @@ Status Session::start_ring(uint16_t index, Vring& v, UniqueFd kick) {
                    index, resubmit);
     }
   }
-  ICEBLK_ASSIGN_OR_RETURN(v.worker, VringWorker::start(index, device_, std::move(queue), std::move(kick),
-                                                       *v.notifier, effective_enabled(v)));
+  ICEBLK_ASSIGN_OR_RETURN(
+      v.worker, VringWorker::start(index, device_, std::move(queue), std::move(kick), *v.notifier,
+                                   effective_enabled(v), poisoned_fd_.get()));
   return {};
 }
 

@@ -13,6 +13,11 @@
 //    logged; with REPLY_ACK negotiated and NEED_REPLY set the front-end gets ack 1,
 //    GET_CONFIG gets a size-0 reply. The connection stays open.
 //
+// Guest memory that shrinks under the device (only possible when the device accepts
+// unsealed memory): the SIGBUS is contained (memory/fault_guard.h), the rings that
+// see the poisoned memory stop and write poisoned_fd(); serve_connection() wakes up
+// on it and closes the connection, and handle() refuses every later message.
+//
 // Ring states (spec "Ring states"): a ring starts at SET_VRING_KICK (needs the memory
 // table, SET_VRING_NUM and SET_VRING_ADDR first) and stops at GET_VRING_BASE after
 // Backend::drain_queue. It is enabled by SET_VRING_ENABLE, or from the start when
@@ -74,6 +79,14 @@ class Session {
   [[nodiscard]] bool ring_enabled(uint16_t q) const;
   [[nodiscard]] std::shared_ptr<const memory::GuestMemory> memory() const { return mem_; }
 
+  // True once a contained SIGBUS poisoned this connection's guest memory or inflight
+  // region: the front-end shrank it. The connection must close.
+  [[nodiscard]] bool poisoned() const;
+  // Readable once a ring stopped on poisoned memory (-1 if no eventfd could be made).
+  [[nodiscard]] int poisoned_fd() const { return poisoned_fd_.get(); }
+  // The error that closes a poisoned connection.
+  [[nodiscard]] Error poisoned_error() const;
+
  private:
   struct MemSlot {
     MemRegionDesc desc;
@@ -130,6 +143,7 @@ class Session {
   Status on_set_status(uint64_t v);
 
   Backend& device_;
+  UniqueFd poisoned_fd_;  // outlives the workers (they are stopped in ~Session)
   bool owner_ = false;
   uint64_t acked_features_ = 0;
   uint64_t acked_protocol_features_ = 0;

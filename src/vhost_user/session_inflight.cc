@@ -95,7 +95,8 @@ Status Session::on_set_inflight_fd(InflightMsg& m) {
     return fail(Errc::kInvalidArgument, "SET_INFLIGHT_FD: the fd is not a memory file");
   }
   ICEBLK_TRY(check_shared_file(m.fd.get(), d.mmap_offset, d.mmap_size, "SET_INFLIGHT_FD region"));
-  ICEBLK_ASSIGN_OR_RETURN(auto mapping, memory::Mapping::map_fd(m.fd.get(), d.mmap_offset, need));
+  ICEBLK_ASSIGN_OR_RETURN(auto mapping, memory::Mapping::map_fd(m.fd.get(), d.mmap_offset, need,
+                                                                memory::Mapping::Faults::kContain));
   inflight_ = InflightRegion{std::move(mapping), d.num_queues, d.queue_size};
   spdlog::info("vhost-user inflight tracking: {} queue(s) of {} descriptors", d.num_queues,
                d.queue_size);

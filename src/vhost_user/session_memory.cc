@@ -57,7 +57,10 @@ Result<Session::MemSlot> Session::map_region(const MemRegionDesc& d, int fd) con
   }
   ICEBLK_TRY(check_shared_file(fd, d.mmap_offset, d.memory_size,
                                fmt::format("memory region gpa 0x{:x}", d.guest_phys_addr)));
-  ICEBLK_ASSIGN_OR_RETURN(auto mapping, memory::Mapping::map_fd(fd, d.mmap_offset, d.memory_size));
+  // A SIGBUS on this mapping (the front-end shrank the file) poisons it and closes
+  // this connection instead of ending the daemon (memory/fault_guard.h).
+  ICEBLK_ASSIGN_OR_RETURN(auto mapping, memory::Mapping::map_fd(fd, d.mmap_offset, d.memory_size,
+                                                                memory::Mapping::Faults::kContain));
   return MemSlot{d, std::move(mapping)};
 }
 

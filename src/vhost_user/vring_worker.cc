@@ -47,7 +47,8 @@ int VringWorker::wait_polling(int ep, epoll_event* evs, int max_events, uint32_t
   // The driver need not kick while we look at its ring ourselves.
   queue_.disable_notifications();
   for (;;) {
-    if (queue_.has_available()) {
+    // Poisoned (a look at the ring faulted): the pass stops the queue.
+    if (queue_.has_available() || queue_.poisoned()) {
       ring_work = true;  // process_queue re-enables kicks before it returns
       return 0;
     }
@@ -90,12 +91,14 @@ bool VringNotifier::has_call() const {
   return call_.valid();
 }
 
-Result<std::unique_ptr<VringWorker>> VringWorker::start(uint16_t index, Backend& device, virtio::SplitQueue queue,
-                                                        UniqueFd kick, VringNotifier& notifier, bool enabled) {
+Result<std::unique_ptr<VringWorker>> VringWorker::start(uint16_t index, Backend& device,
+                                                        virtio::SplitQueue queue, UniqueFd kick,
+                                                        VringNotifier& notifier, bool enabled,
+                                                        int poisoned_fd) {
   UniqueFd ctl(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!ctl) return tl::unexpected(errno_error(Errc::kIo, "eventfd", errno));
-  std::unique_ptr<VringWorker> w(
-      new VringWorker(index, device, std::move(queue), std::move(kick), notifier, enabled, std::move(ctl)));
+  std::unique_ptr<VringWorker> w(new VringWorker(index, device, std::move(queue), std::move(kick),
+                                                 notifier, enabled, std::move(ctl), poisoned_fd));
   w->thread_ = std::thread([p = w.get(), ctx = log::thread_context(), index] {
     log::thread_context() = ctx;  // log records name the export and the queue
     log::thread_context().queue = index;
@@ -143,6 +146,11 @@ bool VringWorker::broken() const {
   return broken_;
 }
 
+bool VringWorker::poisoned() const {
+  std::lock_guard lk(mu_);
+  return poisoned_;
+}
+
 void VringWorker::run() {
   const Status started = device_.queue_started(index_);
   const int dev_fd = started ? device_.queue_event_fd(index_) : -1;
@@ -175,10 +183,36 @@ void VringWorker::run() {
     std::lock_guard lk(mu_);
     enabled = enabled_;
   }
+  // TRUST: a contained SIGBUS (the front-end shrank its memory file) poisoned the
+  // queue's memory: fail what is in flight (the device refuses to submit or complete
+  // requests on poisoned memory), never touch the ring again, and have the session
+  // close the connection. True when the queue stopped.
+  auto stop_if_poisoned = [&] {
+    if (broken || !queue_.poisoned()) return false;
+    const std::string& name = log::thread_context().export_name;
+    spdlog::warn(
+        "export {} vring {}: guest memory faulted (SIGBUS contained: the front-end shrank its "
+        "memory file under the device); failing the in-flight requests and closing the "
+        "connection",
+        name.empty() ? std::string("-") : name, index_);
+    if (device_.drain_queue(index_, queue_)) notifier_.signal_call();
+    broken = true;
+    {
+      std::lock_guard lk(mu_);
+      broken_ = true;
+      poisoned_ = true;
+    }
+    if (ep && dev_fd >= 0) ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, dev_fd, nullptr);
+    ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, kick_.get(), nullptr);
+    write_eventfd(poisoned_fd_);
+    return true;
+  };
   const uint32_t poll_us = device_.poll_us();
   auto pass = [&] {
-    if (broken) return;
+    if (broken || stop_if_poisoned()) return;
     auto r = device_.process_queue(index_, queue_);
+    // Poisoned during the pass: whatever the pass made of the zero pages, stop.
+    if (stop_if_poisoned()) return;
     if (!r) return park(r.error(), "process_queue");
     // Polling next: suppress kicks before the call fd wakes the driver. The woken
     // driver often runs at once (preempting this thread) and submits its next request;

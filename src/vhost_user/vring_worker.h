@@ -2,6 +2,11 @@
 // queue event fd and an internal control eventfd, runs Backend::process_queue and
 // signals the call eventfd when the device asks for it (once per pass).
 //
+// Poisoned guest memory (SplitQueue::poisoned(): a contained SIGBUS, the front-end
+// shrank its memory file): checked before and after every pass. The worker then
+// drains the queue (the device fails the in-flight requests), stops calling the
+// device, and signals `poisoned_fd` so that the session closes the connection.
+//
 // Polling (Backend::poll_us() > 0, iceblkd --poll-us): after a pass the worker
 // suppresses the driver's kicks and spins on the ring and the fds for up to that
 // long; then it re-enables kicks, re-checks the ring (so a chain published in
@@ -43,9 +48,13 @@ class VringNotifier {
 
 class VringWorker {
  public:
-  // Spawns the worker thread. `notifier` and `device` must outlive the worker.
-  static Result<std::unique_ptr<VringWorker>> start(uint16_t index, Backend& device, virtio::SplitQueue queue,
-                                                     UniqueFd kick, VringNotifier& notifier, bool enabled);
+  // Spawns the worker thread. `notifier` and `device` must outlive the worker, and
+  // so must `poisoned_fd` (an eventfd written when the queue's memory is poisoned;
+  // -1 = none).
+  static Result<std::unique_ptr<VringWorker>> start(uint16_t index, Backend& device,
+                                                    virtio::SplitQueue queue, UniqueFd kick,
+                                                    VringNotifier& notifier, bool enabled,
+                                                    int poisoned_fd = -1);
   ~VringWorker();  // stop()
   VringWorker(const VringWorker&) = delete;
   VringWorker& operator=(const VringWorker&) = delete;
@@ -59,8 +68,11 @@ class VringWorker {
   void set_enabled(bool enabled);
   void set_memory(std::shared_ptr<const memory::GuestMemory> mem);
 
-  // True once process_queue (or a memory update) failed and the queue was parked.
+  // True once process_queue (or a memory update) failed and the queue was parked,
+  // or its memory was poisoned.
   [[nodiscard]] bool broken() const;
+  // True once the queue stopped because its memory was poisoned.
+  [[nodiscard]] bool poisoned() const;
 
   // Test seam: called on the worker thread when a poll window ended with nothing
   // found, before kicks are re-enabled (the window the lost-kick test aims at).
@@ -69,10 +81,16 @@ class VringWorker {
   static void set_poll_timeout_hook_for_testing(PollTimeoutHook hook);
 
  private:
-  VringWorker(uint16_t index, Backend& device, virtio::SplitQueue queue, UniqueFd kick, VringNotifier& notifier,
-              bool enabled, UniqueFd ctl)
-      : index_(index), device_(device), queue_(std::move(queue)), kick_(std::move(kick)),
-        notifier_(notifier), ctl_(std::move(ctl)), enabled_(enabled) {}
+  VringWorker(uint16_t index, Backend& device, virtio::SplitQueue queue, UniqueFd kick,
+              VringNotifier& notifier, bool enabled, UniqueFd ctl, int poisoned_fd)
+      : index_(index),
+        device_(device),
+        queue_(std::move(queue)),
+        kick_(std::move(kick)),
+        notifier_(notifier),
+        ctl_(std::move(ctl)),
+        poisoned_fd_(poisoned_fd),
+        enabled_(enabled) {}
   void run();
   void wake();
   // Polling: spin for work for up to poll_us, then sleep; returns epoll_wait's
@@ -85,11 +103,13 @@ class VringWorker {
   UniqueFd kick_;
   VringNotifier& notifier_;
   UniqueFd ctl_;  // eventfd: stop / enable / memory changes
+  const int poisoned_fd_;
 
   mutable std::mutex mu_;
   bool stop_requested_ = false;
   bool enabled_;
   bool broken_ = false;
+  bool poisoned_ = false;
   std::shared_ptr<const memory::GuestMemory> pending_mem_;
   uint16_t final_next_avail_ = 0;
 

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "base/result.h"
+#include "memory/guest_memory.h"
 
 namespace iceblk::virtio {
 
@@ -71,8 +72,13 @@ inline constexpr uint64_t inflight_queue_bytes(uint16_t queue_size) {
 class InflightQueue {
  public:
   // `region`: inflight_queue_bytes(size) bytes (8-byte aligned), kept alive by `owner`.
-  InflightQueue(uint8_t* region, uint16_t size, std::shared_ptr<const void> owner)
-      : base_(region), size_(size), owner_(std::move(owner)) {}
+  // `mapping` (may be null; kept alive by `owner` too) is the peer's file it lies in:
+  // poisoned() reports a contained SIGBUS on it (memory/fault_guard.h).
+  InflightQueue(uint8_t* region, uint16_t size, std::shared_ptr<const void> owner,
+                const memory::Mapping* mapping = nullptr)
+      : base_(region), size_(size), owner_(std::move(owner)), mapping_(mapping) {}
+
+  [[nodiscard]] bool poisoned() const { return mapping_ != nullptr && mapping_->poisoned(); }
 
   struct Recovery {
     std::vector<uint16_t> resubmit;  // heads still in flight, oldest (lowest counter) first
@@ -101,6 +107,7 @@ class InflightQueue {
   uint8_t* base_;
   uint16_t size_;
   std::shared_ptr<const void> owner_;
+  const memory::Mapping* mapping_;
   uint64_t counter_ = 0;
 };
 

@@ -122,6 +122,11 @@ class SplitQueue {
   [[nodiscard]] uint16_t size() const { return cfg_.size; }
   [[nodiscard]] const memory::GuestMemory& memory() const { return *mem_; }
   [[nodiscard]] std::shared_ptr<const memory::GuestMemory> memory_ptr() const { return mem_; }
+  // A contained SIGBUS hit the guest memory or the inflight region of this queue
+  // (memory/fault_guard.h): the front-end shrank them; the queue must stop.
+  [[nodiscard]] bool poisoned() const {
+    return mem_->poisoned() || (inflight_ && inflight_->poisoned());
+  }
 
   SplitQueue(SplitQueue&&) noexcept = default;
   SplitQueue& operator=(SplitQueue&&) noexcept = default;

@@ -65,7 +65,8 @@ int main(int argc, char** argv) {
   app.add_flag("--readonly", readonly, "serve the image read-only (VIRTIO_BLK_F_RO)");
   app.add_flag("--allow-unsealed-memory", allow_unsealed_memory,
                "accept guest memory that is not a memfd sealed with F_SEAL_SHRINK (memory-backend-file, hugetlbfs); "
-               "a front-end that then shrinks it crashes the daemon, so only for trusted VMMs");
+               "a front-end that then shrinks it loses its own connection (the SIGBUS is contained), other "
+               "exports are not disturbed");
   app.add_option("--num-queues", num_queues, "number of virtqueues")->check(CLI::Range(1, 64));
   app.add_option("--queue-size", queue_size, "maximum virtqueue size (power of two)")->check(CLI::Range(4, 1024));
   app.add_flag("--no-ice", no_ice, "plain virtio-blk: do not offer VIRTIO_BLK_F_ICE");

@@ -34,6 +34,7 @@ class EchoDevice : public Backend {
     return kFeatureVersion1 | kFeatureEventIdx | kFeatureIndirect | kFeatureDevice5 | kFeatureLogAll;
   }
   uint64_t protocol_features() const override { return extra_protocol_features; }
+  bool accepts_unsealed_memory() const override { return accept_unsealed.load(); }
   uint16_t num_queues() const override { return queues_; }
   uint16_t max_queue_size() const override { return max_queue_size_; }
   Result<std::vector<uint8_t>> get_config(uint32_t offset, uint32_t size) override;
@@ -50,6 +51,7 @@ class EchoDevice : public Backend {
   std::atomic<bool> deferred{false};
   std::atomic<bool> fail_process{false};  // process_queue returns an error
   std::atomic<bool> refuse_features{false};
+  std::atomic<bool> accept_unsealed{false};  // memory not sealed F_SEAL_SHRINK accepted
 
   // Observations.
   std::atomic<int> resets{0};

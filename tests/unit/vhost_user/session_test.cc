@@ -15,6 +15,7 @@
 #include <cstring>
 #include <thread>
 
+#include "memory/fault_guard.h"
 #include "unit/vhost_user/echo_device.h"
 #include "unit/vhost_user/fd_probe.h"
 #include "virtio/driver_queue.h"
@@ -488,6 +489,47 @@ TEST_F(SessionTest, MemoryTableChangeReachesRunningWorker) {
   ASSERT_TRUE(u);
   EXPECT_EQ(u->len, 1u);
   EXPECT_EQ(*(*extra)->ptr(GuestAddr{0x40000100}), 0xf0);
+}
+
+// Unsealed memory accepted by the device, then shrunk by the front-end under a
+// request's buffer: the SIGBUS is contained, the ring stops and signals
+// poisoned_fd(), and the session refuses every later message (the connection closes).
+TEST_F(SessionTest, ShrunkUnsealedMemoryPoisonsTheSession) {
+  dev_.accept_unsealed = true;
+  negotiate();
+  set_mem_table();
+  start_ring(0);
+  post(0, {1}, 1);
+  ASSERT_TRUE(wait_used(0));
+  constexpr uint64_t kExtra = 0x10000, kExtraBase = 0x40000000;
+  UniqueFd mem(::memfd_create("unsealed-guest", MFD_CLOEXEC));
+  ASSERT_TRUE(mem);
+  ASSERT_EQ(::ftruncate(mem.get(), kExtra), 0);
+  SingleMemRegion reg{0, MemRegionDesc{kExtraBase, kExtra, 0x7e0000000000, 0}};
+  std::vector<UniqueFd> fds;
+  fds.emplace_back(::dup(mem.get()));
+  auto r = send(Request::kAddMemReg, bytes(reg), std::move(fds), kVersion | kFlagNeedReply);
+  ASSERT_TRUE(r);
+  ASSERT_EQ(reply_u64(*r), 0u) << "unsealed memory refused";
+  const uint64_t faults = memory::fault_guard::contained_faults();
+  EXPECT_FALSE(session_.poisoned());
+
+  // The cut, then a request whose output buffer lies in the cut part.
+  ASSERT_EQ(::ftruncate(mem.get(), 0x1000), 0);
+  virtio::Buffer bufs[2] = {{*dmem_->alloc(1), 1, false}, {GuestAddr{kExtraBase + 0x8000}, 1, true}};
+  *dmem_->ptr(bufs[0].addr) = 0x0f;
+  ASSERT_TRUE(queues_[0]->add(bufs));
+  queues_[0]->publish();
+  kick_ring(0);
+  ASSERT_TRUE(wait_signalled(session_.poisoned_fd())) << "the ring did not report the poisoned memory";
+  EXPECT_TRUE(session_.poisoned());
+  EXPECT_GT(memory::fault_guard::contained_faults(), faults);
+  // Whatever the front-end sends next ends the connection.
+  auto next = send(Request::kGetFeatures);
+  ASSERT_FALSE(next);
+  EXPECT_EQ(next.error().code, Errc::kProtocol);
+  EXPECT_NE(next.error().message.find("shrank its guest memory"), std::string::npos)
+      << next.error().message;
 }
 
 TEST_F(SessionTest, GetConfigSubRangesAndErrors) {
