@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "base/cpu_relax.h"
 #include "base/secret_bytes.h"
 
 namespace iceblk::driver {
@@ -249,11 +250,7 @@ void QueueRunner::run() {
   if (polling) ring_->disable_interrupts();
   for (;;) {
     if (polling) {
-      for (int spin = 0; spin < 4096 && !ring_->has_used(); ++spin) {
-#if defined(__x86_64__)
-        __builtin_ia32_pause();
-#endif
-      }
+      for (int spin = 0; spin < 4096 && !ring_->has_used(); ++spin) cpu_relax();
     }
     // poll() ignores negative fds: no call fd in poll mode, no socket when unknown.
     pollfd fds[3] = {{stop_.get(), POLLIN, 0}, {o_.conn_fd, POLLRDHUP, 0}, {polling ? -1 : call_.get(), POLLIN, 0}};

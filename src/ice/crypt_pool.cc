@@ -22,6 +22,8 @@
 #include <system_error>
 #include <thread>
 
+#include "base/cpu_relax.h"
+
 namespace iceblk::ice {
 namespace {
 
@@ -34,14 +36,6 @@ uint64_t now_ns() {
   timespec t{};
   clock_gettime(CLOCK_MONOTONIC, &t);
   return static_cast<uint64_t>(t.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(t.tv_nsec);
-}
-
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <chrono>
 
+#include "base/cpu_relax.h"
 #include "base/log.h"
 #include "base/log_context.h"
 
@@ -25,14 +26,6 @@ void write_eventfd(int fd) {
 enum Tag : uint64_t { kTagKick = 0, kTagCtl = 1, kTagDevice = 2 };
 
 std::atomic<VringWorker::PollTimeoutHook> g_poll_timeout_hook{nullptr};
-
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
 
 }  // namespace
 

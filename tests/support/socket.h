@@ -21,4 +21,8 @@ void raw_send(int fd, const void* p, size_t n, const std::vector<int>& fds = {})
 // Sends what the peer accepts; a peer that already closed is fine.
 void send_best_effort(int fd, std::span<const uint8_t> bytes);
 
+// True when the peer closed the socket (EOF or reset) within timeout_ms; bytes it
+// sends before closing are read and dropped.
+bool closed_by_peer(int fd, int timeout_ms = 5000);
+
 }  // namespace iceblk::test

@@ -379,19 +379,9 @@ TEST_F(DaemonLifecycle, ConfigFileThreeExportsShareOneEngine) {
 
 // --- malformed front-end on one export while another serves I/O ---------------------
 
+using test::closed_by_peer;
 using test::raw_connect;
 
-// True when the peer closed the connection within timeout_ms.
-bool closed_by_peer(int fd, int timeout_ms = 5000) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (std::chrono::steady_clock::now() < deadline) {
-    char buf[256];
-    const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno == ECONNRESET)) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return false;
-}
 
 TEST_F(DaemonLifecycle, MalformedFrontEndOnOneExportDoesNotDisturbAnother) {
   LogCapture logs;

@@ -30,6 +30,7 @@
 #include "iceblk/device.h"
 #include "integration/daemon/subprocess.h"
 #include "support/pattern.h"
+#include "support/socket.h"
 #include "support/wait.h"
 #include "vhost_user/frontend.h"
 
@@ -41,6 +42,7 @@ namespace iceblk {
 namespace {
 
 namespace drv = iceblk::driver;
+using test::closed_by_peer;
 using test::pattern;
 
 constexpr uint64_t kPage = 4096;
@@ -119,17 +121,6 @@ bool wait_readable(int fd, int timeout_ms) {
   return ::poll(&p, 1, timeout_ms) == 1;
 }
 
-// True when the peer closed the socket within timeout_ms.
-bool closed_by_peer(int fd, int timeout_ms) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (std::chrono::steady_clock::now() < deadline) {
-    char buf[256];
-    const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno == ECONNRESET)) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return false;
-}
 
 // A vhost-user front-end with one split ring in an unsealed memfd, written by hand.
 class HostileFrontEnd {
