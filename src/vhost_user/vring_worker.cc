@@ -201,9 +201,15 @@ void VringWorker::run() {
     return true;
   };
   const uint32_t poll_us = device_.poll_us();
+  bool more = false;  // the last pass stopped at its budget with chains left
   auto pass = [&] {
+    more = false;
     if (broken || stop_if_poisoned()) return;
+    // At most one ring's worth of chains per pass (SplitQueue::set_pass_budget), so
+    // the control fd (stop, enable, memory) is looked at between passes.
+    queue_.set_pass_budget(queue_.size());
     auto r = device_.process_queue(index_, queue_);
+    more = queue_.budget_spent();
     // Poisoned during the pass: whatever the pass made of the zero pages, stop.
     if (stop_if_poisoned()) return;
     if (!r) return park(r.error(), "process_queue");
@@ -239,7 +245,11 @@ void VringWorker::run() {
     for (;;) {
       epoll_event evs[3];
       bool ring_work = false;  // polling found chains in the avail ring
-      const int n = poll_us > 0 && enabled && !broken
+      // Chains left over from a pass that spent its budget: look at the fds without
+      // sleeping, then run the next pass.
+      const bool resume = more && enabled && !broken;
+      const int n = resume ? ::epoll_wait(ep.get(), evs, 3, 0)
+                    : poll_us > 0 && enabled && !broken
                         ? wait_polling(ep.get(), evs, 3, poll_us, ring_work)
                         : ::epoll_wait(ep.get(), evs, 3, -1);
       if (n < 0 && errno != EINTR) {
@@ -247,7 +257,7 @@ void VringWorker::run() {
         wait_for_stop();
         break;
       }
-      bool kicked = ring_work;
+      bool kicked = ring_work || resume;
       bool device_event = false;
       for (int i = 0; i < n; ++i) {
         uint64_t v = 0;

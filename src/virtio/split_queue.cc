@@ -192,7 +192,12 @@ Result<std::optional<std::variant<DescriptorChain, BadChain>>> SplitQueue::pop()
 
 Result<SplitQueue::Popped> SplitQueue::pop_into(DescriptorChain& chain, std::optional<Error>& bad) {
   bad.reset();
+  if (pass_budget_ == 0) {
+    budget_spent_ = budget_spent_ || resubmit_pos_ < resubmit_.size() || has_available();
+    return Popped::kEmpty;
+  }
   if (resubmit_pos_ < resubmit_.size()) {
+    --pass_budget_;
     // Recovered after a restart: already marked inflight (keeps its counter).
     const uint16_t head = resubmit_[resubmit_pos_++];
     if (resubmit_pos_ == resubmit_.size()) {
@@ -218,6 +223,7 @@ Result<SplitQueue::Popped> SplitQueue::pop_into(DescriptorChain& chain, std::opt
     return fail(Errc::kProtocol, "avail ring entry {} >= queue size {}", head, cfg_.size);
   }
   ++next_avail_;
+  --pass_budget_;
   // ORDER: marked before the request runs, so a crash from here on resubmits it.
   if (inflight_) inflight_->mark(head);
   return walk_or_bad(head, chain, bad);

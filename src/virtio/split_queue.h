@@ -114,6 +114,20 @@ class SplitQueue {
   // enable_notifications() and re-check the ring before sleeping.
   void disable_notifications();
 
+  // A bound on the chains one pass pops (the ring worker sets it to the queue size
+  // before each pass). TRUST: a driver can keep its ring non-empty forever: a busy
+  // guest, or rings that overlap so that the device's own used->idx stores publish
+  // new avail entries. Without a bound one pass never returns, and the worker never
+  // sees a stop (GET_VRING_BASE), a memory table change or the daemon's shutdown.
+  // Once `pops` chains are popped, pop() reports kEmpty and budget_spent() is true
+  // while chains remain: the worker then runs another pass after looking at its
+  // control fds. Unlimited unless set.
+  void set_pass_budget(uint32_t pops) {
+    pass_budget_ = pops;
+    budget_spent_ = false;
+  }
+  [[nodiscard]] bool budget_spent() const { return budget_spent_; }
+
   // Whether the driver has published a chain not yet popped (acquire load of
   // avail->idx; a corrupt index also counts: pop() then reports it).
   [[nodiscard]] bool has_available() const;
@@ -148,6 +162,8 @@ class SplitQueue {
   bool signalled_used_valid_ = false;
   std::optional<InflightQueue> inflight_;
   std::vector<uint16_t> resubmit_;  // recovered heads, popped before the avail ring
+  uint32_t pass_budget_ = ~uint32_t{0};  // chains this pass may still pop
+  bool budget_spent_ = false;
   size_t resubmit_pos_ = 0;
   std::vector<uint8_t> indirect_;  // copy of the indirect table being walked (capacity kept)
 };

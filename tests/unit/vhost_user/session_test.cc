@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <future>
 #include <thread>
 
 #include "memory/fault_guard.h"
@@ -327,6 +328,65 @@ TEST_F(SessionTest, ProcessesRequestsOnWorkerAndStopsOnGetVringBase) {
   post(0, {9}, 1);
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_EQ(dev_.processed.load(), 5);
+}
+
+// A hostile front-end overlaps the avail ring with the used ring and starts used->idx
+// one ahead of VRING_BASE: every completion the device publishes (used->idx + 1) is
+// then a new avail entry, so the ring is never empty. The worker must still see
+// GET_VRING_BASE: passes are bounded (SplitQueue::set_pass_budget). Found by
+// fuzz_vhost_session (a timeout in VringWorker::stop).
+TEST_F(SessionTest, SelfFeedingRingDoesNotKeepTheWorkerFromStopping) {
+  negotiate();
+  set_mem_table();
+  constexpr uint16_t kSize = 16;
+  auto dq = virtio::DriverQueue::create(dmem_, kSize, /*event_idx=*/true);
+  ASSERT_TRUE(dq);
+  auto in = dmem_->alloc(4);
+  auto out = dmem_->alloc(8);
+  ASSERT_TRUE(in && out);
+  virtio::Buffer bufs[2] = {{*in, 4, false}, {*out, 8, true}};
+  auto head = (*dq)->add(bufs);  // descriptors only: nothing is published
+  ASSERT_TRUE(head);
+  ASSERT_EQ(*head, 0);  // the zeroed overlap reads as head 0
+  const auto cfg = (*dq)->device_config();
+  // The whole ring area, as the test sees it; used->idx (offset 2) starts at 1.
+  uint8_t* ring = dmem_->ptr(cfg.used, 4 + 8 * kSize + 2);
+  std::memset(ring, 0, 4 + 8 * kSize + 2);
+  const uint16_t one = 1;
+  std::memcpy(ring + 2, &one, 2);
+
+  kick_[0] = make_eventfd();
+  call_[0] = make_eventfd();
+  ASSERT_TRUE(send_state(Request::kSetVringNum, 0, kSize));
+  ASSERT_TRUE(send_state(Request::kSetVringBase, 0, 0));
+  VringAddr a;
+  a.index = 0;
+  a.desc_user_addr = va(cfg.desc);
+  a.avail_user_addr = va(cfg.used);  // the overlap
+  a.used_user_addr = va(cfg.used);
+  ASSERT_TRUE(send(Request::kSetVringAddr, bytes(a)));
+  ASSERT_TRUE(send_fd(Request::kSetVringCall, 0, call_[0].get()));
+  ASSERT_TRUE(send_fd(Request::kSetVringKick, 0, kick_[0].get()));
+  ASSERT_TRUE(send_state(Request::kSetVringEnable, 0, 1));
+  // Feeding itself: more completions than the ring holds.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (dev_.processed.load() + dev_.bad_chains.load() < 4 * kSize && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_GE(dev_.processed.load() + dev_.bad_chains.load(), 4 * kSize);
+
+  auto stop = std::async(std::launch::async, [&] { return send_state(Request::kGetVringBase, 0, 0); });
+  const bool stopped = stop.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+  if (!stopped) {
+    // Unstick the worker for teardown: an avail entry >= queue size breaks the ring.
+    while (stop.wait_for(std::chrono::milliseconds(0)) != std::future_status::ready) {
+      std::memset(ring + 4, 0xff, 2 * kSize);
+    }
+  }
+  EXPECT_TRUE(stopped) << "GET_VRING_BASE did not return within 5 s: the worker never left its pass";
+  auto r = stop.get();
+  ASSERT_TRUE(r) << r.error().to_string();
+  EXPECT_FALSE(session_.ring_started(0));
 }
 
 TEST_F(SessionTest, RingStartsWithoutKickAndRestartsFromBase) {

@@ -156,6 +156,35 @@ TEST(SplitQueue, SimpleChainRoundTrip) {
   EXPECT_FALSE(h->driver().get_used());
 }
 
+// One pass pops at most its budget; budget_spent() says chains were left, and only then.
+TEST(SplitQueue, PassBudgetBoundsPopsAndSaysWhenChainsAreLeft) {
+  auto h = harness();
+  auto buf = h->alloc(8, 0);
+  ASSERT_TRUE(buf);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(h->driver().add(std::vector<Buffer>{{*buf, 8, true}}));
+  h->driver().publish();
+  SplitQueue& q = h->device();
+  q.set_pass_budget(3);
+  for (int i = 0; i < 3; ++i) pop_good(q);
+  EXPECT_FALSE(q.budget_spent());  // nothing asked for beyond the budget yet
+  auto r = q.pop();
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(r->has_value());  // the budget ends the pass, with two chains left
+  EXPECT_TRUE(q.budget_spent());
+  EXPECT_TRUE(q.has_available());
+  q.set_pass_budget(3);  // the next pass takes the rest
+  EXPECT_FALSE(q.budget_spent());
+  pop_good(q);
+  pop_good(q);
+  EXPECT_TRUE(ring_empty(q));
+  // Exactly at the budget with the ring empty: nothing was left, so not spent.
+  q.set_pass_budget(0);
+  r = q.pop();
+  ASSERT_TRUE(r);
+  EXPECT_FALSE(r->has_value());
+  EXPECT_FALSE(q.budget_spent());
+}
+
 TEST(SplitQueue, PushUsedRejectsBadHead) {
   auto h = harness();
   EXPECT_EQ(h->device().push_used(16, 0).error().code, Errc::kInvalidArgument);
