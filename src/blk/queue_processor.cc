@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "base/log.h"
+#include "base/monotonic_clock.h"
 #include "blk/device.h"
 #include "blk/wire.h"
 
@@ -152,7 +153,7 @@ void QueueProcessor::finish(InFlight* f, virtio::SplitQueue& q, uint8_t status, 
   const Request& r = f->req;
   const bool data = r.kind == RequestKind::kIn || r.kind == RequestKind::kOut;
   stats_->record(static_cast<size_t>(r.kind), data ? r.length : 0, status,
-                 stats_now_ns() - f->start_ns, r.encrypted(), r.kind == RequestKind::kOut);
+                 monotonic_ns() - f->start_ns, r.encrypted(), r.kind == RequestKind::kOut);
   release(f);
 }
 
@@ -322,7 +323,7 @@ void QueueProcessor::handle_chain(const virtio::DescriptorChain& chain, virtio::
     return complete(q, chain.head, 0);
   }
   InFlight* f = acquire();  // process() pops only while a state is free
-  f->start_ns = stats_now_ns();
+  f->start_ns = monotonic_ns();
   // Parsed into the state's own Request: its iovec vector keeps its capacity.
   if (auto st = parse_request_into(f->req, chain, mem, env_, *status); !st) {
     const uint8_t code = status_for(st.error());

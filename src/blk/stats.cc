@@ -1,7 +1,5 @@
 #include "blk/stats.h"
 
-#include <time.h>
-
 #include "blk/wire.h"
 
 namespace iceblk::blk {
@@ -16,12 +14,6 @@ std::string_view stat_kind_name(size_t kind) {
 std::string_view stat_error_name(size_t e) {
   static constexpr std::array<std::string_view, kStatErrors> kNames = {"ioerr", "unsupp", "no_status"};
   return e < kNames.size() ? kNames[e] : "unknown";
-}
-
-uint64_t stats_now_ns() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 void QueueStats::record(size_t kind, uint64_t bytes_moved, uint8_t status, uint64_t latency_ns, bool encrypted,

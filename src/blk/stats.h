@@ -51,7 +51,4 @@ struct QueueStats {
   void record(size_t kind, uint64_t bytes_moved, uint8_t status, uint64_t latency_ns, bool encrypted, bool write);
 };
 
-// Monotonic nanoseconds (CLOCK_MONOTONIC), for request latencies.
-uint64_t stats_now_ns();
-
 }  // namespace iceblk::blk

@@ -12,7 +12,6 @@
 #include "ice/crypt_pool.h"
 
 #include <pthread.h>
-#include <time.h>
 
 #include <algorithm>
 #include <array>
@@ -23,6 +22,7 @@
 #include <thread>
 
 #include "base/cpu_relax.h"
+#include "base/monotonic_clock.h"
 
 namespace iceblk::ice {
 namespace {
@@ -31,12 +31,6 @@ namespace {
 // piece before it sleeps (a piece takes a few microseconds).
 constexpr uint64_t kSpinNs = 10'000;
 constexpr uint64_t kNoPiece = ~uint64_t{0};
-
-uint64_t now_ns() {
-  timespec t{};
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return static_cast<uint64_t>(t.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(t.tv_nsec);
-}
 
 }  // namespace
 
@@ -218,8 +212,8 @@ Status CryptPool::crypt(CryptContext& own, const ProgrammedKey& key, Direction d
         continue;
       }
     }
-    const uint64_t until = now_ns() + kSpinNs;
-    while (w.state.load(std::memory_order_acquire) != Worker::State::kDone && now_ns() < until) {
+    const uint64_t until = monotonic_ns() + kSpinNs;
+    while (w.state.load(std::memory_order_acquire) != Worker::State::kDone && monotonic_ns() < until) {
       for (int k = 0; k < 32; ++k) cpu_relax();
     }
     std::unique_lock lock(w.mu);
