@@ -187,8 +187,15 @@ TEST(BufferMemory, AFullRingOfLargeEncryptedRequestsStaysWithinTheCap) {
   EXPECT_GE(a_done, kDepth) << "A never filled its ring";
   EXPECT_EQ(b_errors.load(), 0u);
   EXPECT_GT(b_ops.load(), 10u) << "B's I/O did not keep flowing";
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's allocator quarantine and its fake stacks (detect_stack_use_after_return)
+  // add megabytes of anonymous memory of their own: the bound is the normal build's
+  // to check (scripts/test.sh); here the run checks the rest (no errors, B flows).
+  std::printf("RssAnon bound not checked under AddressSanitizer\n");
+#else
   EXPECT_LE(anon_max.load(), anon0 + kCapA + 16 * 1024 + kSlack)
       << "iceblkd's anonymous memory grew beyond export A's buffer cap";
+#endif
 
   a.reset();
   b.reset();
