@@ -87,7 +87,8 @@ Result<backend::StorageErrorPolicy> parse_storage_error_policy(std::string_view 
 // Comma-separated algorithm names ("aes-256-xts,aes-128-cbc-essiv").
 Result<std::vector<std::pair<ice::Algorithm, ice::KeySize>>> parse_algorithm_list(std::string_view text);
 
-// Parse the JSON config file (format in docs/iceblkd.md). Errors name the file and field.
+// Parse the JSON config file (format in docs/iceblkd.md). Errors name the file and field;
+// every refusal is kInvalidArgument (validate() adds kOutOfRange for slot ranges).
 Result<DaemonConfig> load_config_file(const std::string& path);
 // The same, from the file's text (`path` only names it in errors; the fuzz target).
 Result<DaemonConfig> parse_config_text(std::string_view text, const std::string& path);

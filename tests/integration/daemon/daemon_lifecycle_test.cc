@@ -601,5 +601,27 @@ TEST(DaemonConfigCryptoThreads, EngineKeyAndBound) {
   EXPECT_FALSE(bad);
 }
 
+// A size too large for 64 bits is refused like any bad value: kInvalidArgument, naming
+// the field (it was kOverflow, which fuzz_config's "every refusal is kInvalidArgument"
+// property caught).
+TEST(DaemonConfigSizes, TooLargeIsABadValueNamingTheField) {
+  const std::string export_base = R"("name": "a", "socket": "/tmp/a.sock", "image": "a.img")";
+  const std::pair<std::string, std::string> cases[] = {
+      {R"({"exports": [{)" + export_base + R"(, "size": "40888888888888888G"}]})", "exports[0].size"},
+      {R"({"exports": [{)" + export_base + R"(, "max_buffer_memory": "99999999999T"}]})",
+       "max_buffer_memory"},
+      {R"({"engine": {"buffer_memory": "18446744073709551616"}, "exports": [{)" + export_base + "}]}",
+       "buffer_memory"},
+  };
+  for (const auto& [text, field] : cases) {
+    SCOPED_TRACE(text);
+    auto c = daemon::parse_config_text(text, "t.json");
+    ASSERT_FALSE(c);
+    EXPECT_EQ(c.error().code, Errc::kInvalidArgument) << c.error().to_string();
+    EXPECT_NE(c.error().message.find(field), std::string::npos) << c.error().message;
+    EXPECT_NE(c.error().message.find("too large"), std::string::npos) << c.error().message;
+  }
+}
+
 }  // namespace
 }  // namespace iceblk
