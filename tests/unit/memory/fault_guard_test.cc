@@ -31,10 +31,27 @@ constexpr bool kSanitized = false;
 constexpr bool kSanitized = false;
 #endif
 
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kThreadSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool kThreadSanitizer = true;
+#else
+constexpr bool kThreadSanitizer = false;
+#endif
+#else
+constexpr bool kThreadSanitizer = false;
+#endif
+// The exit status ThreadSanitizer ends a process with after a report
+// (scripts/test.sh --sanitize thread: TSAN_OPTIONS exitcode=66).
+constexpr int kTsanExitCode = 66;
+
 // Killed by the SIGBUS the guard passed on. Under a sanitizer the guard chains to the
-// sanitizer's own handler, which reports the fault and aborts (abort_on_error=1, as
-// scripts/test.sh --sanitize sets it): still a death, by SIGABRT.
+// sanitizer's own handler, which reports the fault and ends the process: ASan aborts
+// (abort_on_error=1, as scripts/test.sh --sanitize address sets it), TSan exits with
+// its exitcode. Still a death of the SIGBUS, not a survival (exit 0) or a set-up error.
 bool killed_by_the_sigbus(int status) {
+  if (kThreadSanitizer && WIFEXITED(status)) return WEXITSTATUS(status) == kTsanExitCode;
   if (!WIFSIGNALED(status)) return false;
   return WTERMSIG(status) == SIGBUS || (kSanitized && WTERMSIG(status) == SIGABRT);
 }
