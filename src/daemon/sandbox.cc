@@ -23,6 +23,8 @@
 #include <memory>
 #include <vector>
 
+#include "base/sanitizers.h"
+
 namespace iceblk::daemon {
 
 namespace {
@@ -253,7 +255,7 @@ void testing_seccomp_probe() {
 
 }  // namespace iceblk::daemon
 
-#if defined(__SANITIZE_ADDRESS__)
+#if ICEBLK_ASAN
 // LeakSanitizer's exit-time check stops the world: it clones a tracer task (no
 // CLONE_THREAD) that ptrace-attaches to every thread. The filter kills the process at
 // that clone, so a confined daemon built with ASan would die of SIGSYS at every exit.

@@ -4,12 +4,10 @@
 // library. Under ASan or TSan the sanitizer owns malloc and nothing is seen.
 #pragma once
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#include "base/sanitizers.h"
+
+#if ICEBLK_ASAN || ICEBLK_TSAN
 #define ICEBLK_ALLOC_HOOK_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define ICEBLK_ALLOC_HOOK_SANITIZED 1
-#endif
 #endif
 
 namespace iceblk::testing {

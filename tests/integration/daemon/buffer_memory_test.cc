@@ -19,6 +19,7 @@
 #include <mutex>
 #include <thread>
 
+#include "base/sanitizers.h"
 #include "iceblk/device.h"
 #include "integration/daemon/subprocess.h"
 #include "support/pattern.h"
@@ -187,7 +188,7 @@ TEST(BufferMemory, AFullRingOfLargeEncryptedRequestsStaysWithinTheCap) {
   EXPECT_GE(a_done, kDepth) << "A never filled its ring";
   EXPECT_EQ(b_errors.load(), 0u);
   EXPECT_GT(b_ops.load(), 10u) << "B's I/O did not keep flowing";
-#if defined(__SANITIZE_ADDRESS__)
+#if ICEBLK_ASAN
   // ASan's allocator quarantine and its fake stacks (detect_stack_use_after_return)
   // add megabytes of anonymous memory of their own: the bound is the normal build's
   // to check (scripts/test.sh); here the run checks the rest (no errors, B flows).

@@ -17,6 +17,7 @@
 #include <random>
 #include <thread>
 
+#include "base/sanitizers.h"
 #include "iceblk/device.h"
 #include "integration/daemon/subprocess.h"
 
@@ -133,7 +134,7 @@ TEST_F(IceblkdSystemd, Version) {
     if (name == "iceblkd") {
       EXPECT_EQ(lines[2].rfind("liburing 2.", 0), 0u) << lines[2];
     } else {
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#if ICEBLK_TSAN || ICEBLK_ASAN
       // A sanitizer link keeps liburing in the CLI too (scripts/test.sh --sanitize
       // thread|address); the line then names the loaded library, truthfully.
       EXPECT_TRUE(lines[2] == "liburing: not used" || lines[2].rfind("liburing 2.", 0) == 0)

@@ -25,6 +25,7 @@
 #include <functional>
 #include <iterator>
 
+#include "base/sanitizers.h"
 #include "ice/key.h"
 #include "iceblk/device.h"
 #include "integration/daemon/subprocess.h"
@@ -112,7 +113,7 @@ bool contains(const Bytes& hay, const Bytes& needle) {
 class KeyDump : public ::testing::Test {
  protected:
   void SetUp() override {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if ICEBLK_ASAN || ICEBLK_TSAN
     // A sanitized iceblkd maps terabytes of shadow memory: gcore wrote 36 GiB per dump
     // and filled the disk (scripts/test.sh --sanitize address, session 11).
     GTEST_SKIP() << "the core of a sanitized daemon is its shadow memory";

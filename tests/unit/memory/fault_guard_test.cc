@@ -13,35 +13,15 @@
 #include <cstring>
 #include <thread>
 
+#include "base/sanitizers.h"
 #include "base/unique_fd.h"
 #include "memory/guest_memory.h"
 
 namespace iceblk::memory {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
-
-#if defined(__SANITIZE_THREAD__)
-constexpr bool kThreadSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr bool kThreadSanitizer = true;
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
+constexpr bool kThreadSanitizer = ICEBLK_TSAN;
+constexpr bool kSanitized = ICEBLK_ASAN || kThreadSanitizer;
 // The exit status ThreadSanitizer ends a process with after a report
 // (scripts/test.sh --sanitize thread: TSAN_OPTIONS exitcode=66).
 constexpr int kTsanExitCode = 66;
