@@ -1,8 +1,9 @@
 // Guest memory that shrinks under the device (issue 14, part 1; docs/threat-model.md,
 // claim 11). The real iceblkd (seccomp sandbox on) serves two exports; A accepts
 // unsealed memory (allow_unsealed_memory). On A a hostile front-end with an UNSEALED
-// memfd completes one read, queues a write, ftruncate()s its memfd down to 16 pages
-// and kicks. In one case the cut pages hold only the write's data and status
+// memfd completes one read, writes a write's descriptors, ftruncate()s its memfd
+// down to 16 pages, publishes the write and kicks (with A's workers idle, or
+// polling their ring). In one case the cut pages hold only the write's data and status
 // buffers, in the other they hold the rings. Meanwhile B does verified I/O all
 // along. Expected: B sees zero errors, iceblkd does not die of SIGBUS (status 135
 // before the guard), A's hostile connection is closed with a log line naming the
@@ -121,7 +122,6 @@ bool wait_readable(int fd, int timeout_ms) {
   return ::poll(&p, 1, timeout_ms) == 1;
 }
 
-
 // A vhost-user front-end with one split ring in an unsealed memfd, written by hand.
 class HostileFrontEnd {
  public:
@@ -163,11 +163,12 @@ class HostileFrontEnd {
     return fe_->setup_vring(0, s);
   }
 
-  // Request i (0..2): descriptors 3i..3i+2, header, data, status. Written and
-  // published in the avail ring, but not kicked. IN reads 4 KiB; OUT and
-  // PROGRAM_KEY send `data`; `encrypted`: slot 0, DUN = offset / 4096.
+  // Request i (0..2): descriptors 3i..3i+2, header, data, status. Written and,
+  // unless `publish` is false, published in the avail ring; never kicked. IN
+  // reads 4 KiB; OUT and PROGRAM_KEY send `data`; `encrypted`: slot 0, DUN =
+  // offset / 4096.
   void queue(unsigned i, uint32_t type, uint64_t offset, std::span<const uint8_t> data = {},
-             bool encrypted = false) {
+             bool encrypted = false, bool publish = true) {
     const uint64_t hdr = l_.hdr + sizeof(IceHeader) * i, buf = l_.data + kPage * i,
                    status = l_.status + i;
     IceHeader h{};
@@ -188,6 +189,11 @@ class HostileFrontEnd {
     desc[d + 2] = Desc{status, 1, kDescWrite, 0};
     auto* avail = reinterpret_cast<Avail*>(base_ + l_.rings + 0x100);
     avail->ring[i % kRing] = d;
+    if (publish) this->publish(i);
+  }
+  // Makes request i visible to the device (avail->idx = i + 1).
+  void publish(unsigned i) {
+    auto* avail = reinterpret_cast<Avail*>(base_ + l_.rings + 0x100);
     __atomic_store_n(&avail->idx, static_cast<uint16_t>(i + 1), __ATOMIC_RELEASE);
   }
   void kick() const {
@@ -241,8 +247,10 @@ std::vector<uint8_t> pread_file(const std::string& path, uint64_t offset, size_t
 
 // `encrypted`: the hostile front-end programs an in-band key, completes an
 // encrypted read, and the cut request is an encrypted write (the device encrypts
-// from the cut pages into its own buffer before it would submit).
-void run_case(const Layout& layout, const std::string& io_engine, bool encrypted = false) {
+// from the cut pages into its own buffer before it would submit). `poll_us`: A's
+// workers poll their ring (--poll-us), so they take chains without kicks.
+void run_case(const Layout& layout, const std::string& io_engine, bool encrypted = false,
+              uint32_t poll_us = 0) {
   const std::string dir = testing::make_temp_dir("iceblkd-unsealed");
   ASSERT_FALSE(dir.empty());
   const std::string a_sock = dir + "/a.sock", b_sock = dir + "/b.sock", a_img = dir + "/a.img";
@@ -252,7 +260,8 @@ void run_case(const Layout& layout, const std::string& io_engine, bool encrypted
       {"name": "vm-a", "socket": ")" + a_sock +
                                              R"(", "image": ")" + a_img + R"(", "size": "8M",
        "num_queues": 1, "slot_offset": 0, "max_slots": 4, "allow_unsealed_memory": true,
-       "io_engine": ")" + io_engine + R"("},
+       "io_engine": ")" + io_engine + R"(", "poll_us": )" +
+                                             std::to_string(poll_us) + R"(},
       {"name": "vm-b", "socket": ")" + b_sock +
                                              R"(", "image": ")" + dir + R"(/b.img", "size": "8M",
        "num_queues": 1, "slot_offset": 4, "max_slots": 4}
@@ -320,10 +329,16 @@ void run_case(const Layout& layout, const std::string& io_engine, bool encrypted
       ASSERT_TRUE(std::equal(before.begin(), before.end(), h.data(next).begin()));
     }
     ++next;
-    // A write queued (not kicked), the worker idle; then the cut, then the kick.
-    h.queue(next, VIRTIO_BLK_T_OUT, kWriteOffset, pattern(kPage, 42), encrypted);
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    // A write is written into the ring but not published: a device may take
+    // any published chain without a kick (its last pass re-reads avail->idx),
+    // so a write published before the cut could be served, correctly, from
+    // memory that was still whole. Then the cut; then, where the avail ring
+    // survives it (data cut), the write is published; then the kick. Where the
+    // rings are cut, the kick alone makes the device read the cut avail ring.
+    h.queue(next, VIRTIO_BLK_T_OUT, kWriteOffset, pattern(kPage, 42), encrypted,
+            /*publish=*/false);
     ASSERT_EQ(h.shrink(), 0) << std::strerror(errno);
+    if (layout.rings + 0x300 <= kCutTo) h.publish(next);
     h.kick();
     EXPECT_TRUE(closed_by_peer(h.socket_fd(), 10000)) << "A's hostile connection stayed open\n"
                                                       << p.output();
@@ -389,6 +404,16 @@ TEST(UnsealedGuestMemory, EncryptedWriteFromCutBuffersWritesNothing) {
 
 TEST(UnsealedGuestMemory, RingsCutUnderTheDeviceCloseOnlyThatConnection) {
   run_case(kRingsCut, "auto");
+}
+
+// A polling worker is still spinning on the ring when the write is published
+// after the cut: it takes the chain without a kick, and must fault on it the same.
+TEST(UnsealedGuestMemory, DataBuffersCutUnderAPollingWorkerCloseOnlyThatConnection) {
+  run_case(kDataCut, "sync", /*encrypted=*/false, /*poll_us=*/1000000);
+}
+
+TEST(UnsealedGuestMemory, RingsCutUnderAPollingWorkerCloseOnlyThatConnection) {
+  run_case(kRingsCut, "sync", /*encrypted=*/false, /*poll_us=*/1000000);
 }
 
 }  // namespace
