@@ -28,7 +28,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import re
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -105,14 +107,71 @@ def bench_argv(iceblk: Path, sock: Path, bs: str, queues: int, iodepth: int, run
                    "--encrypt", "on"]
 
 
+class DaemonPinner:
+    """While a run lasts, pins the daemon's threads every 20 ms (new workers start on
+    connect, and inherit the CPUs of the thread that made them): the queue workers of
+    export `own_export` (named "vq<N>:<export>", src/base/thread_name.h) on `own_cpus`,
+    every other thread on `rest_cpus`. With own_export None every thread gets
+    `rest_cpus` (an unpinned run puts back what a pinned one set)."""
+
+    def __init__(self, pid: int, rest_cpus: set[int], own_export: str | None = None,
+                 own_cpus: set[int] | None = None):
+        self.pid, self.rest, self.own = pid, rest_cpus, own_cpus or rest_cpus
+        self.own_re = re.compile(r"vq\d+:" + re.escape(own_export)) if own_export else None
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def pin_once(self) -> None:
+        try:
+            tids = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return
+        for tid in tids:
+            try:
+                comm = Path(f"/proc/{self.pid}/task/{tid}/comm").read_text().strip()
+                cpus = self.own if self.own_re and self.own_re.fullmatch(comm) else self.rest
+                if os.sched_getaffinity(int(tid)) != cpus:
+                    os.sched_setaffinity(int(tid), cpus)
+            except OSError:
+                pass  # the thread ended
+
+    def _loop(self) -> None:
+        while not self.stop_flag.wait(0.02):
+            self.pin_once()
+
+    def __enter__(self):
+        self.pin_once()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        self.thread.join()
+
+
+def churn_cpus() -> tuple[set[int], set[int]] | None:
+    """(CPUs of the I/O VMs, CPU of the churning VM) for a pinned churn run, or None
+    with fewer than 2 CPUs: the churner and its worker get the last CPU alone."""
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        return None
+    last = max(cpus)
+    return cpus - {last}, {last}
+
+
 def run_drivers(d: ScaleDaemon, argvs: list[list[str]], runtime: float, logdir: Path, tag: str,
-                sampler_peak: dict) -> tuple[list[dict], float, float]:
-    """Start every driver at once, wait for all; (their JSON results, daemon CPU s, wall s)."""
+                sampler_peak: dict, driver_cpus: list[set[int] | None] | None = None,
+                pinner: DaemonPinner | None = None) -> tuple[list[dict], float, float]:
+    """Start every driver at once (argvs[i] on driver_cpus[i], if given), wait for all;
+    (their JSON results, daemon CPU s, wall s)."""
     def drive():
         procs = []
         for i, argv in enumerate(argvs):
             err = open(logdir / f"{tag}.{i}.stderr", "w")
-            procs.append((subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True), err, argv))
+            cpus = driver_cpus[i] if driver_cpus else None
+            pre = (lambda c=cpus: os.sched_setaffinity(0, c)) if cpus else None
+            procs.append((subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, preexec_fn=pre),
+                          err, argv))
         results, failed = [], None
         for p, err, argv in procs:
             try:
@@ -127,7 +186,10 @@ def run_drivers(d: ScaleDaemon, argvs: list[list[str]], runtime: float, logdir: 
                 results.append(json.loads(out))
         return results, failed
 
-    (results, failed), cpu, wall, mem = bc.measure(d.pid, drive)
+    if pinner is None:
+        pinner = DaemonPinner(d.pid, os.sched_getaffinity(0))
+    with pinner:
+        (results, failed), cpu, wall, mem = bc.measure(d.pid, drive)
     for k, v in mem.items():
         sampler_peak[k] = max(sampler_peak.get(k, 0), v)
     if failed:
@@ -155,17 +217,28 @@ def run_point(iceblk: Path, d: ScaleDaemon, queues: int, bs: str, iodepth: int, 
 def run_churn(iceblk: Path, d: ScaleDaemon, mode: str, rate: float, iodepth: int, runtime: float, logdir: Path,
               tag: str, peak: dict) -> dict:
     """vm0 churns keys (mode "loop": back to back; "rate": `rate` pairs/s; "off": idles), every
-    other export does 4K encrypted random reads."""
-    churn = mode != "off"
+    other export does 4K encrypted random reads. "-pinned" modes: the churning driver and
+    vm0's queue worker on the last CPU, everything else on the others (churn_cpus), so
+    what the churn costs the others is what the shared engine costs them, not CPU time
+    taken on a machine with fewer cores than busy threads."""
+    base_mode, pinned = mode.removesuffix("-pinned"), mode.endswith("-pinned")
+    churn = base_mode != "off"
     argvs = [bench_argv(iceblk, s, "4K", 1, iodepth, runtime) for s in d.sockets[1:]]
+    driver_cpus, pinner = None, None
+    if pinned:
+        io_cpus, own_cpus = churn_cpus()
+        driver_cpus = [io_cpus] * len(argvs)
+        pinner = DaemonPinner(d.pid, io_cpus, "vm0", own_cpus)
     if churn:
         argvs.insert(0, bench_argv(iceblk, d.sockets[0], "4K", 1, iodepth, runtime, churn=True,
-                                   churn_rate=rate if mode == "rate" else 0))
-    results, cpu, wall = run_drivers(d, argvs, runtime, logdir, tag, peak)
+                                   churn_rate=rate if base_mode == "rate" else 0))
+        if driver_cpus is not None:
+            driver_cpus.insert(0, own_cpus)
+    results, cpu, wall = run_drivers(d, argvs, runtime, logdir, tag, peak, driver_cpus, pinner)
     io = [r for r in results if r.get("mode") != "key-churn"]
     ch = [r for r in results if r.get("mode") == "key-churn"]
     ios = sum(r["ios"] for r in io)
-    return {"churn": churn, "mode": mode, "io_exports": len(io), "iops": sum(r["iops"] for r in io), "ios": ios,
+    return {"churn": churn, "mode": base_mode, "pinned": pinned, "io_exports": len(io), "iops": sum(r["iops"] for r in io), "ios": ios,
             "pairs_per_s": ch[0]["pairs_per_s"] if ch else 0.0, "device_cpu_s": cpu, "wall_s": wall,
             "cpu_us_per_io": cpu * 1e6 / max(1, ios)}
 
@@ -210,10 +283,13 @@ def summarize(runs: list[dict], churn_runs: list[dict], mem16: dict | None, expo
     spreads = [c["cpu_spread"] for p in points for c in p["by_exports"].values() if c["rounds"] > 1]
     if spreads:
         out["spread"] = {"median": statistics.median(spreads), "worst": max(spreads)}
-    base = [r for r in churn_runs if not r["churn"]]
-    for key, mode in (("churn", "loop"), ("churn_rate", "rate")):
-        # Runs of results.json files from before the rate-limited mode have no "mode".
-        ch = [r for r in churn_runs if r["churn"] and r.get("mode", "loop") == mode]
+    for key, mode, pinned in (("churn", "loop", False), ("churn_rate", "rate", False),
+                              ("churn_pinned", "loop", True)):
+        # Runs of results.json files from before the rate-limited mode have no "mode",
+        # and from before the pinned runs no "pinned".
+        base = [r for r in churn_runs if not r["churn"] and r.get("pinned", False) == pinned]
+        ch = [r for r in churn_runs
+              if r["churn"] and r.get("mode", "loop") == mode and r.get("pinned", False) == pinned]
         if not base or not ch:
             continue
         b_iops, c_iops = statistics.median(r["iops"] for r in base), statistics.median(r["iops"] for r in ch)
@@ -278,6 +354,12 @@ def render_table(doc: dict) -> str:
         lines.append(f"  (not the target) the same churn limited to {c['pairs_per_s']:,.0f} pairs/s: IOPS "
                      f"{c['iops_base']:,.0f} -> {c['iops_churn']:,.0f}, cost {c['cost'] * 100:.1f} %; spread "
                      f"{c['spread_churn']:.2f}x")
+    if "churn_pinned" in s:
+        c = s["churn_pinned"]
+        lines.append(f"key churn, the churning VM and its queue worker pinned to a CPU of their own "
+                     f"({c['pairs_per_s']:,.0f} pairs/s): IOPS {c['iops_base']:,.0f} -> {c['iops_churn']:,.0f}, "
+                     f"cost {c['cost'] * 100:.1f} % (< {c['limit'] * 100:.0f} %) -> {verdict(c['pass'])}; "
+                     f"spread {c['spread_base']:.2f}x / {c['spread_churn']:.2f}x")
     if "memory" in s:
         m = s["memory"]
         lines.append(f"VmHWM with {m['exports']} exports: {m['VmHWM'] / 1024:.1f} MiB (< {VMHWM_LIMIT_MIB} MiB) -> "
@@ -336,6 +418,12 @@ def render_markdown(doc: dict) -> str:
         c = s["churn_rate"]
         out.append(f"| (not the target) the same churn limited to {c['pairs_per_s']:,.0f} pairs/s | - | "
                    f"{c['iops_base']:,.0f} → {c['iops_churn']:,.0f} IOPS, {c['cost'] * 100:.1f} % | - |")
+    if "churn_pinned" in s:
+        c = s["churn_pinned"]
+        out.append(f"| key churn, the churning VM and its queue worker on a CPU of their own, the {c['io_exports']} "
+                   f"VMs on the rest ({c['pairs_per_s']:,.0f} pairs/s) | cost < {c['limit'] * 100:.0f} % | "
+                   f"{c['iops_base']:,.0f} → {c['iops_churn']:,.0f} IOPS, {c['cost'] * 100:.1f} % | "
+                   f"{md_verdict(c['pass'])} |")
     if "memory" in s:
         mm = s["memory"]
         out.append(f"| VmHWM with {mm['exports']} exports | < {VMHWM_LIMIT_MIB} MiB | {mm['VmHWM'] / 1024:.1f} MiB "
@@ -354,6 +442,13 @@ def render_markdown(doc: dict) -> str:
                      f"{c['cpu_us_per_io_churn']:.2f} µs. On a 2-core machine the churning driver and the daemon "
                      "thread serving it take CPU from the I/O VMs, so this cost is an upper bound of what the "
                      "engine's shared state costs them.")
+    if "churn_pinned" in s:
+        c = s["churn_pinned"]
+        notes.append(f"Pinned key churn: the same comparison with the churning driver and vm0's queue worker on "
+                     f"the last CPU and the I/O VMs, their workers and every other daemon thread on the others "
+                     f"(in both runs, interleaved, {c['rounds']} round(s); IOPS spread {c['spread_base']:.2f}x "
+                     f"without, {c['spread_churn']:.2f}x with): what is left of the cost is what the shared "
+                     "engine costs the others, as on a host with a core for the churning VM.")
     if notes:
         out.append("")
         out.append(" ".join(notes))
@@ -384,6 +479,8 @@ def main() -> int:
                     help="exports of the key-churn run: one churns, the others do I/O (0: no churn run)")
     ap.add_argument("--churn-rate", type=float, default=100,
                     help="also measure the churn limited to this many pairs/s (default 100; 0: skip)")
+    ap.add_argument("--churn-pin", action=argparse.BooleanOptionalAction, default=churn_cpus() is not None,
+                    help="also run the key churn with the churning VM on a CPU of its own (default: on with 2+ CPUs)")
     ap.add_argument("--io-engine", default="auto", choices=["auto", "io_uring", "sync"])
     ap.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/dev/shm"))
     ap.add_argument("--out", default=str(bc.REPO / "out" / "scale-bench"))
@@ -461,6 +558,8 @@ def main() -> int:
         if args.churn_exports:
             d = daemons[args.churn_exports]
             modes = ["off", "loop"] + (["rate"] if args.churn_rate > 0 else [])
+            if args.churn_pin:
+                modes += ["off-pinned", "loop-pinned"]
             for rnd in range(args.churn_rounds):
                 rot = rnd % len(modes)
                 for mode in modes[rot:] + modes[:rot]:
@@ -490,7 +589,7 @@ def main() -> int:
         "note": args.note, "elapsed_s": time.monotonic() - t_start,
         "args": {"runtime": args.runtime, "rounds": args.rounds, "size": args.size, "exports": exports,
                  "queues": queues, "sizes": sizes, "iodepth": args.iodepth, "churn_exports": args.churn_exports,
-                 "churn_rate": args.churn_rate,
+                 "churn_rate": args.churn_rate, "churn_pin": args.churn_pin,
                  "io_engine": args.io_engine},
         "runs": runs, "churn_runs": churn_runs, "memory_peaks": {str(n): p for n, p in peaks.items()},
     }

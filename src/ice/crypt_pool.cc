@@ -11,7 +11,6 @@
 // briefly before it sleeps on `done`.
 #include "ice/crypt_pool.h"
 
-#include <pthread.h>
 
 #include <algorithm>
 #include <array>
@@ -23,6 +22,7 @@
 
 #include "base/cpu_relax.h"
 #include "base/monotonic_clock.h"
+#include "base/thread_name.h"
 
 namespace iceblk::ice {
 namespace {
@@ -103,7 +103,7 @@ void CryptPool::stop() {
 }
 
 void CryptPool::run(Worker& w) {
-  pthread_setname_np(pthread_self(), "iceblk-crypt");  // top -H, /proc/PID/task/*/comm
+  set_thread_name("iceblk-crypt");
   std::unique_lock lock(w.mu);
   for (;;) {
     w.wake.wait(lock, [&] {

@@ -11,6 +11,7 @@
 #include "base/cpu_relax.h"
 #include "base/log.h"
 #include "base/log_context.h"
+#include "base/thread_name.h"
 
 namespace iceblk::vhost_user {
 
@@ -95,6 +96,7 @@ Result<std::unique_ptr<VringWorker>> VringWorker::start(uint16_t index, Backend&
   w->thread_ = std::thread([p = w.get(), ctx = log::thread_context(), index] {
     log::thread_context() = ctx;  // log records name the export and the queue
     log::thread_context().queue = index;
+    set_thread_name(vring_worker_thread_name(ctx.export_name, index));
     p->run();
   });
   return w;

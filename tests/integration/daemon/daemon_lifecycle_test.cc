@@ -12,11 +12,15 @@
 #include <gtest/gtest.h>
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "base/log.h"
@@ -56,6 +60,17 @@ std::vector<uint8_t> pread_image(const std::string& path, uint64_t offset, size_
   if (fd < 0) return {};
   EXPECT_EQ(::pread(fd, out.data(), n, static_cast<off_t>(offset)), static_cast<ssize_t>(n));
   ::close(fd);
+  return out;
+}
+
+// The names of this process's threads (/proc/self/task/*/comm).
+std::set<std::string> thread_names() {
+  std::set<std::string> out;
+  for (const auto& t : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream f(t.path() / "comm");
+    std::string n;
+    if (std::getline(f, n)) out.insert(n);
+  }
   return out;
 }
 
@@ -322,6 +337,12 @@ TEST_F(DaemonLifecycle, ConfigFileThreeExportsShareOneEngine) {
   EXPECT_EQ(b->config().slot_offset, 8);
   EXPECT_EQ(c->config().slot_offset, 16);
   EXPECT_EQ(c->config().max_slots, 8);
+  // Each queue's worker is named for its queue and export (top -H; the benchmarks
+  // pin a churning VM's worker by it).
+  EXPECT_TRUE(eventually([] {
+    const auto n = thread_names();
+    return n.count("vq0:a") && n.count("vq1:a") && n.count("vq0:b") && n.count("vq0:c");
+  })) << fmt::format("{}", fmt::join(thread_names(), ", "));
 
   // Each serves its own image: the same offset gets different data on each.
   const std::string names[3] = {"a", "b", "c"};

@@ -3,9 +3,17 @@
 #include "base/checked.h"
 #include "base/result.h"
 #include "base/secret_bytes.h"
+#include "base/thread_name.h"
 
 namespace iceblk {
 namespace {
+
+TEST(ThreadName, VringWorkerNameKeepsTheQueueAndCutsTheExportAt15Bytes) {
+  EXPECT_EQ(vring_worker_thread_name("vm0", 0), "vq0:vm0");
+  EXPECT_EQ(vring_worker_thread_name("", 3), "vq3");
+  EXPECT_EQ(vring_worker_thread_name("production-database", 12), "vq12:production");
+  EXPECT_EQ(vring_worker_thread_name("production-database", 12).size(), kMaxThreadNameLen);
+}
 
 TEST(Checked, AddAndMulDetectOverflow) {
   EXPECT_EQ(checked_add<uint64_t>(1, 2), 3u);
