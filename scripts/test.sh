@@ -16,6 +16,13 @@
 #   fuzz  fuzz_smoke builds its own ASan+UBSan libFuzzer tree (build/fuzz) already.
 #   install, package  install the sanitized libraries and link a consumer (or a .deb)
 #         built without the sanitizer, which cannot link them (undefined __tsan_*).
+# Under --sanitize thread, remote_rbd is left out too: Debian's Ceph client libraries
+# (librbd, librados, libceph-common) are not built with TSan, so TSan sees their threads'
+# memory and pthread calls but none of their atomics, and reports their own internal
+# synchronisation (in rados connect, MonClient, AioCompletion release, buffer frees, with
+# stacks that end in libstdc++) as races; no suppression short of all of Ceph silences
+# it. The rbd backend's one shared structure is a mutex-guarded list its callbacks push
+# to (src/backend/rbd_backend.cc); remote_nbd and the ASan run cover the rest.
 # Sanitizer reports fail the test that printed them (halt_on_error / exitcode below);
 # suppressions for third-party code only: tests/sanitizers/*.supp.
 set -euo pipefail
@@ -53,6 +60,7 @@ if [[ -n $sanitize ]]; then
   ninja -C "$build"
   label_args=(-LE "${ICEBLK_TEST_EXCLUDE:-e2e|fuzz|install|package}")
   if [[ -n "${ICEBLK_TEST_FILTER:-}" ]]; then label_args+=(-L "$ICEBLK_TEST_FILTER"); fi
+  if [[ $sanitize == thread ]]; then label_args+=(-E '^remote_rbd$'); fi
   ctest --test-dir "$build" --output-on-failure --timeout 1800 -j2 "${label_args[@]}"
   exit 0
 fi

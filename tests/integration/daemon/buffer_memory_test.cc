@@ -137,16 +137,18 @@ TEST(BufferMemory, AFullRingOfLargeEncryptedRequestsStaysWithinTheCap) {
   for (unsigned i = 0; i < kDepth; ++i) free_slots.push_back(i);
   while (std::chrono::steady_clock::now() < deadline) {
     unsigned slot = 0;
+    uint64_t done_so_far = 0;  // a_done is the completions' to write: read it under mu
     {
       std::unique_lock lk(mu);
       cv.wait(lk, [&] { return !free_slots.empty(); });
       slot = free_slots.back();
       free_slots.pop_back();
       ++outstanding;
+      done_so_far = a_done;
     }
     drv::Io io;
     io.op = drv::Op::kRead;
-    io.offset = (a_done + slot) % 79 * kReq;
+    io.offset = (done_so_far + slot) % 79 * kReq;
     io.in = bufs[slot];
     io.key = drv::KeyRef{"k", io.offset / 4096};
     const Status st = a->submit(std::move(io), [&, slot](Status s) {
